@@ -1,0 +1,173 @@
+"""The physical model of one simulated ASIC miner.
+
+Every protocol simulator (Braiins OS+, LuxOS, Whatsminer) answers from one of these, so the
+numbers a driver reads over the wire are the numbers the launcher reports as the *true* draw.
+The model is evaluated lazily against a clock: nothing ticks in the background, and a test that
+injects a fake clock steps it exactly.
+
+- power follows the target with a linear ramp (watts per second);
+- hashrate follows power on the curve ``H = H0 * (p / P0) ** (1 / a)`` (DESIGN.md, section 4);
+- temperature relaxes towards ``ambient + k * power`` with a time constant;
+- asleep, the control board and fans still draw a few watts;
+- a reboot drops to idle draw for a while, then comes back mining at the default target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class MinerSpec:
+    """One row of the model table: nominal point and the range the firmware accepts."""
+
+    model: str
+    nominal_watts: float
+    nominal_ths: float
+    min_watts: float
+    max_watts: float
+    sleep_watts: float = 12.0
+    curve_exponent: float = 2.0  # the `a` in H = H0 * (p/P0) ** (1/a)
+    hashboards: int = 3
+    fans: int = 4
+
+    def hashrate_at(self, watts: float) -> float:
+        """TH/s at a steady draw of `watts` (0 below the minimum: the chips stop)."""
+        if watts < self.min_watts * 0.5:
+            return 0.0
+        return self.nominal_ths * (watts / self.nominal_watts) ** (1.0 / self.curve_exponent)
+
+
+# Nominal points from DESIGN.md, section 4; ranges as the firmwares accept them.
+SPECS: dict[str, MinerSpec] = {
+    spec.model: spec
+    for spec in (
+        MinerSpec("Antminer S19 XP", 3010, 140, 1500, 3600),
+        MinerSpec("Antminer S21", 3500, 200, 1800, 4000),
+        MinerSpec("Antminer S21 Pro", 3510, 234, 1800, 4000),
+        MinerSpec("Whatsminer M50S", 3276, 126, 1800, 3700),
+        MinerSpec("Whatsminer M60S", 3422, 186, 1800, 3900),
+    )
+}
+
+
+class MinerPhysics:
+    """True state of one miner. Thread-unsafe by design: it lives on one event loop."""
+
+    def __init__(
+        self,
+        spec: MinerSpec,
+        *,
+        clock: Clock | None = None,
+        ramp_watts_per_s: float = 600.0,
+        ambient_c: float = 25.0,
+        temp_tau_s: float = 60.0,
+        reboot_s: float = 20.0,
+    ) -> None:
+        self.spec = spec
+        self._clock = clock = clock or time.monotonic
+        self.ramp_watts_per_s = ramp_watts_per_s
+        self.ambient_c = ambient_c
+        self.temp_tau_s = temp_tau_s
+        self.reboot_s = reboot_s
+        self.default_target_watts = spec.nominal_watts
+        self.target_watts = spec.nominal_watts
+        self.sleeping = False
+        self.booted_at = clock()
+        self._rebooting_until = -math.inf
+        # Ramp state: draw was `_p0` at `_t0` and moves towards the set point.
+        self._t0 = clock()
+        self._p0 = spec.nominal_watts
+        self._temp0 = self._equilibrium_temp(spec.nominal_watts)
+        self._temp_t0 = self._t0
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def set_target(self, watts: float) -> float:
+        """Set the power target, clamped to the model's range; returns what was applied."""
+        applied = min(max(float(watts), self.spec.min_watts), self.spec.max_watts)
+        self._rebase()
+        self.target_watts = applied
+        return applied
+
+    def sleep(self) -> None:
+        self._rebase()
+        self.sleeping = True
+
+    def wake(self) -> None:
+        self._rebase()
+        self.sleeping = False
+
+    def reboot(self) -> None:
+        """Restart: idle draw while booting, then mining again at the default target."""
+        self._rebase()
+        self._rebooting_until = self._clock() + self.reboot_s
+        self.sleeping = False
+        self.target_watts = self.default_target_watts
+        self.booted_at = self._rebooting_until
+        # After the boot the hashboards ramp up from idle, like a cold start.
+        self._p0 = self.spec.sleep_watts
+        self._t0 = self._rebooting_until
+
+    # -- readings -------------------------------------------------------------------------------
+
+    @property
+    def rebooting(self) -> bool:
+        return self._clock() < self._rebooting_until
+
+    @property
+    def mining(self) -> bool:
+        return not self.sleeping and not self.rebooting
+
+    def setpoint_watts(self) -> float:
+        """Where the draw is heading now."""
+        return self.target_watts if self.mining else self.spec.sleep_watts
+
+    def power_watts(self) -> float:
+        """The true draw at this instant (what a wattmeter on the PDU outlet would read)."""
+        now = self._clock()
+        setpoint = self.setpoint_watts()
+        if now < self._rebooting_until or self.sleeping:
+            # Sleep and reboot cut the hashboards' supply at once, not with a ramp.
+            return self.spec.sleep_watts
+        step = self.ramp_watts_per_s * max(0.0, now - self._t0)
+        start = max(self._p0, self.spec.sleep_watts)
+        if setpoint >= start:
+            return min(setpoint, start + step)
+        return max(setpoint, start - step)
+
+    def hashrate_ths(self) -> float:
+        if not self.mining:
+            return 0.0
+        return self.spec.hashrate_at(self.power_watts())
+
+    def temperature_c(self) -> float:
+        now = self._clock()
+        eq = self._equilibrium_temp(self.power_watts())
+        decay = math.exp(-max(0.0, now - self._temp_t0) / self.temp_tau_s)
+        return eq + (self._temp0 - eq) * decay
+
+    def uptime_s(self) -> int:
+        return max(0, int(self._clock() - self.booted_at))
+
+    def max_possible_watts(self) -> float:
+        """Worst case this miner can ever draw: what a controller must assume when blind."""
+        return self.spec.max_watts
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _equilibrium_temp(self, watts: float) -> float:
+        return self.ambient_c + 40.0 * watts / self.spec.nominal_watts
+
+    def _rebase(self) -> None:
+        """Freeze the current draw and temperature as the start of the next ramp."""
+        now = self._clock()
+        self._temp0 = self.temperature_c()
+        self._temp_t0 = now
+        self._p0 = self.power_watts()
+        self._t0 = now
