@@ -1,0 +1,135 @@
+"""Typed interfaces every driver kind implements, the failure taxonomy, and the registries.
+
+Drivers own I/O and nothing else (DESIGN.md, section 2). They translate a vendor library into
+the small vocabulary below; the control loop never sees a pyasic or NVML object.
+
+Errors are mapped once, at the driver boundary, into :class:`DeviceError` with a
+:class:`Failure` kind. A driver never signals failure with a bare ``False``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+
+class Failure(enum.StrEnum):
+    """Why a device call failed. Stable strings: dashboards and the journal count them."""
+
+    NO_ANSWER = "no_answer"  # connection refused or reset: the device is not there
+    TIMEOUT = "timeout"  # connected, then nothing within the deadline (a hang)
+    GARBAGE = "garbage"  # answered, but not in its protocol
+    REFUSED = "refused"  # answered the command with an error
+    IGNORED = "ignored"  # said OK, but the read-back shows nothing changed
+    UNSUPPORTED = "unsupported"  # this firmware cannot do that at all
+    UNIDENTIFIED = "unidentified"  # nothing at the address could be identified as a miner
+
+
+class DeviceError(Exception):
+    """A device call failed; ``failure`` says how, ``detail`` says what to look at."""
+
+    def __init__(self, device_id: str, failure: Failure, detail: str) -> None:
+        super().__init__(f"{device_id}: {failure.value}: {detail}")
+        self.device_id = device_id
+        self.failure = failure
+        self.detail = detail
+
+
+class PowerControl(enum.StrEnum):
+    """How finely a miner's firmware lets us set its power."""
+
+    WATTS = "watts"  # any target in [min, max] (Braiins OS+, Whatsminer)
+    PROFILES = "profiles"  # discrete steps; a target snaps down to a profile (LuxOS)
+    ON_OFF = "on_off"  # sleep and wake only (stock firmware)
+
+
+@dataclass(frozen=True, slots=True)
+class MinerCapability:
+    control: PowerControl
+    min_watts: float
+    max_watts: float
+    profiles_watts: tuple[float, ...] = ()  # ascending, for PowerControl.PROFILES
+    can_sleep: bool = True
+
+    def achievable_watts(self, wanted: float) -> float:
+        """The highest setting at or below ``wanted`` that the firmware can hold (0: sleep)."""
+        if wanted < self.min_watts:
+            return 0.0
+        if self.control is PowerControl.ON_OFF:
+            return self.max_watts if wanted >= self.max_watts else 0.0
+        if self.control is PowerControl.PROFILES and self.profiles_watts:
+            fitting = [p for p in self.profiles_watts if p <= wanted]
+            return fitting[-1] if fitting else 0.0
+        return min(wanted, self.max_watts)
+
+
+@dataclass(frozen=True, slots=True)
+class MinerReading:
+    """One poll of one miner. ``None`` means the miner did not say."""
+
+    device_id: str
+    model: str | None
+    firmware: str | None
+    watts: float | None
+    limit_watts: float | None
+    hashrate_ths: float | None
+    mining: bool | None
+    temperatures_c: tuple[float, ...] = ()
+    fans_rpm: tuple[int, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class MinerDriver(Protocol):
+    """One miner. Every call has its own deadline and raises :class:`DeviceError` on failure."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def capability(self) -> MinerCapability: ...
+
+    async def read(self) -> MinerReading: ...
+
+    async def set_power_limit(self, watts: float) -> float:
+        """Apply the limit and confirm it by read-back; returns the watts the firmware holds."""
+        ...
+
+    async def sleep(self) -> None: ...
+
+    async def wake(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Registry(Generic[T]):
+    """Name -> factory for one driver kind. Refuses duplicate names: a typo must not shadow."""
+
+    kind: str
+    _entries: dict[str, T] = field(default_factory=dict)
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise KeyError(f"unknown {self.kind} {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
