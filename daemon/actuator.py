@@ -1,0 +1,68 @@
+"""Send a batch of steps to the devices: bounded concurrency, a deadline per step, every
+outcome recorded. The drivers confirm each command by read-back; the actuator only makes sure
+that no single device can hold up the rest and that every failure comes back classified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from wattshift.drivers.base import DeviceError, Failure, MinerDriver
+
+from .sequencer import Action, Step
+
+DriverLookup = Callable[[str], MinerDriver | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step: Step
+    failure: Failure | None
+    detail: str
+    held_watts: float | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+async def execute(
+    steps: Iterable[Step],
+    drivers: DriverLookup,
+    *,
+    concurrency: int,
+    timeout_seconds: float,
+) -> list[StepResult]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(step: Step) -> StepResult:
+        async with gate:
+            started = time.monotonic()
+            driver = drivers(step.device_id)
+            if driver is None:
+                return StepResult(step, Failure.UNIDENTIFIED, "no driver for this device", None, 0.0)
+            try:
+                async with asyncio.timeout(timeout_seconds):
+                    held = await _apply(driver, step)
+            except DeviceError as err:
+                return StepResult(step, err.failure, err.detail, None, time.monotonic() - started)
+            except TimeoutError:
+                detail = f"no confirmation within {timeout_seconds:g} s"
+                return StepResult(step, Failure.TIMEOUT, detail, None, time.monotonic() - started)
+            return StepResult(step, None, "ok", held, time.monotonic() - started)
+
+    return list(await asyncio.gather(*(one(s) for s in steps)))
+
+
+async def _apply(driver: MinerDriver, step: Step) -> float | None:
+    if step.action is Action.SLEEP:
+        await driver.sleep()
+        return 0.0
+    held = await driver.set_power_limit(step.watts)
+    if step.action is Action.WAKE:
+        await driver.wake()
+    return held

@@ -1,0 +1,241 @@
+"""The control loop: observe, decide, sequence, act, confirm, record. One tick at a time.
+
+Each tick is stateless apart from a little memory per miner (when it last changed state, whether
+its last command failed): read every miner, build a snapshot, let the policy decide, send the
+sheds and the grants that fit, wait for telemetry to confirm the sheds, then plan again from a
+fresh snapshot and send what now fits. ``run_once`` is the whole tick, so tests step the loop
+deterministically; ``run`` repeats it on a drift-free schedule and wakes early on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from wattshift.drivers.base import DeviceError, MinerCapability, MinerDriver, MinerReading
+from wattshift.drivers.prices import PriceError, PriceFeed
+from wattshift.policies.base import Allocation, Policy
+
+from .actuator import StepResult, execute
+from .budget import BudgetSchedule
+from .config import SiteConfig
+from .model import Prices, SiteSnapshot
+from .observe import MinerSlot, build_snapshot, miner_slots, miner_state, quote_prices
+from .recorder import NullRecorder, Recorder
+from .sequencer import Action, Plan, Step, plan_transition
+
+log = logging.getLogger(__name__)
+
+CONFIRM_POLL_SECONDS = 1.0
+RELEASED_TOLERANCE_WATTS = 50.0
+
+
+class Fleet(Protocol):
+    """What the loop needs from the miner drivers (see wattshift.drivers.pyasic_miner)."""
+
+    async def read_all(self) -> Mapping[str, MinerReading | DeviceError]: ...
+
+    async def read(self, device_ids: list[str]) -> Mapping[str, MinerReading | DeviceError]: ...
+
+    def driver(self, device_id: str) -> MinerDriver | None: ...
+
+    def capability(self, device_id: str) -> MinerCapability | None: ...
+
+
+@dataclass
+class _Memory:
+    """What the loop remembers about one miner between ticks."""
+
+    state_since: float | None = None
+    was_on: bool | None = None
+
+
+@dataclass(frozen=True)
+class TickReport:
+    snapshot: SiteSnapshot
+    allocation: Allocation
+    plans: tuple[Plan, ...]
+    results: tuple[StepResult, ...]
+    seconds: float
+    dry_run: bool
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def failures(self) -> list[StepResult]:
+        return [r for r in self.results if not r.ok]
+
+
+class Controller:
+    def __init__(
+        self,
+        site: SiteConfig,
+        fleet: Fleet,
+        policy: Policy,
+        *,
+        hashprice: PriceFeed,
+        power_price: PriceFeed,
+        budget: BudgetSchedule | None = None,
+        recorder: Recorder | None = None,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.site = site
+        self.fleet = fleet
+        self.policy = policy
+        self.budget = budget or BudgetSchedule(site.budget_watts)
+        self.recorder = recorder or NullRecorder()
+        self.dry_run = dry_run
+        self._feeds = {"hashprice": hashprice, "power": power_price}
+        self._quotes: dict[str, tuple[float, float]] = {}
+        self._clock = clock
+        self._wall = wall
+        self._slots: dict[str, MinerSlot] = miner_slots(site)
+        self._memory: dict[str, _Memory] = {d: _Memory() for d in self._slots}
+        self._wake = asyncio.Event()
+        self.last_report: TickReport | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def request_replan(self, reason: str) -> None:
+        """Wake the loop before its next tick (budget changed, device lost, command received)."""
+        log.info("re-plan requested: %s", reason)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every ``tick_seconds`` from a fixed schedule (no drift), or earlier on request."""
+        interval = self.site.tick_seconds
+        next_tick = self._clock()
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # one bad tick must not stop the control of the site
+                log.exception("tick failed; the next tick starts from fresh readings")
+            next_tick += interval
+            delay = max(0.0, next_tick - self._clock())
+            if delay == 0.0:
+                next_tick = self._clock()  # overran: start the schedule again from now
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def run_once(self) -> TickReport:
+        started = self._clock()
+        snapshot = await self.observe()
+        allocation = self.policy.decide(snapshot)
+        plan = plan_transition(snapshot, allocation)
+        plans = [plan]
+        results: list[StepResult] = []
+        notes: list[str] = []
+        await self.recorder.decision(snapshot, allocation, plan, dry_run=self.dry_run)
+        if not self.dry_run and not plan.empty:
+            results += await self._send(plan.now)
+            if plan.deferred:
+                # Shed before grant: believe the released power only once telemetry shows it.
+                confirmed = await self._confirm_released(plan.sheds)
+                if not confirmed:
+                    notes.append("sheds not confirmed in time: their miners stay at worst case")
+                failed = {r.step.device_id for r in results if not r.ok}
+                snapshot = await self.observe(suspect=failed)
+                again = plan_transition(snapshot, allocation)
+                plans.append(again)
+                await self.recorder.decision(snapshot, allocation, again, dry_run=False)
+                results += await self._send(again.now)
+        report = TickReport(
+            snapshot, allocation, tuple(plans), tuple(results), self._clock() - started, self.dry_run, tuple(notes)
+        )
+        self.last_report = report
+        await self.recorder.tick(report)
+        return report
+
+    # -- observe --------------------------------------------------------------------------------
+
+    async def observe(self, suspect: set[str] | None = None) -> SiteSnapshot:
+        """Read every miner and every price feed; build the snapshot."""
+        suspect = suspect or set()
+        readings, prices = await asyncio.gather(self.fleet.read_all(), self._read_prices())
+        now_clock = self._clock()
+        miners = []
+        for device_id, slot in self._slots.items():
+            result = readings.get(device_id)
+            memory = self._memory[device_id]
+            state = miner_state(
+                slot,
+                result,
+                self.fleet.capability(device_id),
+                state_since=memory.state_since,
+                ignored=device_id in suspect,
+            )
+            if state.controllable and memory.was_on is not None and state.is_on != memory.was_on:
+                memory.state_since = now_clock
+            if state.controllable:
+                memory.was_on = state.is_on
+            miners.append(state)
+        now = self._wall()
+        self.budget.expire(now)
+        return build_snapshot(
+            self.site,
+            miners,
+            prices,
+            budget_watts=self.budget.in_force(now),
+            at=now,
+            clock=now_clock,
+        )
+
+    async def _read_prices(self) -> Prices:
+        for name, feed in self._feeds.items():
+            try:
+                quote = await asyncio.wait_for(feed.latest(), self.site.drivers.call_timeout_seconds)
+            except (PriceError, TimeoutError) as err:
+                log.warning("price feed %s: %s; holding the last good value", feed.name, err)
+                continue
+            self._quotes[name] = (quote.value, quote.at)
+        return quote_prices(
+            self._quotes.get("hashprice"),
+            self._quotes.get("power"),
+            clock=self._clock(),
+            stale_after=self.site.prices.stale_after_seconds,
+        )
+
+    # -- act ------------------------------------------------------------------------------------
+
+    async def _send(self, steps: tuple[Step, ...]) -> list[StepResult]:
+        if not steps:
+            return []
+        await self.recorder.commands(steps)
+        results = await execute(
+            steps,
+            self.fleet.driver,
+            concurrency=self.site.drivers.concurrency,
+            timeout_seconds=self.site.drivers.call_timeout_seconds * 3,
+        )
+        now = self._clock()
+        for result in results:
+            if result.ok and result.step.action in (Action.SLEEP, Action.WAKE):
+                memory = self._memory[result.step.device_id]
+                memory.state_since = now
+                memory.was_on = result.step.action is Action.WAKE
+        await self.recorder.results(results)
+        return results
+
+    async def _confirm_released(self, sheds: tuple[Step, ...]) -> bool:
+        """Poll the shed miners until each draws no more than its new setting, or time runs out."""
+        pending = {s.device_id: s for s in sheds}
+        deadline = self._clock() + self.site.drivers.confirm_timeout_seconds
+        while pending and self._clock() < deadline:
+            await asyncio.sleep(CONFIRM_POLL_SECONDS)
+            readings = await self.fleet.read(list(pending))
+            for device_id, reading in readings.items():
+                step = pending.get(device_id)
+                if step is None or not isinstance(reading, MinerReading) or reading.watts is None:
+                    continue
+                if reading.watts <= step.worst_after + RELEASED_TOLERANCE_WATTS:
+                    del pending[device_id]
+        return not pending

@@ -1,0 +1,126 @@
+"""Prometheus metrics: a recorder that turns each tick into gauges and counters.
+
+Names follow the Prometheus naming guide: the ``wattshift_`` prefix, base units (watts, seconds,
+hashes per second), ``_total`` on counters. Labels are bounded: circuits and devices come from
+the site file, failure kinds and actions from enums. The registry is the recorder's own, never
+the process-global one, so tests and the demo can run several side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from wattshift.policies.base import Allocation
+
+from .limits import LimitTree
+from .model import SiteSnapshot
+from .sequencer import Plan, Step
+
+if TYPE_CHECKING:
+    from .actuator import StepResult
+    from .controller import TickReport
+
+DEVICE_CLASS = "miner"
+
+
+class MetricsRecorder:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(f"wattshift_{name}", doc, labels, registry=r)
+
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(f"wattshift_{name}", doc, labels, registry=r)
+
+        self.budget = gauge("site_budget_watts", "Site budget in force, reserve taken off")
+        self.headroom = gauge("site_headroom_watts", "Budget minus the worst-case draw of the site")
+        self.circuit_limit = gauge("circuit_limit_watts", "Limit of each circuit", ["circuit"])
+        self.circuit_measured = gauge("circuit_measured_watts", "Sum of measured device draw", ["circuit"])
+        self.circuit_worst = gauge("circuit_worst_case_watts", "Worst-case draw (unknown = max)", ["circuit"])
+        self.circuit_planned = gauge("circuit_planned_watts", "Draw the policy's allocation aims at", ["circuit"])
+        self.class_measured = gauge("class_measured_watts", "Measured draw by device class", ["class"])
+        self.class_planned = gauge("class_planned_watts", "Planned draw by device class", ["class"])
+        self.device_power = gauge("device_power_watts", "Measured draw of each device", ["device", "class"])
+        self.device_limit = gauge("device_limit_watts", "Power limit each device reports", ["device", "class"])
+        self.device_up = gauge("device_up", "1 if the device answered the last poll", ["device", "class"])
+        self.device_on = gauge("device_on", "1 if the device is running (mining), 0 if asleep", ["device", "class"])
+        self.hashrate = gauge("miner_hashrate_hashes_per_second", "Reported hashrate", ["device"])
+        self.temperature = gauge("device_temperature_celsius", "Hottest reported temperature", ["device", "class"])
+        self.hashprice = gauge("hashprice_usd_per_petahash_day", "Hashprice in use (USD per PH/s per day)")
+        self.power_price = gauge("power_price_usd_per_megawatt_hour", "Power price in use (USD per MWh)")
+        self.price_stale = gauge("price_stale", "1 if the feed's last good value is too old", ["feed"])
+        self.decisions = counter("decisions_total", "Policy decisions taken")
+        self.commands = counter("commands_total", "Commands sent to devices", ["action"])
+        self.errors = counter("actuation_errors_total", "Commands that failed, by failure kind", ["failure"])
+        self.read_errors = counter("read_errors_total", "Polls that failed, by failure kind", ["failure"])
+        self.loop_seconds = Histogram(
+            "wattshift_loop_duration_seconds", "Duration of one control-loop tick",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+        )
+        self.last_tick = gauge("last_tick_timestamp_seconds", "Unix time the last tick finished")
+
+    def serve(self, listen: str) -> None:
+        """Serve /metrics on HOST:PORT from a background thread (prometheus_client's server)."""
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+
+    # -- Recorder -------------------------------------------------------------------------------
+
+    async def decision(self, snapshot: SiteSnapshot, allocation: Allocation, plan: Plan, *, dry_run: bool) -> None:
+        self.decisions.inc()
+        tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
+        miners = snapshot.miners
+        measured = tree.loads((m.circuit, m.measured_watts or 0.0) for m in miners)
+        worst = tree.loads((m.circuit, m.worst_case_watts) for m in miners)
+        planned = tree.loads((m.circuit, allocation[m.device_id].watts) for m in miners if allocation.get(m.device_id))
+        for circuit, limit in tree.limits.items():
+            self.circuit_limit.labels(circuit).set(limit)
+            self.circuit_measured.labels(circuit).set(measured[circuit])
+            self.circuit_worst.labels(circuit).set(worst[circuit])
+            self.circuit_planned.labels(circuit).set(planned[circuit])
+        self.budget.set(snapshot.budget_watts)
+        self.headroom.set(snapshot.budget_watts - worst["site"])
+        self.class_measured.labels(DEVICE_CLASS).set(measured["site"])
+        self.class_planned.labels(DEVICE_CLASS).set(planned["site"])
+        for m in miners:
+            up = m.reading is not None
+            self.device_up.labels(m.device_id, DEVICE_CLASS).set(1 if up else 0)
+            if m.failure is not None and not up:
+                self.read_errors.labels(m.failure.value).inc()
+            if m.reading is None:
+                continue
+            r = m.reading
+            self.device_on.labels(m.device_id, DEVICE_CLASS).set(1 if m.is_on else 0)
+            if r.watts is not None:
+                self.device_power.labels(m.device_id, DEVICE_CLASS).set(r.watts)
+            if r.limit_watts is not None:
+                self.device_limit.labels(m.device_id, DEVICE_CLASS).set(r.limit_watts)
+            if r.hashrate_ths is not None:
+                self.hashrate.labels(m.device_id).set(r.hashrate_ths * 1e12)
+            if r.temperatures_c:
+                self.temperature.labels(m.device_id, DEVICE_CLASS).set(max(r.temperatures_c))
+        prices = snapshot.prices
+        if prices.hashprice_usd_per_ph_day is not None:
+            self.hashprice.set(prices.hashprice_usd_per_ph_day)
+        if prices.power_usd_per_mwh is not None:
+            self.power_price.set(prices.power_usd_per_mwh)
+        self.price_stale.labels("hashprice").set(1 if prices.hashprice_stale else 0)
+        self.price_stale.labels("power").set(1 if prices.power_stale else 0)
+
+    async def commands(self, steps: Sequence[Step]) -> None:
+        for step in steps:
+            self.commands.labels(step.action.value).inc()
+
+    async def results(self, results: Sequence[StepResult]) -> None:
+        for result in results:
+            if result.failure is not None:
+                self.errors.labels(result.failure.value).inc()
+
+    async def tick(self, report: TickReport) -> None:
+        self.loop_seconds.observe(report.seconds)
+        self.last_tick.set(report.snapshot.at.timestamp())
