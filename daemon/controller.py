@@ -99,6 +99,12 @@ class Controller:
         self._memory: dict[str, _Memory] = {d: _Memory() for d in self._slots}
         self._wake = asyncio.Event()
         self.last_report: TickReport | None = None
+        self.commands_sent = 0
+        self.command_failures = 0
+
+    @property
+    def miner_ids(self) -> list[str]:
+        return list(self._slots)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -216,6 +222,8 @@ class Controller:
             concurrency=self.site.drivers.concurrency,
             timeout_seconds=self.site.drivers.call_timeout_seconds * 3,
         )
+        self.commands_sent += len(results)
+        self.command_failures += sum(1 for r in results if not r.ok)
         now = self._clock()
         for result in results:
             if result.ok and result.step.action in (Action.SLEEP, Action.WAKE):

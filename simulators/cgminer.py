@@ -101,6 +101,9 @@ class CgminerServer:
             await self._answer(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # stop() cancels hanging connections; the task is ours, nothing waits on it.
+            pass
         finally:
             self._connections.discard(task)
             _close(writer)

@@ -1,0 +1,22 @@
+"""What every sub-command shares: loading a site file and explaining why it was refused."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import SiteConfig, load_site
+from .yamlfile import FileInvalid
+
+EXIT_BAD_INPUT = 2
+
+
+def load_or_explain(path: Path) -> SiteConfig | None:
+    """The site file, or every problem with it printed to stderr (then None)."""
+    try:
+        return load_site(path)
+    except FileInvalid as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(err.problems)} problem(s); nothing was changed", file=sys.stderr)
+        return None

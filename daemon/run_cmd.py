@@ -1,0 +1,85 @@
+"""``wattshift run`` (the daemon) and ``wattshift plan`` (observe once, decide once, print)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from .app import open_daemon
+from .cli_common import EXIT_BAD_INPUT, load_or_explain
+from .summary import plan_table
+
+log = logging.getLogger("wattshift")
+
+
+def register(commands: Any) -> None:
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", type=Path, required=True, help="the site file")
+    run.add_argument("--dry-run", action="store_true", help="decide and journal, send nothing")
+    run.set_defaults(func=_run)
+    plan = commands.add_parser("plan", help="observe once, decide once, print what would be done")
+    plan.add_argument("--config", type=Path, required=True, help="the site file")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(func=_plan)
+
+
+def _run(args: argparse.Namespace) -> int:
+    site = load_or_explain(args.config)
+    if site is None:
+        return EXIT_BAD_INPUT
+    return asyncio.run(_serve(site, args.config.parent, args.dry_run))
+
+
+async def _serve(site: Any, base: Path, dry_run: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_daemon(site, base_dir=base, dry_run=dry_run, serve_metrics=True) as daemon:
+        log.info("running site %s: %d miners, metrics on http://%s/metrics%s", site.name,
+                 len(daemon.controller.miner_ids), site.metrics_listen, " (dry run)" if dry_run else "")
+        await daemon.controller.run(stop)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    site = load_or_explain(args.config)
+    if site is None:
+        return EXIT_BAD_INPUT
+    return asyncio.run(_plan_once(site, args.config.parent, args.json))
+
+
+async def _plan_once(site: Any, base: Path, as_json: bool) -> int:
+    async with open_daemon(site, base_dir=base, dry_run=True, journal=False) as daemon:
+        snapshot = await daemon.controller.observe()
+        allocation = daemon.controller.policy.decide(snapshot)
+    if as_json:
+        print(json.dumps(plan_json(snapshot, allocation), indent=2))
+    else:
+        print(plan_table(snapshot, allocation))
+    return 0
+
+
+def plan_json(snapshot: Any, allocation: Any) -> dict[str, Any]:
+    return {
+        "at": snapshot.at.isoformat(),
+        "budget_watts": snapshot.budget_watts,
+        "summary": allocation.summary,
+        "devices": [
+            {
+                "device": t.device_id,
+                "circuit": snapshot.miner(t.device_id).circuit,
+                "now_watts": snapshot.miner(t.device_id).measured_watts,
+                "target_watts": t.watts,
+                "controllable": snapshot.miner(t.device_id).controllable,
+                "value_usd_per_mwh": t.value_usd_per_mwh,
+                "reason": t.reason,
+            }
+            for t in allocation
+        ],
+    }

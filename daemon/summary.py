@@ -1,0 +1,85 @@
+"""Human-readable text for the CLI: a site file in one screen, a plan as a table."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from wattshift.policies.base import Allocation
+
+from .config import SITE_CIRCUIT, FixedPrice, SiteConfig
+from .model import SiteSnapshot
+
+
+def site_summary(site: SiteConfig) -> str:
+    parents = site.circuit_parents()
+    limits = site.circuit_limits()
+    miners: Counter[str] = Counter()
+    firmware: Counter[str] = Counter()
+    for group in site.miners:
+        hosts = sum(1 for _ in group.hosts())
+        miners[group.circuit] += hosts
+        firmware[group.firmware] += hosts
+
+    def tree(name: str, depth: int) -> list[str]:
+        count = sum(miners[c] for c in _subtree(name, parents))
+        label = "budget" if name == SITE_CIRCUIT else "limit"
+        lines = [f"{'  ' * depth}{name}: {label} {limits[name] / 1000:g} kW, {count} miners"]
+        for child in (c for c, p in parents.items() if p == name):
+            lines += tree(child, depth + 1)
+        return lines
+
+    prices = site.prices
+    lines = [
+        f"site {site.name}: budget {site.budget_kw:g} kW, reserve {site.reserve_kw:g} kW, "
+        f"tick {site.tick_seconds:g} s, policy {site.policy.name}",
+        *tree(SITE_CIRCUIT, 1),
+        "miners: " + ", ".join(f"{n} {fw}" for fw, n in sorted(firmware.items())) if firmware else "miners: none",
+        f"hashprice: {_price(prices.hashprice_usd_per_ph_day, '$/PH/day')}; "
+        f"power: {_price(prices.power_usd_per_mwh, '$/MWh')}; stale after {prices.stale_after_seconds:g} s",
+        f"state: {site.state_dir}; metrics: http://{site.metrics_listen}/metrics; "
+        f"credentials: {', '.join(sorted(site.credentials)) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def _subtree(name: str, parents: dict[str, str | None]) -> list[str]:
+    out = [name]
+    for child, parent in parents.items():
+        if parent == name:
+            out += _subtree(child, parents)
+    return out
+
+
+def _price(source: object, unit: str) -> str:
+    if isinstance(source, FixedPrice):
+        return f"fixed {source.value:g} {unit}"
+    return f"trace {getattr(source, 'file', '?')} ({unit})"
+
+
+def plan_table(snapshot: SiteSnapshot, allocation: Allocation) -> str:
+    """device, now, target, value, reason: one row per device, in merit order."""
+    rows = [("DEVICE", "CIRCUIT", "NOW W", "TARGET W", "$/MWh", "REASON")]
+    for target in allocation:
+        miner = snapshot.miner(target.device_id)
+        now = miner.measured_watts
+        value = target.value_usd_per_mwh
+        rows.append(
+            (
+                miner.device_id,
+                miner.circuit,
+                "?" if now is None else f"{now:.0f}",
+                f"{target.watts:.0f}" if miner.controllable else "hold",
+                "" if value is None else f"{value:.0f}",
+                target.reason.split(": ", 1)[-1],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    worst = sum(m.worst_case_watts for m in snapshot.miners)
+    lines.append("")
+    lines.append(allocation.summary)
+    lines.append(
+        f"budget in force {snapshot.budget_watts / 1000:.1f} kW (reserve taken off); "
+        f"worst case now {worst / 1000:.1f} kW; planned {allocation.planned_watts() / 1000:.1f} kW"
+    )
+    return "\n".join(lines)

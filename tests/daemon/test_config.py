@@ -1,0 +1,108 @@
+"""Site files: every mistake named with file, line, key and reason; secrets never leak."""
+
+from pathlib import Path
+
+import pytest
+
+from wattshift.daemon.cli import main
+from wattshift.daemon.config import expand_addresses, load_site
+from wattshift.daemon.yamlfile import FileInvalid
+
+GOOD = """\
+name: north-barn
+budget_kw: 1000
+reserve_kw: 20
+circuits:
+  - name: transformer-1
+    limit_kw: 600
+    circuits:
+      - name: container-a
+        limit_kw: 300
+miners:
+  - circuit: container-a
+    addresses: 10.0.0.1-10.0.0.40
+    firmware: braiins
+    credentials: braiins
+  - addresses: [10.0.1.0/30, 10.0.2.9]
+secrets_file: secrets.yaml
+"""
+
+
+@pytest.fixture
+def site_dir(tmp_path: Path) -> Path:
+    (tmp_path / "secrets.yaml").write_text("braiins: {username: root, password: hunter2}\n")
+    return tmp_path
+
+
+def write(directory: Path, text: str) -> Path:
+    path = directory / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads_with_watts_inside(site_dir):
+    site = load_site(write(site_dir, GOOD), environ={})
+    assert site.budget_watts == 1_000_000
+    assert site.circuit_parents()["container-a"] == "transformer-1"
+    assert site.circuit_limits()["container-a"] == 300_000
+    assert sum(1 for g in site.miners for _ in g.hosts()) == 40 + 2 + 1
+    assert site.credentials["braiins"].password.get_secret_value() == "hunter2"
+
+
+def test_validate_prints_ok_and_a_summary_without_secrets(site_dir, capsys):
+    assert main(["validate", str(write(site_dir, GOOD))]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok\n")
+    assert "container-a: limit 300 kW, 40 miners" in out
+    assert "hunter2" not in out and "hunter2" not in repr(load_site(site_dir / "site.yaml", environ={}))
+
+
+def test_every_error_names_file_line_key_and_reason(site_dir, capsys):
+    bad = GOOD.replace("limit_kw: 300", "limit_kw: -3").replace("firmware: braiins", "firmware: braiinz")
+    path = write(site_dir, bad)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:9: circuits[0].circuits[0].limit_kw: Input should be greater than 0 (got -3)" in err
+    assert f"{path}:13: miners[0].firmware: Input should be" in err and "(got 'braiinz')" in err
+    assert "2 problem(s); nothing was changed" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("circuit: container-a", "circuit: container-z"), "'container-z' is not a circuit"),
+        (("reserve_kw: 20", "reserve_kw: 2000"), "reserve_kw (2000.0) must be below budget_kw"),
+        (("10.0.2.9", "10.0.0.7"), "miner 10.0.0.7 is listed twice"),
+        (("10.0.2.9", "10.0.2.300"), "address '10.0.2.300'"),
+        (("credentials: braiins", "credentials: luxos"), "'luxos' is not in the secrets file"),
+        (("name: container-a", "name: transformer-1"), "circuit names must be unique"),
+        (("budget_kw: 1000", "budget_kw: 1000\nbudget_kwh: 3"), "budget_kwh: Extra inputs are not permitted"),
+        (("name: north-barn", "name: [oops"), "not valid YAML"),
+    ],
+)
+def test_bad_files_are_rejected_with_the_reason(site_dir, change, message):
+    with pytest.raises(FileInvalid) as err:
+        load_site(write(site_dir, GOOD.replace(*change)), environ={})
+    assert message in str(err.value)
+
+
+def test_passwords_in_the_site_file_are_refused(site_dir):
+    with pytest.raises(FileInvalid, match="passwords go in the secrets file"):
+        load_site(write(site_dir, GOOD + "credentials: {braiins: {password: x}}\n"), environ={})
+
+
+def test_the_environment_supplies_or_overrides_a_secret(site_dir):
+    site = load_site(write(site_dir, GOOD), environ={"WATTSHIFT_SECRET_BRAIINS": "from-env"})
+    assert site.credentials["braiins"].password.get_secret_value() == "from-env"
+    assert site.credentials["braiins"].username == "root"
+
+
+def test_address_ranges_expand_and_bad_ones_explain():
+    assert list(expand_addresses("127.1.0.254-127.1.1.1")) == ["127.1.0.254", "127.1.0.255", "127.1.1.0", "127.1.1.1"]
+    with pytest.raises(ValueError, match="ends before it starts"):
+        list(expand_addresses("10.0.0.9-10.0.0.1"))
+
+
+def test_the_shipped_example_is_valid(capsys):
+    example = Path(__file__).parents[2] / "deploy" / "site.example.yaml"
+    assert main(["validate", str(example)]) == 0, capsys.readouterr().err
