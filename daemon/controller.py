@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 CONFIRM_POLL_SECONDS = 1.0
 RELEASED_TOLERANCE_WATTS = 50.0
+# A miner that did not carry out a command is not trusted to obey the next one either: it is
+# counted at its worst case and sent nothing until this long has passed, then tried again.
+DISTRUST_SECONDS = 60.0
 
 
 class Fleet(Protocol):
@@ -53,6 +56,7 @@ class _Memory:
 
     state_since: float | None = None
     was_on: bool | None = None
+    distrusted_until: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ class Controller:
                 result,
                 self.fleet.capability(device_id),
                 state_since=memory.state_since,
-                ignored=device_id in suspect,
+                ignored=device_id in suspect or now_clock < memory.distrusted_until,
             )
             if state.controllable and memory.was_on is not None and state.is_on != memory.was_on:
                 memory.state_since = now_clock
@@ -226,6 +230,8 @@ class Controller:
         self.command_failures += sum(1 for r in results if not r.ok)
         now = self._clock()
         for result in results:
+            if not result.ok:
+                self._memory[result.step.device_id].distrusted_until = now + DISTRUST_SECONDS
             if result.ok and result.step.action in (Action.SLEEP, Action.WAKE):
                 memory = self._memory[result.step.device_id]
                 memory.state_since = now

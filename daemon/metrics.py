@@ -54,9 +54,9 @@ class MetricsRecorder:
         self.hashprice = gauge("hashprice_usd_per_petahash_day", "Hashprice in use (USD per PH/s per day)")
         self.power_price = gauge("power_price_usd_per_megawatt_hour", "Power price in use (USD per MWh)")
         self.price_stale = gauge("price_stale", "1 if the feed's last good value is too old", ["feed"])
-        self.decisions = counter("decisions_total", "Policy decisions taken")
-        self.commands = counter("commands_total", "Commands sent to devices", ["action"])
-        self.errors = counter("actuation_errors_total", "Commands that failed, by failure kind", ["failure"])
+        self.decisions_taken = counter("decisions_total", "Policy decisions taken")
+        self.commands_sent = counter("commands_total", "Commands sent to devices", ["action"])
+        self.actuation_errors = counter("actuation_errors_total", "Commands that failed, by failure kind", ["failure"])
         self.read_errors = counter("read_errors_total", "Polls that failed, by failure kind", ["failure"])
         self.loop_seconds = Histogram(
             "wattshift_loop_duration_seconds", "Duration of one control-loop tick",
@@ -72,7 +72,7 @@ class MetricsRecorder:
     # -- Recorder -------------------------------------------------------------------------------
 
     async def decision(self, snapshot: SiteSnapshot, allocation: Allocation, plan: Plan, *, dry_run: bool) -> None:
-        self.decisions.inc()
+        self.decisions_taken.inc()
         tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
         miners = snapshot.miners
         measured = tree.loads((m.circuit, m.measured_watts or 0.0) for m in miners)
@@ -114,12 +114,12 @@ class MetricsRecorder:
 
     async def commands(self, steps: Sequence[Step]) -> None:
         for step in steps:
-            self.commands.labels(step.action.value).inc()
+            self.commands_sent.labels(step.action.value).inc()
 
     async def results(self, results: Sequence[StepResult]) -> None:
         for result in results:
             if result.failure is not None:
-                self.errors.labels(result.failure.value).inc()
+                self.actuation_errors.labels(result.failure.value).inc()
 
     async def tick(self, report: TickReport) -> None:
         self.loop_seconds.observe(report.seconds)

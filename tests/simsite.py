@@ -1,0 +1,57 @@
+"""A simulated site and a daemon pointed at it, judged by the simulators' true draw."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from wattshift.daemon.app import open_daemon
+from wattshift.daemon.budget import BudgetSchedule
+from wattshift.daemon.config import SiteConfig
+from wattshift.simulators.site import MinerBatch, SimulatedSite, TruthMonitor
+
+
+@contextlib.asynccontextmanager
+async def running_site(
+    batches: list[MinerBatch],
+    tmp_path: Path,
+    *,
+    first_address: str,
+    budget_kw: float,
+    circuits: list[dict[str, Any]] | None = None,
+    power_price: float = 40.0,
+    policy_options: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> AsyncIterator[tuple[SimulatedSite, Any, BudgetSchedule, TruthMonitor]]:
+    sim = SimulatedSite(batches, first_address=first_address, physics_options={"ramp_watts_per_s": 2000.0})
+    async with sim:
+        site = SiteConfig.model_validate(
+            sim.site_file(
+                name="test",
+                budget_kw=budget_kw,
+                circuits=circuits or [],
+                prices={"power_usd_per_mwh": {"source": "fixed", "value": power_price}},
+                policy={"name": "merit-order", "options": {"min_dwell_seconds": 0, **(policy_options or {})}},
+                drivers={"call_timeout_seconds": 1.0, "confirm_timeout_seconds": 6.0},
+                state_dir=str(tmp_path),
+            )
+        )
+        budget = BudgetSchedule(site.budget_watts, lead_seconds=30)
+
+        def limits() -> dict[str, float]:
+            from datetime import UTC, datetime
+
+            now = {**site.circuit_limits(), "site": budget.at(datetime.now(UTC))}
+            return now
+
+        truth = TruthMonitor(sim, site.circuit_parents(), limits, interval=0.02)
+        async with open_daemon(site, base_dir=tmp_path, budget=budget, dry_run=dry_run) as daemon:
+            async with truth:
+                yield sim, daemon, budget, truth
+
+
+def assert_never_over(truth: TruthMonitor) -> None:
+    assert truth.samples > 10, "the monitor did not run"
+    assert truth.excursions == [], f"over a limit: {truth.excursions[:3]}"
