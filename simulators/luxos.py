@@ -259,7 +259,8 @@ class LuxOSMiner(SimulatedMiner):
         return self._ok(CODE_OK, "Fans", FANS=fans, FANCTRL=[{"Mode": "Auto", "MinFans": self.spec.fans}])
 
     def api_tempctrl(self, _parameter: Any) -> Reply:
-        return self._ok(CODE_OK, "Temperature control", TEMPCTRL=[{"Mode": "Auto", "Target": 75, "Hot": 85, "Dangerous": 95}])
+        control = {"Mode": "Auto", "Target": 75, "Hot": 85, "Dangerous": 95}
+        return self._ok(CODE_OK, "Temperature control", TEMPCTRL=[control])
 
     def api_pools(self, _parameter: Any) -> Reply:
         pool = {

@@ -91,7 +91,8 @@ async def test_get_data_reports_the_physics(sim: LuxOSMiner, client: Any, clock:
     assert data.wattage == round(physics.power_watts()) == 3500
     assert data.wattage_limit == 3500  # the "default" profile
     assert float(data.hashrate) == pytest.approx(physics.hashrate_ths(), rel=1e-3)
-    assert [float(board.hashrate) for board in data.hashboards] == pytest.approx([physics.hashrate_ths() / 3] * 3, rel=1e-3)
+    per_board = [float(board.hashrate) for board in data.hashboards]
+    assert per_board == pytest.approx([physics.hashrate_ths() / 3] * 3, rel=1e-3)
     assert {board.temp for board in data.hashboards} == {round(physics.temperature_c())}
     assert all(board.chip_temp > board.temp for board in data.hashboards)
     assert data.uptime == 120
