@@ -1,0 +1,202 @@
+"""What wattshift knows about pyasic's firmware backends, as data, and how to load pyasic.
+
+Nothing here imports pyasic at import time: importing pyasic configures the root logger
+(``logging.basicConfig`` in ``pyasic.logger``) and emits pydantic deprecation warnings, so the
+driver loads it through :func:`import_pyasic`, which undoes the first and silences the second.
+
+The backend table is keyed by the *backend* class (``LUXMiner``, ``BOSer``, ...), found by
+walking the miner's MRO, never by the hundreds of per-model subclasses pyasic generates.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from .base import PowerControl
+
+# Loggers pyasic's import reconfigures: the root (basicConfig + level) and asyncssh's level.
+_LOGGERS_PYASIC_TOUCHES = ("", "asyncssh")
+
+
+def import_pyasic() -> ModuleType:
+    """Import pyasic without letting it configure logging for the whole process.
+
+    pyasic 0.79.0 calls ``logging.basicConfig`` and sets the root level when imported, which
+    would put its own handler and format on every log line of the daemon. The handlers and
+    levels of the loggers it touches are put back as they were. Its pydantic v1-style models
+    (and passlib's use of ``crypt``) warn at import; those warnings are about pyasic's code,
+    not ours, and are dropped here.
+    """
+    if "pyasic" in sys.modules:
+        return sys.modules["pyasic"]
+    from pydantic.warnings import PydanticDeprecationWarning
+
+    saved = {name: _logger_state(logging.getLogger(name)) for name in _LOGGERS_PYASIC_TOUCHES}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PydanticDeprecationWarning)
+            # passlib, imported for the Whatsminer login, imports the stdlib crypt module.
+            warnings.filterwarnings("ignore", "'crypt' is deprecated", DeprecationWarning)
+            return importlib.import_module("pyasic")
+    finally:
+        for name, (handlers, level) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+
+
+def _logger_state(logger: logging.Logger) -> tuple[list[logging.Handler], int]:
+    return list(logger.handlers), logger.level
+
+
+# -- the backend table ---------------------------------------------------------------------------
+
+
+def _forget_luxos_session(miner: Any) -> None:
+    """LuxOS ends sessions on reboot (and on logoff by anyone); pyasic keeps its token forever
+    and never logs on again. Forgetting it makes pyasic ask ``session``/``logon`` afresh: one
+    extra round trip per command, and commands are rare."""
+    miner.rpc.session_token = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTraits:
+    """How one pyasic backend behaves, where the backends differ."""
+
+    firmware: str  # our name for it, as in the site file
+    control: PowerControl
+    # False where pyasic's is_mining cannot be believed (LuxOS: no data location, always True).
+    reports_mining: bool = True
+    # Run before every command (LuxOS: forget the session token pyasic would reuse).
+    before_command: Callable[[Any], None] | None = None
+
+
+UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
+
+# Keyed by "module.Class" of the backend, so the table is plain data (no pyasic import) and a
+# test checks every key still names a real pyasic class.
+BACKENDS: Mapping[str, BackendTraits] = {
+    "pyasic.miners.backends.braiins_os.BOSer": BackendTraits("braiins", PowerControl.WATTS),
+    # The SSH/GraphQL fallback pyasic picks when the model does not map to a BOSer class: its
+    # power target goes through a TOML file over SSH, which we do not rely on.
+    "pyasic.miners.backends.braiins_os.BOSMiner": BackendTraits("braiins", PowerControl.ON_OFF),
+    "pyasic.miners.backends.btminer.BTMinerV2": BackendTraits("whatsminer", PowerControl.WATTS),
+    "pyasic.miners.backends.btminer.BTMinerV3": BackendTraits("whatsminer", PowerControl.WATTS),
+    "pyasic.miners.backends.luxminer.LUXMiner": BackendTraits(
+        "luxos", PowerControl.PROFILES, reports_mining=False, before_command=_forget_luxos_session
+    ),
+    # pyasic issue #430: VNish set_power_limit always returns False in 0.79.0.
+    "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF),
+    # Stock Antminer: sleep/normal only, and a mode change restarts it.
+    "pyasic.miners.backends.antminer.AntminerModern": BackendTraits("antminer", PowerControl.ON_OFF),
+    "pyasic.miners.backends.antminer.AntminerOld": BackendTraits("antminer", PowerControl.ON_OFF),
+}
+
+
+def traits_for(miner: Any) -> BackendTraits:
+    """The traits of the first backend class in the miner's MRO that the table knows."""
+    for cls in type(miner).__mro__:
+        traits = BACKENDS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if traits is not None:
+            return traits
+    return UNKNOWN_BACKEND
+
+
+# -- building a miner object from an operator's hint --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareHint:
+    """How to build a pyasic miner for a firmware without identifying it."""
+
+    miner_type: str  # pyasic.miners.factory.MinerTypes member
+    model_query: str  # MinerFactory method that asks the firmware for its model
+    version_query: str | None = None  # MinerFactory method for the firmware version, if it matters
+
+
+FIRMWARE_HINTS: Mapping[str, FirmwareHint] = {
+    "luxos": FirmwareHint("LUX_OS", "get_miner_model_luxos"),
+    "braiins": FirmwareHint("BRAIINS_OS", "get_miner_model_braiins_os"),
+    # BTMiner picks its API v2 or v3 class from the firmware version.
+    "whatsminer": FirmwareHint("WHATSMINER", "get_miner_model_whatsminer", "get_miner_version_whatsminer"),
+    "vnish": FirmwareHint("VNISH", "get_miner_model_vnish"),
+    "antminer": FirmwareHint("ANTMINER", "get_miner_model_antminer"),
+}
+
+
+class ModelUnknown(Exception):
+    """The firmware named in a hint did not tell its model."""
+
+
+async def build_from_hint(address: str, firmware: str, model: str | None) -> Any:
+    """The pyasic miner for ``firmware`` and ``model`` at ``address``, from pyasic's MINER_CLASSES.
+
+    When the operator's model spelling is one pyasic knows ("Antminer S21" for LuxOS and
+    Braiins), no request is sent at all. Otherwise the firmware is asked for its model, which
+    is one request instead of identification's races over four ports.
+    """
+    hint = FIRMWARE_HINTS.get(firmware)
+    if hint is None:
+        raise ValueError(f"{address}: no firmware hint {firmware!r} (known: {', '.join(sorted(FIRMWARE_HINTS))})")
+    import_pyasic()
+    factory = importlib.import_module("pyasic.miners.factory")
+    classes = factory.MINER_CLASSES[factory.MinerTypes[hint.miner_type]]
+    key = model.upper() if model else None
+    if key is None or key not in classes:
+        reported = await getattr(factory.miner_factory, hint.model_query)(address)
+        if not reported:
+            raise ModelUnknown(f"{address}: the {firmware} firmware did not tell its model")
+        key = str(reported).upper()
+    version = await getattr(factory.miner_factory, hint.version_query)(address) if hint.version_query else None
+    return classes.get(key, classes[None])(address, version)
+
+
+def set_credentials(miner: Any, username: str | None, password: str | None) -> None:
+    """Give pyasic the login for both of the miner's APIs (RPC and web/gRPC)."""
+    for api in (getattr(miner, "rpc", None), getattr(miner, "web", None)):
+        if api is None:
+            continue
+        if password is not None:
+            api.pwd = password
+        if username is not None and hasattr(api, "username"):
+            api.username = username
+
+
+# -- power ranges by model ----------------------------------------------------------------------
+
+# What the firmwares accept as a power target, by model (the simulators model the same table).
+# LuxOS needs none of this: its profiles come from the miner.
+POWER_RANGES: Mapping[str, tuple[float, float]] = {
+    "antminer s19 xp": (1500.0, 3600.0),
+    "antminer s21": (1800.0, 4000.0),
+    "antminer s21 pro": (1800.0, 4000.0),
+    "whatsminer m50s": (1800.0, 3700.0),
+    "whatsminer m60s": (1800.0, 3900.0),
+}
+
+
+def model_name(miner: Any) -> str | None:
+    """Make and model as one string ("AntMiner S21", "WhatsMiner M60S VK10"), None if unknown."""
+    raw = getattr(miner, "raw_model", None)
+    if raw is None:
+        return None
+    make = getattr(miner, "make", None)
+    return f"{make} {raw}" if make else str(raw)
+
+
+def power_range_for(model: str | None) -> tuple[float, float] | None:
+    """The range for the longest known model name the given one starts with."""
+    if not model:
+        return None
+    key = " ".join(model.lower().split())
+    for name in sorted(POWER_RANGES, key=len, reverse=True):
+        if key.startswith(name):
+            return POWER_RANGES[name]
+    return None

@@ -1,0 +1,224 @@
+"""Many miners through pyasic: identification under a concurrency bound, a cache of drivers,
+polling with a deadline per miner.
+
+DESIGN.md, section 5: an unbounded ``gather(get_miner)`` over 1,000 miners finds none (the CPU
+starves pyasic's 3 s identification budget), a semaphore of about 100 finds all, and
+``get_multiple_miners(limit=)`` does not bound concurrency. So every operation on a miner here
+holds one slot of one semaphore, and each miner is identified once and cached; an identified
+miner is identified again only after repeated failures (it may have been re-flashed or
+replaced). An operator who names the firmware skips identification altogether.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .base import DeviceError, Failure, MinerCapability, MinerReading
+from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, import_pyasic, set_credentials
+from .pyasic_failures import CGMINER_PORT, diagnose, within
+from .pyasic_miner import Deadlines, PyasicMiner
+
+if TYPE_CHECKING:
+    from wattshift.daemon.config import SiteConfig
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+# Failures that say the miner at the address may no longer be the one we identified.
+LOST = frozenset({Failure.NO_ANSWER, Failure.TIMEOUT, Failure.GARBAGE})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class MinerTarget:
+    """One address and what the operator said about it."""
+
+    address: str
+    firmware: str = AUTO  # "auto": identify; else a key of FIRMWARE_HINTS: build it directly
+    model: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    nameplate_watts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    concurrency: int = 100
+    identify_s: float = 10.0  # pyasic's own budget is 3 s for the type plus 3 s for the model
+    deadlines: Deadlines = Deadlines()
+    reidentify_after: int = 3  # consecutive lost reads before an identified miner is identified again
+    # After a failed identification, wait this long before the next try: a dead address would
+    # otherwise cost pyasic's whole identification budget on every poll.
+    identify_retry_s: float = 60.0
+
+
+class MinerFleet:
+    """The miners of a site, each behind a :class:`PyasicMiner` once identified."""
+
+    def __init__(self, targets: Iterable[MinerTarget], settings: FleetSettings = FleetSettings()) -> None:
+        self._targets: dict[str, MinerTarget] = {}
+        for target in targets:
+            if target.address in self._targets:
+                raise ValueError(f"miner {target.address} is listed twice")
+            if target.firmware != AUTO and target.firmware not in FIRMWARE_HINTS:
+                known = ", ".join([AUTO, *sorted(FIRMWARE_HINTS)])
+                raise ValueError(f"miner {target.address}: unknown firmware {target.firmware!r} (known: {known})")
+            self._targets[target.address] = target
+        self._settings = settings
+        self._gate = asyncio.Semaphore(settings.concurrency)
+        self._drivers: dict[str, PyasicMiner] = {}
+        self._lost_reads: dict[str, int] = {}
+        self._identify_failed: dict[str, tuple[float, Failure, str]] = {}  # retry time, failure, detail
+        self._down: set[str] = set()  # to log a miner going away once, and its return once
+
+    @classmethod
+    def from_site(cls, site: SiteConfig) -> MinerFleet:
+        targets = []
+        for group in site.miners:
+            login = site.credentials.get(group.credentials) if group.credentials else None
+            for host in group.hosts():
+                targets.append(
+                    MinerTarget(
+                        host,
+                        firmware=group.firmware,
+                        model=group.model,
+                        username=login.username if login else None,
+                        password=login.password.get_secret_value() if login else None,
+                        nameplate_watts=group.max_kw * 1000.0 if group.max_kw else None,
+                    )
+                )
+        call_s = site.drivers.call_timeout_seconds
+        # A command and its read-back must fit in the actuator's step deadline (3 calls), so a
+        # command that shows no effect within one call's time is reported IGNORED, not TIMEOUT.
+        deadlines = Deadlines(call_s=call_s, confirm_s=call_s, poll_s=min(0.5, call_s / 5))
+        return cls(targets, FleetSettings(concurrency=site.drivers.concurrency, deadlines=deadlines))
+
+    # -- what the control loop asks -------------------------------------------------------------
+
+    @property
+    def device_ids(self) -> list[str]:
+        return list(self._targets)
+
+    def driver(self, device_id: str) -> PyasicMiner | None:
+        return self._drivers.get(device_id)
+
+    def capability(self, device_id: str) -> MinerCapability | None:
+        driver = self._drivers.get(device_id)
+        return driver.capability if driver else None
+
+    async def discover(self) -> dict[str, PyasicMiner | DeviceError]:
+        """Identify every miner not identified yet; the others keep their cached driver."""
+        return await self._each(self._targets, self._driver_for)
+
+    async def read_all(self) -> dict[str, MinerReading | DeviceError]:
+        return await self.read(list(self._targets))
+
+    async def read(self, device_ids: Iterable[str]) -> dict[str, MinerReading | DeviceError]:
+        """Poll the given miners (identifying any not yet known), each under its own deadline."""
+        return await self._each(device_ids, self._read_one)
+
+    async def close(self) -> None:
+        """Forget the drivers. pyasic holds no connection between calls, so none is open."""
+        self._drivers.clear()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _each(
+        self, device_ids: Iterable[str], operation: Callable[[str], Awaitable[T]]
+    ) -> dict[str, T | DeviceError]:
+        """``operation`` on each miner, at most ``concurrency`` miners at a time."""
+
+        async def bounded(device_id: str) -> tuple[str, T | DeviceError]:
+            if device_id not in self._targets:
+                return device_id, DeviceError(device_id, Failure.UNIDENTIFIED, "not a miner of this site")
+            async with self._gate:
+                try:
+                    return device_id, await operation(device_id)
+                except DeviceError as err:
+                    return device_id, err
+
+        return dict(await asyncio.gather(*(bounded(d) for d in device_ids)))
+
+    async def _read_one(self, device_id: str) -> MinerReading:
+        driver = await self._driver_for(device_id)
+        try:
+            reading = await driver.read()
+        except DeviceError as err:
+            self._note_failure(device_id, err)
+            if err.failure in LOST:
+                self._count_lost_read(device_id)
+            raise
+        self._note_success(device_id)
+        return reading
+
+    async def _driver_for(self, device_id: str) -> PyasicMiner:
+        driver = self._drivers.get(device_id)
+        if driver is not None:
+            return driver
+        now = asyncio.get_running_loop().time()
+        if device_id in self._identify_failed:
+            retry_at, failure, detail = self._identify_failed[device_id]
+            if now < retry_at:
+                raise DeviceError(device_id, failure, f"{detail}; next identification in {retry_at - now:.0f} s")
+        try:
+            driver = await self._identify(self._targets[device_id])
+        except DeviceError as err:
+            self._note_failure(device_id, err)
+            self._identify_failed[device_id] = (now + self._settings.identify_retry_s, err.failure, err.detail)
+            raise
+        self._identify_failed.pop(device_id, None)
+        self._drivers[device_id] = driver
+        return driver
+
+    async def _identify(self, target: MinerTarget) -> PyasicMiner:
+        address, settings = target.address, self._settings
+        action = "identify" if target.firmware == AUTO else f"build {target.firmware} miner"
+        pyasic = import_pyasic()
+        call: Awaitable[Any] = (
+            pyasic.get_miner(address)
+            if target.firmware == AUTO
+            else build_from_hint(address, target.firmware, target.model)
+        )
+        miner: Any = None
+        symptom = "pyasic could not tell what it is"
+        try:
+            miner = await within(address, action, call, settings.identify_s)
+        except DeviceError:
+            raise
+        except Exception as err:  # UnicodeDecodeError on non-UTF-8 bytes, a model it would not tell...
+            symptom = f"pyasic raised {err!r}"
+        if miner is None:
+            # Raised outside the handler, so the error does not keep pyasic's frames alive.
+            raise await self._unidentified(address, action, symptom)
+        set_credentials(miner, target.username, target.password)
+        driver = await PyasicMiner.open(miner, deadlines=settings.deadlines, nameplate_watts=target.nameplate_watts)
+        log.info("%s: %s %s, %s power control", address, driver.firmware, driver.model, driver.capability.control)
+        return driver
+
+    async def _unidentified(self, address: str, action: str, symptom: str) -> DeviceError:
+        seconds = self._settings.deadlines.call_s
+        return await diagnose(address, action, symptom, port=CGMINER_PORT, healthy=Failure.UNIDENTIFIED, seconds=seconds)
+
+    def _count_lost_read(self, device_id: str) -> None:
+        lost = self._lost_reads.get(device_id, 0) + 1
+        self._lost_reads[device_id] = lost
+        if lost >= self._settings.reidentify_after and self._targets[device_id].firmware == AUTO:
+            # Identify it again on the next poll: the address may now hold a different miner.
+            self._drivers.pop(device_id, None)
+            self._lost_reads[device_id] = 0
+
+    def _note_failure(self, device_id: str, err: DeviceError) -> None:
+        if device_id not in self._down:
+            self._down.add(device_id)
+            log.warning("%s: unavailable: %s", device_id, err)
+
+    def _note_success(self, device_id: str) -> None:
+        self._lost_reads[device_id] = 0
+        if device_id in self._down:
+            self._down.discard(device_id)
+            log.info("%s: available again", device_id)

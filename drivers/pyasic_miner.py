@@ -1,0 +1,278 @@
+"""One ASIC miner driven through pyasic: the :class:`~.base.MinerDriver` for every firmware
+pyasic speaks (Braiins OS+, Whatsminer, LuxOS, VNish, stock Antminer).
+
+Every pyasic call runs under its own deadline; every failure comes out as a
+:class:`~.base.DeviceError` (never ``False``); every command is confirmed by reading the miner
+back, because pyasic's ``True`` means only that the firmware did not object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
+from .pyasic_backends import BackendTraits, model_name, power_range_for, traits_for
+from .pyasic_failures import diagnose, probe_port, within
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a poll asks for. Temperatures come with the hashboards; LuxOS's hashrate too (pyasic
+# 0.79.0's LUXMiner._get_hashrate always returns None; MinerData sums the boards instead).
+READ_ITEMS = ("wattage", "wattage_limit", "hashrate", "hashboards", "fans", "errors", "is_mining")
+STATE_ITEMS = ("wattage", "hashrate", "hashboards", "is_mining")
+LIMIT_ITEMS = ("wattage_limit",)
+NUMBERS = ("wattage", "wattage_limit", "hashrate")
+
+# A miner drawing less than this share of its lowest setting is not hashing at any setting:
+# asleep, its control board and fans draw tens of watts, and an S21's lowest is ~1.8 kW.
+ASLEEP_BELOW_SHARE_OF_MIN = 0.1
+# Firmwares hold an integer number of watts.
+LIMIT_TOLERANCE_WATTS = 1.0
+# Before the capability is learned the driver allows nothing.
+_NOTHING_YET = MinerCapability(PowerControl.ON_OFF, 0.0, 0.0, can_sleep=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long to wait. A pyasic call gets ``call_s``; a command's read-back may take
+    ``confirm_s`` in all, re-reading every ``poll_s``."""
+
+    call_s: float = 5.0
+    confirm_s: float = 10.0
+    poll_s: float = 0.5
+
+
+class PyasicMiner:
+    """A :class:`~.base.MinerDriver` over one pyasic miner object.
+
+    Build it with :meth:`open`, which learns the capability (for LuxOS, the profiles the miner
+    reports). ``device_id`` is the miner's address.
+    """
+
+    def __init__(
+        self,
+        miner: Any,
+        capability: MinerCapability,
+        *,
+        traits: BackendTraits | None = None,
+        deadlines: Deadlines = Deadlines(),
+    ) -> None:
+        self._miner = miner
+        self._capability = capability
+        self._traits = traits or traits_for(miner)
+        self._deadlines = deadlines
+        self._model = model_name(miner)
+
+    @classmethod
+    async def open(
+        cls,
+        miner: Any,
+        *,
+        deadlines: Deadlines = Deadlines(),
+        nameplate_watts: float | None = None,
+    ) -> PyasicMiner:
+        """The driver for ``miner``, with its capability learned from the firmware (LuxOS
+        profiles) or the model table. ``nameplate_watts``, the operator's figure, stands in
+        for a model the table does not know."""
+        # Learning the capability takes the driver's own guarded calls, so the driver exists
+        # first, with a capability that allows nothing, and learns the real one.
+        driver = cls(miner, _NOTHING_YET, traits=traits_for(miner), deadlines=deadlines)
+        driver._capability = await driver._learn_capability(nameplate_watts)
+        return driver
+
+    # -- MinerDriver ----------------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        return str(self._miner.ip)
+
+    @property
+    def capability(self) -> MinerCapability:
+        return self._capability
+
+    @property
+    def firmware(self) -> str:
+        return self._traits.firmware
+
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    async def read(self) -> MinerReading:
+        data = await self._get_data(READ_ITEMS, "read")
+        return MinerReading(
+            device_id=self.device_id,
+            model=self._model,
+            firmware=self._traits.firmware,
+            watts=_float(data.wattage),
+            limit_watts=_float(data.wattage_limit),
+            hashrate_ths=_float(data.hashrate),
+            mining=self._mining(data),
+            temperatures_c=tuple(_board_temperatures(data.hashboards)),
+            fans_rpm=tuple(int(fan.speed) for fan in data.fans if fan.speed is not None),
+            errors=tuple(_error_text(error) for error in data.errors),
+        )
+
+    async def set_power_limit(self, watts: float) -> float:
+        capability = self._capability
+        if capability.control is PowerControl.ON_OFF:
+            detail = f"set_power_limit: {self.firmware} firmware has no power target here; sleep or wake it"
+            raise self._error(Failure.UNSUPPORTED, detail)
+        target = capability.achievable_watts(watts)
+        if target <= 0:
+            lowest = capability.min_watts
+            detail = f"set_power_limit: {watts:.0f} W is below the lowest setting, {lowest:.0f} W; sleep it instead"
+            raise self._error(Failure.UNSUPPORTED, detail)
+        await self._command("set_power_limit", lambda: self._miner.set_power_limit(int(target)))
+        data = await self._confirm(
+            "set_power_limit",
+            LIMIT_ITEMS,
+            lambda d: d.wattage_limit is not None and abs(d.wattage_limit - target) <= LIMIT_TOLERANCE_WATTS,
+            lambda d: f"the limit reads {d.wattage_limit} W, not the {target:.0f} W asked",
+        )
+        return float(data.wattage_limit)
+
+    async def sleep(self) -> None:
+        if not self._capability.can_sleep:
+            raise self._error(Failure.UNSUPPORTED, f"sleep: {self.firmware} firmware cannot sleep here")
+        await self._command("sleep", self._miner.stop_mining)
+        await self._confirm("sleep", STATE_ITEMS, lambda d: self._asleep(d) is True, self._describe_state)
+
+    async def wake(self) -> None:
+        if not self._capability.can_sleep:
+            raise self._error(Failure.UNSUPPORTED, f"wake: {self.firmware} firmware cannot sleep or wake here")
+        await self._command("wake", self._miner.resume_mining)
+        await self._confirm("wake", STATE_ITEMS, lambda d: self._asleep(d) is False, self._describe_state)
+
+    # -- pyasic calls ---------------------------------------------------------------------------
+
+    async def _call(self, action: str, call: Awaitable[T], *, healthy: Failure) -> T:
+        """One pyasic call under its deadline; every failure becomes a DeviceError.
+
+        ``healthy`` is the failure to report when a probe finds the miner well: then the miner
+        itself answered badly (GARBAGE for a read, REFUSED for a command).
+        """
+        try:
+            return await within(self.device_id, action, call, self._deadlines.call_s)
+        except DeviceError:
+            raise
+        except Exception as err:  # APIError, KeyError on an empty answer, TypeError after a failed logon...
+            symptom = f"pyasic raised {err!r}"
+        # Raised outside the handler, so the error does not keep pyasic's frames alive.
+        raise await self._diagnose(action, symptom, healthy=healthy)
+
+    async def _get_data(self, items: Iterable[str], action: str) -> Any:
+        items = list(items)
+        data = await self._call(action, self._miner.get_data(include=items), healthy=Failure.GARBAGE)
+        numbers = [getattr(data, name) for name in NUMBERS if name in items]
+        if numbers and all(number is None for number in numbers):
+            # How pyasic reports a refused connection, undecodable bytes, or (Whatsminer) a
+            # failed read: every field None.
+            raise await self._diagnose(action, "the miner gave no data", healthy=Failure.GARBAGE)
+        return data
+
+    async def _command(self, action: str, call: Callable[[], Awaitable[bool | None]]) -> None:
+        if self._traits.before_command is not None:
+            self._traits.before_command(self._miner)
+        if await self._call(action, call(), healthy=Failure.REFUSED) is False:
+            raise await self._diagnose(action, "pyasic returned False", healthy=Failure.REFUSED)
+
+    async def _confirm(
+        self,
+        action: str,
+        items: Iterable[str],
+        done: Callable[[Any], bool],
+        describe: Callable[[Any], str],
+    ) -> Any:
+        """Re-read until ``done``; a miner that said OK and never shows it IGNORED the command."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadlines.confirm_s
+        while True:
+            data = await self._get_data(items, f"{action} read-back")
+            if done(data):
+                return data
+            if loop.time() >= deadline:
+                raise self._error(
+                    Failure.IGNORED,
+                    f"{action}: the firmware said OK, but after {self._deadlines.confirm_s:g} s {describe(data)}",
+                )
+            await asyncio.sleep(self._deadlines.poll_s)
+
+    async def _diagnose(self, action: str, symptom: str, *, healthy: Failure) -> DeviceError:
+        port, seconds = probe_port(self._miner), self._deadlines.call_s
+        return await diagnose(self.device_id, action, symptom, port=port, healthy=healthy, seconds=seconds)
+
+    def _error(self, failure: Failure, detail: str) -> DeviceError:
+        return DeviceError(self.device_id, failure, detail)
+
+    # -- what the readings mean -----------------------------------------------------------------
+
+    def _asleep(self, data: Any) -> bool | None:
+        """Asleep by the best evidence the firmware gives: power first (it is what we control),
+        then the firmware's own mining flag where it can be believed, then hashrate."""
+        if data.wattage is not None:
+            return bool(data.wattage < self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN)
+        if self._traits.reports_mining:
+            return not data.is_mining
+        if data.hashrate is not None:
+            return float(data.hashrate) == 0.0
+        return None
+
+    def _mining(self, data: Any) -> bool | None:
+        if self._traits.reports_mining:
+            return bool(data.is_mining)
+        # LuxOS: pyasic says True even while the miner sleeps; hashrate tells the truth.
+        return None if data.hashrate is None else float(data.hashrate) > 0.0
+
+    def _describe_state(self, data: Any) -> str:
+        return f"it draws {data.wattage} W, hashes {_float(data.hashrate)} TH/s, is_mining={data.is_mining}"
+
+    # -- capability -----------------------------------------------------------------------------
+
+    async def _learn_capability(self, nameplate_watts: float | None) -> MinerCapability:
+        control = self._traits.control
+        if control is PowerControl.PROFILES:
+            profiles = await self._profile_watts()
+            if profiles:
+                return MinerCapability(control, profiles[0], profiles[-1], profiles_watts=profiles)
+            log.warning("%s: the %s firmware lists no profiles; sleep and wake only", self.device_id, self.firmware)
+            control = PowerControl.ON_OFF
+        known = power_range_for(self._model)
+        if known is not None:
+            return MinerCapability(control, *known)
+        # No model table entry: only sleep and wake, at its nameplate or at what it is set to now.
+        data = await self._get_data(("wattage_limit", "wattage"), "capability")
+        high = nameplate_watts or max(_float(data.wattage_limit) or 0.0, _float(data.wattage) or 0.0)
+        if high <= 0:
+            detail = f"no power range known for model {self._model!r} and it reports none; give max_kw in the site file"
+            raise self._error(Failure.UNSUPPORTED, detail)
+        log.warning("%s: no power range known for model %r; on/off at %.0f W", self.device_id, self._model, high)
+        return MinerCapability(PowerControl.ON_OFF, high, high)
+
+    async def _profile_watts(self) -> tuple[float, ...]:
+        """The firmware's preset powers, ascending (from pyasic's generic preset config)."""
+        config = await self._call("profiles", self._miner.get_config(), healthy=Failure.GARBAGE)
+        presets = getattr(config.mining_mode, "available_presets", None) or []
+        return tuple(sorted({float(p.power) for p in presets if p.power is not None}))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _board_temperatures(hashboards: Iterable[Any]) -> Iterable[float]:
+    """One temperature per board: the chips where reported (what thermal limits are about)."""
+    for board in hashboards:
+        celsius = board.chip_temp if board.chip_temp is not None else board.temp
+        if celsius is not None:
+            yield float(celsius)
+
+
+def _error_text(error: Any) -> str:
+    return str(getattr(error, "error_message", None) or error)
