@@ -48,7 +48,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out: TextIO,
                    *, until_interrupted: bool = False) -> int:
-    sim = SimulatedSite(scenario.batches(), first_address=scenario.first_address, seed=7)
+    # A cold start (say, after a grid outage): every miner idle until the daemon wakes it.
+    sim = SimulatedSite(scenario.batches(), first_address=scenario.first_address, seed=7, start_asleep=True)
     print(f"starting {len(sim.miners)} simulated miners on {scenario.first_address} and up ...", file=out, flush=True)
     async with sim:
         site = SiteConfig.model_validate(scenario.site_file(sim, state_dir, metrics_listen))
@@ -137,7 +138,7 @@ def _summary(ledger: Ledger, truth: TruthMonitor, site: SiteConfig, commands: in
         f"{ledger.revenue_usd - margin:8.2f}",
         f"  commands {commands}, failures {failures}",
         f"  highest true site draw {ledger.peak_watts / 1000:.1f} kW; contract budget "
-        f"{site.budget_watts / 1000:.1f} kW; closest to the budget in force: "
-        f"{-ledger.peak_over_budget_watts / 1000:.1f} kW under",
+        f"{site.budget_watts / 1000:.1f} kW; least headroom to the budget in force: "
+        f"{-ledger.peak_over_budget_watts / 1000:.1f} kW",
         f"  verdict: {verdict}",
     ])

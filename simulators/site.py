@@ -69,6 +69,7 @@ class SimulatedSite:
     clock: Clock | None = None
     seed: int = 0
     physics_options: dict[str, float] = field(default_factory=dict)
+    start_asleep: bool = False  # a cold start: every miner idle until the controller wakes it
     miners: list[SimulatedMiner] = field(init=False, default_factory=list)
     circuit_of: dict[str, str] = field(init=False, default_factory=dict)
     firmware_of: dict[str, str] = field(init=False, default_factory=dict)
@@ -81,7 +82,10 @@ class SimulatedSite:
             for _ in range(batch.count):
                 host = next(hosts)
                 seed = self.seed * 100_003 + len(self.miners)
-                self.miners.append(cls(host, spec, clock=self.clock, seed=seed, **self.physics_options))
+                miner = cls(host, spec, clock=self.clock, seed=seed, **self.physics_options)
+                if self.start_asleep:
+                    miner.physics.sleep()
+                self.miners.append(miner)
                 self.circuit_of[host] = batch.circuit
                 self.firmware_of[host] = batch.firmware
 

@@ -1,0 +1,90 @@
+"""The commands as an operator runs them: separate processes, a site file, simulators on
+loopback in their own process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "wattshift.daemon.cli"]
+
+
+@pytest.fixture
+def simulators() -> Iterator[list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wattshift.simulators.serve", "--firmware", "luxos", "--count", "4",
+         "--first-address", "127.0.14.1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    hosts = json.loads(proc.stdout.readline())["hosts"]
+    try:
+        yield hosts
+    finally:
+        proc.communicate(input="", timeout=30)
+
+
+def site_file(tmp_path: Path, hosts: list[str], budget_kw: float) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"name: cli-test\nbudget_kw: {budget_kw}\ntick_seconds: 1\n"
+        f"miners:\n  - addresses: {hosts[0]}-{hosts[-1]}\n"  # firmware auto: identified over the wire
+        f"drivers: {{call_timeout_seconds: 2}}\nstate_dir: {tmp_path / 'state'}\n"
+        "metrics_listen: 127.0.0.1:19465\n"
+    )
+    return path
+
+
+def test_plan_prints_every_miner_with_its_target_and_reason(simulators, tmp_path):
+    path = site_file(tmp_path, simulators, budget_kw=9)
+    out = subprocess.run([*CLI, "plan", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["DEVICE", "CIRCUIT", "NOW", "W"]
+    for host in simulators:
+        row = next(line for line in lines if line.startswith(host + " "))
+        assert "marginal $" in row or "no room" in row
+    assert "4 controllable miners" in out.stdout or "/4 controllable miners on" in out.stdout
+    as_json = subprocess.run([*CLI, "plan", "--config", str(path), "--json"], capture_output=True, text=True, timeout=60)
+    devices = json.loads(as_json.stdout)["devices"]
+    assert {d["device"] for d in devices} == set(simulators)
+    assert sum(d["target_watts"] for d in devices) <= 9_000
+    assert all(d["now_watts"] == 3500 for d in devices)  # plan sent nothing
+
+
+def test_run_acts_journals_and_stops_cleanly_on_sigterm(simulators, tmp_path):
+    path = site_file(tmp_path, simulators, budget_kw=9)
+    daemon = subprocess.Popen([*CLI, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    journal = subprocess.run(
+        [*CLI, "journal", "--state-dir", str(tmp_path / "state"), "--json", "--limit", "1000"],
+        capture_output=True, text=True, timeout=30,
+    )
+    entries = [json.loads(line) for line in journal.stdout.splitlines()]
+    kinds = [e["kind"] for e in entries]
+    assert kinds[0] == "event" and entries[0]["summary"].startswith("started")
+    assert entries[-1]["summary"].startswith("stopped")
+    assert "decision" in kinds and "command" in kinds and "result" in kinds
+    results = [e for e in entries if e["kind"] == "result"]
+    assert all(e["data"]["ok"] for e in results), results
+
+
+def test_validate_rejects_a_bad_file_with_exit_2(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("name: Bad Name\nbudget_kw: 0\n")
+    out = subprocess.run([*CLI, "validate", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert f"{path}:1: name: String should match pattern" in out.stderr
+    assert f"{path}:2: budget_kw: Input should be greater than 0 (got 0)" in out.stderr
