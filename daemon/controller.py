@@ -57,6 +57,7 @@ class _Memory:
     state_since: float | None = None
     was_on: bool | None = None
     distrusted_until: float = float("-inf")
+    waking: bool = False  # a wake was sent and the miner has not been seen running since
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,10 @@ class Controller:
                 self.fleet.capability(device_id),
                 state_since=memory.state_since,
                 ignored=device_id in suspect or now_clock < memory.distrusted_until,
+                waking=memory.waking,
             )
+            if memory.waking and state.reading is not None and state.reads_on:
+                memory.waking = False
             if state.controllable and memory.was_on is not None and state.is_on != memory.was_on:
                 memory.state_since = now_clock
             if state.controllable:
@@ -220,6 +224,12 @@ class Controller:
         if not steps:
             return []
         await self.recorder.commands(steps)
+        for step in steps:
+            # Set before sending: a wake that times out may still have reached the miner.
+            if step.action is Action.WAKE:
+                self._memory[step.device_id].waking = True
+            elif step.action is Action.SLEEP:
+                self._memory[step.device_id].waking = False
         results = await execute(
             steps,
             self.fleet.driver,

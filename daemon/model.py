@@ -51,6 +51,9 @@ class MinerState:
     failure: Failure | None
     max_watts: float  # the most it can draw, whatever we believe
     state_since: float | None = None  # loop-clock time of the last on/off change we made
+    # Told to wake and not yet seen running: real boards take minutes to come up, and until
+    # then the miner must be counted as if it were already at its limit.
+    waking: bool = False
 
     @property
     def controllable(self) -> bool:
@@ -62,6 +65,11 @@ class MinerState:
 
     @property
     def is_on(self) -> bool:
+        """Mining or about to: a miner told to wake counts as on (and at its limit) already."""
+        return self.waking or self.reads_on
+
+    @property
+    def reads_on(self) -> bool:
         """Mining, by the best evidence we have (an unknown miner counts as on)."""
         if self.reading is None:
             return True

@@ -48,6 +48,7 @@ def miner_state(
     *,
     state_since: float | None,
     ignored: bool = False,
+    waking: bool = False,
 ) -> MinerState:
     """One miner's state. ``ignored``: its last command was acknowledged but not carried out,
     so its readings are not trusted to predict what it will do next."""
@@ -70,6 +71,7 @@ def miner_state(
         failure=failure,
         max_watts=max_watts,
         state_since=state_since,
+        waking=waking,
     )
 
 

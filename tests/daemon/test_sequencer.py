@@ -49,6 +49,18 @@ def test_sleep_is_a_shed_and_wake_sets_the_limit_first():
     assert [(s.action, s.watts) for s in plan.grants] == [(Action.WAKE, 2500)]
 
 
+def test_a_miner_told_to_wake_counts_at_its_limit_until_it_runs():
+    # Real hashboards take minutes to come up after a wake; meanwhile it reads as asleep.
+    import dataclasses
+
+    waking = dataclasses.replace(miner("w", watts=12, limit=3000, mining=False), waking=True)
+    assert waking.worst_case_watts == 3000
+    site = snapshot([waking, miner("b", watts=12, mining=False)], budget=5_000)
+    plan = plan_transition(site, allocate(w=3000, b=2500))
+    assert plan.now == ()  # no second wake for w; no room for b beside w's 3 kW
+    assert [s.device_id for s in plan.deferred] == ["b"]
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     budget=st.floats(5_000, 30_000),
