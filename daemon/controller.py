@@ -22,7 +22,7 @@ from wattshift.drivers.prices import PriceError, PriceFeed
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
-from .budget import BudgetSchedule
+from .budget import BudgetEvent, BudgetSchedule
 from .config import SiteConfig
 from .model import Prices, SiteSnapshot
 from .observe import MinerSlot, build_snapshot, miner_slots, miner_state, quote_prices
@@ -112,6 +112,16 @@ class Controller:
         return list(self._slots)
 
     # -- the loop -------------------------------------------------------------------------------
+
+    async def add_budget_event(self, event: BudgetEvent) -> None:
+        """A curtailment (or its end) changes the budget: record it and plan again at once."""
+        self.budget.add(event)  # raises ValueError on a bad event, before anything changes
+        await self.recorder.event(
+            f"budget event {event.name}: {event.limit_watts / 1000:.1f} kW from {event.start.isoformat()}"
+            + (f" to {event.end.isoformat()}" if event.end else ""),
+            {"limit_watts": event.limit_watts},
+        )
+        self.request_replan(f"budget event {event.name}")
 
     def request_replan(self, reason: str) -> None:
         """Wake the loop before its next tick (budget changed, device lost, command received)."""

@@ -121,6 +121,9 @@ class MetricsRecorder:
             if result.failure is not None:
                 self.actuation_errors.labels(result.failure.value).inc()
 
+    async def event(self, summary: str, data: dict[str, object]) -> None:
+        pass
+
     async def tick(self, report: TickReport) -> None:
         self.loop_seconds.observe(report.seconds)
         self.last_tick.set(report.snapshot.at.timestamp())

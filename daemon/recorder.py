@@ -30,6 +30,8 @@ class Recorder(Protocol):
 
     async def tick(self, report: TickReport) -> None: ...
 
+    async def event(self, summary: str, data: dict[str, object]) -> None: ...
+
 
 class NullRecorder:
     async def decision(self, snapshot: SiteSnapshot, allocation: Allocation, plan: Plan, *, dry_run: bool) -> None:
@@ -42,6 +44,9 @@ class NullRecorder:
         pass
 
     async def tick(self, report: TickReport) -> None:
+        pass
+
+    async def event(self, summary: str, data: dict[str, object]) -> None:
         pass
 
 
@@ -66,6 +71,10 @@ class FanOut:
     async def tick(self, report: TickReport) -> None:
         for r in self.recorders:
             await r.tick(report)
+
+    async def event(self, summary: str, data: dict[str, object]) -> None:
+        for r in self.recorders:
+            await r.event(summary, data)
 
 
 class JournalRecorder:
@@ -125,3 +134,6 @@ class JournalRecorder:
 
     async def tick(self, report: TickReport) -> None:
         pass
+
+    async def event(self, summary: str, data: dict[str, object]) -> None:
+        await self.journal.record(EntryKind.EVENT, summary, data=data)

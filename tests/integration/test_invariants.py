@@ -107,3 +107,29 @@ async def test_dry_run_decides_and_journals_but_sends_nothing(tmp_path):
         assert {m.host: m.physics.target_watts for m in sim.miners} == before
         decisions = await daemon.journal.query(kind=EntryKind.DECISION)
         assert decisions and decisions[0].data["dry_run"] is True
+
+
+async def test_a_budget_event_wakes_the_loop_before_its_next_tick(tmp_path):
+    batches = [MinerBatch("luxos", 2, "site", "Antminer S21")]
+    async with running_site(batches, tmp_path, first_address="127.0.15.1", budget_kw=10) as (sim, daemon, budget, truth):
+        controller = daemon.controller
+        assert controller.site.tick_seconds == 15  # far longer than this test waits
+        stop = asyncio.Event()
+        loop = asyncio.create_task(controller.run(stop))
+        try:
+            while controller.last_report is None:
+                await asyncio.sleep(0.05)
+            first = controller.last_report
+            event = BudgetEvent("dr-1", 4_000, datetime.now(UTC) + timedelta(seconds=5))
+            await controller.add_budget_event(event)
+            async with asyncio.timeout(5):
+                while controller.last_report is first:
+                    await asyncio.sleep(0.05)
+            assert controller.last_report.snapshot.budget_watts == 4_000
+            await asyncio.sleep(1.5)  # the shed ramps down under the monitor's eye
+        finally:
+            stop.set()
+            await loop
+        events = await daemon.journal.query(kind=EntryKind.EVENT)
+        assert any(e.summary.startswith("budget event dr-1: 4.0 kW") for e in events)
+    assert_never_over(truth)
