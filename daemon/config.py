@@ -97,7 +97,7 @@ class TracePrice(Strict):
     source: Literal["trace"]
     file: Path
     loop: bool = True
-    speedup: float = Field(default=1.0, gt=0, le=1_000_000)
+    speedup: float = Field(default=1.0, gt=0, le=1e9)
 
 
 PriceSource = Annotated[FixedPrice | TracePrice, Field(discriminator="source")]
