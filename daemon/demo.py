@@ -13,6 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from wattshift.simulators.physics import SPECS
 from wattshift.simulators.site import MinerBatch, SimulatedSite
 
 from .budget import BudgetEvent, BudgetSchedule
@@ -85,8 +86,6 @@ class Scenario:
 
 
 def _nominal_kw(batch: MinerBatch) -> float:
-    from wattshift.simulators.physics import SPECS
-
     return SPECS[batch.spec_model].nominal_watts / 1000
 
 
