@@ -7,6 +7,7 @@ against the lowest budget in force anywhere in the next ``lead_seconds``, so min
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,6 +54,10 @@ class BudgetSchedule:
         """The budget actually in force at this instant (what compliance is judged against)."""
         limits = [e.limit_watts for e in self._events.values() if e.overlaps(now, now)]
         return min([self.contract_watts, *limits])
+
+    def limits_at(self, circuit_limits: Mapping[str, float], now: datetime) -> dict[str, float]:
+        """Every circuit's limit at this instant, the site's being the budget in force."""
+        return {**circuit_limits, "site": self.at(now)}
 
     def expire(self, now: datetime) -> list[BudgetEvent]:
         gone = [e for e in self._events.values() if e.end is not None and e.end <= now]

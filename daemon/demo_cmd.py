@@ -56,7 +56,8 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
         started_wall = datetime.now(UTC)
         budget = scenario.budget(site, started_wall)
         ledger = Ledger(sim)
-        truth = TruthMonitor(sim, site.circuit_parents(), lambda: _limits_now(site, budget))
+        limits = site.circuit_limits()
+        truth = TruthMonitor(sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)))
         async with open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True) as daemon:
             print(f"identified miners; metrics on http://{metrics_listen}/metrics; journal in {state_dir}",
                   file=out, flush=True)
@@ -83,12 +84,6 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
     print(_summary(ledger, truth, site, commands, failures, time.monotonic() - started), file=out, flush=True)
     over = truth.excursions
     return 0 if not over or until_interrupted else 1
-
-
-def _limits_now(site: SiteConfig, budget: Any) -> dict[str, float]:
-    limits = site.circuit_limits()
-    limits["site"] = budget.at(datetime.now(UTC))
-    return limits
 
 
 def _draw(out: TextIO, sim: SimulatedSite, site: SiteConfig, budget: Any, ledger: Ledger,
@@ -133,7 +128,7 @@ def _summary(ledger: Ledger, truth: TruthMonitor, site: SiteConfig, commands: in
     return "\n".join([
         "",
         f"summary after {seconds:.0f} s ({truth.samples} samples of the true draw):",
-        f"  class  energy kWh  revenue $  power cost $  margin $",
+        "  class  energy kWh  revenue $  power cost $  margin $",
         f"  miner  {ledger.energy_kwh:10.2f}  {ledger.revenue_usd:9.2f}  {margin:12.2f}  "
         f"{ledger.revenue_usd - margin:8.2f}",
         f"  commands {commands}, failures {failures}",

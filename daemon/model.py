@@ -15,6 +15,10 @@ from types import MappingProxyType
 from wattshift.drivers.base import Failure, MinerCapability, MinerReading
 
 
+# A sleeping miner's control board and fans, when no reading says otherwise.
+IDLE_WATTS = 15.0
+
+
 class DeviceClass(enum.StrEnum):
     MINER = "miner"
     GPU = "gpu"

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from wattshift.policies.base import Allocation
 
 from .limits import LimitTree
-from .model import MinerState, SiteSnapshot
+from .model import IDLE_WATTS, MinerState, SiteSnapshot
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
-IDLE_WATTS = 15.0
 
 
 class Action(enum.StrEnum):

@@ -74,7 +74,7 @@ def plan_table(snapshot: SiteSnapshot, allocation: Allocation) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows]
     worst = sum(m.worst_case_watts for m in snapshot.miners)
     lines.append("")
     lines.append(allocation.summary)

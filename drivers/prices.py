@@ -13,6 +13,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -105,7 +106,7 @@ def _read_trace(path: Path) -> tuple[list[float], list[float]]:
         raise PriceError(f"{path}: no rows")
     base = offsets[0]
     relative = [o - base for o in offsets]
-    if any(b <= a for a, b in zip(relative, relative[1:])):
+    if any(b <= a for a, b in pairwise(relative)):
         raise PriceError(f"{path}: timestamps must increase")
     return relative, values
 

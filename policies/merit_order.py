@@ -24,12 +24,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wattshift.daemon.limits import LimitTree
-from wattshift.daemon.model import MinerState, SiteSnapshot
+from wattshift.daemon.model import IDLE_WATTS, MinerState, SiteSnapshot
 from wattshift.drivers.base import PowerControl
 
 from .base import Allocation, Target
 
-IDLE_WATTS = 15.0  # a sleeping miner's control board and fans, when we have no reading
 
 
 class MeritOrderOptions(BaseModel):
@@ -95,7 +94,7 @@ class MeritOrderPolicy:
         levels = [_levels(m, self.options.step_watts) for m in controllable]
         if not prices_trusted:
             # Hold: a running miner keeps at most what it holds now; only limits may shed it.
-            levels = [_at_most(lv, m.reading.limit_watts if m.reading else None) for lv, m in zip(levels, controllable)]
+            levels = [_at_most(lv, m.reading.limit_watts if m.reading else None) for lv, m in zip(levels, controllable, strict=True)]
         granted = [0.0] * len(controllable)
         last_value: list[float | None] = [None] * len(controllable)
         blocked: dict[int, str] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,10 @@ async def running_site(
         )
         budget = BudgetSchedule(site.budget_watts, lead_seconds=30)
 
-        def limits() -> dict[str, float]:
-            from datetime import UTC, datetime
-
-            now = {**site.circuit_limits(), "site": budget.at(datetime.now(UTC))}
-            return now
-
-        truth = TruthMonitor(sim, site.circuit_parents(), limits, interval=0.02)
+        limits = site.circuit_limits()
+        truth = TruthMonitor(
+            sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)), interval=0.02
+        )
         async with open_daemon(site, base_dir=tmp_path, budget=budget, dry_run=dry_run) as daemon:
             async with truth:
                 yield sim, daemon, budget, truth
