@@ -1,0 +1,128 @@
+"""The AI job runner contract: the levers on GPU work and how fast each moves power.
+
+A runner fronts one scheduler (Slurm, a set of operator shell commands, the simulator). The
+loop never waits on a scheduler inside a tick longer than its deadline, and every action says
+how long it takes to release or draw power (DESIGN.md, levers on AI work), because that is what
+the sequencer must budget for: a suspended job's GPUs drop to idle in seconds, a requeued job
+takes minutes to come back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .base import Registry
+
+
+class FlexTier(enum.StrEnum):
+    """How far a job may be moved to free power. Firm load is never touched."""
+
+    FIRM = "firm"  # rented on an on-demand contract, or promised: never curtailed by us
+    SUSPENDABLE = "suspendable"  # may be paused (SIGSTOP / scontrol suspend) and resumed
+    PREEMPTIBLE = "preemptible"  # may be stopped and requeued (checkpoint, then restart later)
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"  # queued, not running (also: requeued, waiting)
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchingCost:
+    """What moving a job costs, beyond the power it stops using."""
+
+    checkpoint_seconds: float = 0.0  # time to save state before it can be stopped
+    restart_seconds: float = 0.0  # time from start/resume until it does useful work again
+    penalty_usd: float = 0.0  # contract penalty or lost work per interruption
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTimes:
+    """Expected seconds until power is released (down) or drawn again (up), per action."""
+
+    suspend_release: float = 5.0
+    resume_draw: float = 5.0
+    requeue_release: float = 30.0
+    start_draw: float = 120.0
+    stop_release: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to run: the runner turns it into an sbatch script, a command, or a simulated job."""
+
+    name: str
+    gpus: int
+    command: str = ""  # for Slurm: the batch script body; for the command runner: passed as $JOB_COMMAND
+    node: str | None = None  # pin to a node (Slurm --nodelist)
+    partition: str | None = None
+    time_limit_minutes: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job_id: str
+    name: str
+    state: JobState
+    node: str | None = None
+    gpus: int = 0
+    reason: str = ""  # the scheduler's own words (Slurm's REASON column), for operators
+
+
+class JobError(Exception):
+    """A runner action failed; the message names the job, the action and what the scheduler said."""
+
+    def __init__(self, job_id: str | None, action: str, detail: str) -> None:
+        super().__init__(f"{action} {job_id or ''}: {detail}".replace("  ", " "))
+        self.job_id = job_id
+        self.action = action
+        self.detail = detail
+
+
+@runtime_checkable
+class JobRunner(Protocol):
+    """One scheduler. Each call has a deadline and raises :class:`JobError` on failure."""
+
+    name: str
+    times: ActionTimes
+
+    async def submit(self, spec: JobSpec) -> str: ...
+
+    async def suspend(self, job_id: str) -> None: ...
+
+    async def resume(self, job_id: str) -> None: ...
+
+    async def requeue(self, job_id: str) -> None: ...
+
+    async def stop(self, job_id: str) -> None: ...
+
+    async def status(self, job_ids: Sequence[str] | None = None) -> Mapping[str, JobStatus]:
+        """The jobs named (all this runner knows when ``None``); a finished job may be absent."""
+        ...
+
+
+JobRunnerFactory = Callable[..., JobRunner]
+
+
+def job_runners() -> Registry[JobRunnerFactory]:
+    """Runner kinds by the name the site file uses (``runner: slurm``)."""
+    from .command_runner import CommandRunner  # noqa: PLC0415
+    from .slurm_runner import SlurmRunner  # noqa: PLC0415
+
+    registry: Registry[JobRunnerFactory] = Registry("job runner")
+    registry.register("slurm")(SlurmRunner)
+    registry.register("command")(CommandRunner)
+    return registry
