@@ -184,7 +184,9 @@ class GpuNodeState:
 
     @property
     def controllable(self) -> bool:
-        return self.failure is None and len(self.readings) == self.gpu_count and not self.firm
+        """Every card answered. Firm load is controllable only in that it may be started:
+        the policy and the sequencer never curtail it."""
+        return self.failure is None and len(self.readings) == self.gpu_count
 
     @property
     def cap_watts(self) -> float | None:

@@ -4,8 +4,8 @@ The policy says where power should be; the sequencer decides what may be sent *n
 (DESIGN.md invariants 1-3):
 
 - sheds (lower a limit, sleep) are always safe and go first;
-- grants (raise a limit, wake) go only while they fit under every circuit with every other miner
-  counted at its worst case, and a shed miner still counted at its old draw: its release is not
+- grants (raise a limit, wake) go only while they fit under every circuit with every other load
+  counted at its worst case, and a shed load still counted at its old draw: its release is not
   believed until telemetry shows it;
 - grants that do not fit yet are deferred; the controller confirms the sheds from readings and
   plans again from a fresh snapshot.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from wattshift.policies.base import Allocation
 
 from .limits import LimitTree
-from .model import IDLE_WATTS, MinerState, SiteSnapshot
+from .model import GpuNodeState, Load, SiteSnapshot
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
 
@@ -73,18 +73,20 @@ def plan_transition(
     snapshot: SiteSnapshot, allocation: Allocation, *, deadband_watts: float = DEADBAND_WATTS
 ) -> Plan:
     tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-    loads = tree.loads((m.circuit, m.worst_case_watts) for m in snapshot.miners)
+    loads = tree.loads((d.circuit, d.worst_case_watts) for d in snapshot.loads)
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
     for target in allocation:  # merit order: the best use of freed power is granted first
-        miner = snapshot.miner(target.device_id)
-        if not miner.controllable:
+        load = snapshot.load(target.device_id)
+        if not load.controllable:
             continue
-        step = _step_for(miner, target.watts, target.reason, deadband_watts)
+        step = _step_for(load, target.watts, target.reason, deadband_watts)
         if step is None:
             continue
         if step.is_shed:
+            if isinstance(load, GpuNodeState) and load.firm:
+                continue  # firm load is never curtailed, whatever a policy asks
             sheds.append(step)
             continue
         delta = step.worst_after - step.worst_before
@@ -96,20 +98,19 @@ def plan_transition(
     return Plan(tuple(sheds), tuple(grants), tuple(deferred))
 
 
-def _step_for(miner: MinerState, watts: float, reason: str, deadband: float) -> Step | None:
-    before = miner.worst_case_watts
-    reading = miner.reading
-    limit = reading.limit_watts if reading is not None else None
+def _step_for(load: Load, watts: float, reason: str, deadband: float) -> Step | None:
+    before = load.worst_case_watts
+    limit = load.limit_watts
     if watts <= 0:
-        if not miner.is_on:
+        if not load.is_on:
             return None
-        return Step(miner.device_id, miner.circuit, Action.SLEEP, 0.0, before, IDLE_WATTS, reason)
-    if not miner.is_on:
-        return Step(miner.device_id, miner.circuit, Action.WAKE, watts, before, max(watts, before), reason)
+        return Step(load.device_id, load.circuit, Action.SLEEP, 0.0, before, load.idle_watts, reason)
+    if not load.is_on:
+        return Step(load.device_id, load.circuit, Action.WAKE, watts, before, max(watts, before), reason)
     if limit is not None and abs(limit - watts) <= deadband:
         return None
-    measured = miner.measured_watts or 0.0
-    # Lowering a limit releases power only once the draw has come down; until then the miner
+    measured = load.measured_watts or 0.0
+    # Lowering a limit releases power only once the draw has come down; until then the load
     # still counts at what it draws (worst_case_watts), which the next snapshot will show.
     after = watts if watts < before else max(watts, measured)
-    return Step(miner.device_id, miner.circuit, Action.SET_LIMIT, watts, before, after, reason)
+    return Step(load.device_id, load.circuit, Action.SET_LIMIT, watts, before, after, reason)

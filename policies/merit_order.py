@@ -1,17 +1,23 @@
-"""Merit order over miners: every watt goes where it earns most, and only if it beats its price.
+"""Merit order over every load: each watt goes where it earns most, and only if it beats its price.
 
-Each miner's power range is cut into increments (its minimum first, then steps up to its
-maximum, or its profiles, or on/off). An increment's value is the revenue it adds, in $/MWh of
-the watts it adds, at the current hashprice. Because hashrate is concave in power, the first
-increment of a miner is its best, and taking increments best-first across the whole site is
-water-filling: marginal values end up equal, least efficient miners are the ones left off.
-An increment is taken only while its value beats the power price and it fits every circuit on
-its path, after the worst case of every miner we cannot control has been counted.
+Miners and GPU nodes are ladders of power settings (:mod:`wattshift.policies.ladders`). A rung's
+value is the revenue it adds, in $/MWh of the watts it adds: for a miner, hashprice times the
+hashrate its efficiency curve gives; for a GPU node, its job's $/GPU-hour times the speed its
+power cap allows. Because both are concave in power, the first rung of a load is its best, and
+taking rungs best-first across the whole site is water-filling: marginal values end up equal,
+the least valuable loads are the ones left off. A rung is taken only while its value beats the
+power price and it fits every circuit on its path, after the worst case of every load we cannot
+control has been counted.
 
-No flapping (DESIGN.md invariant 7): a running miner stays on until its value falls
+The reverse order is the shedding order, and it comes out of the values: miners first (tens to
+hundreds of $/MWh), then GPU power caps (their top rungs add little speed), then suspendable
+jobs, then preemptible ones (their interruption cost is added to their first rung). Firm load
+(a GPU rented on contract) is never touched.
+
+No flapping (DESIGN.md invariant 7): a running load stays on until its value falls
 ``hysteresis_usd_per_mwh`` below the price, an idle one starts only when it beats the price by
-as much, and neither changes state within ``min_dwell_seconds`` of the last change, unless a limit
-forces it.
+as much, and neither changes state within ``min_dwell_seconds`` of the last change (a job: within
+its own minimum run time, if longer), unless a limit forces it.
 """
 
 from __future__ import annotations
@@ -24,11 +30,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wattshift.daemon.limits import LimitTree
-from wattshift.daemon.model import IDLE_WATTS, MinerState, SiteSnapshot
-from wattshift.drivers.base import PowerControl
+from wattshift.daemon.model import GpuNodeState, Load, SiteSnapshot
 
 from .base import Allocation, Target
-
+from .ladders import Ladder, ladder_for
 
 
 class MeritOrderOptions(BaseModel):
@@ -37,12 +42,14 @@ class MeritOrderOptions(BaseModel):
     step_watts: float = Field(default=100.0, ge=10, le=2000)
     hysteresis_usd_per_mwh: float = Field(default=2.0, ge=0)
     min_dwell_seconds: float = Field(default=300.0, ge=0)
+    # How long a decision is expected to hold: switching costs are spread over it.
+    switch_horizon_seconds: float = Field(default=3600.0, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
-class _Increment:
-    miner: int
-    index: int  # 0: off -> first level
+class _Rung:
+    load: int
+    index: int
     from_watts: float
     to_watts: float
     value_usd_per_mwh: float
@@ -64,140 +71,143 @@ class MeritOrderPolicy:
             raise ValueError(f"merit-order option {field}: {first['msg']}") from None
 
     def decide(self, snapshot: SiteSnapshot) -> Allocation:
-        tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
+        return _WaterFill(snapshot, self.options).run()
+
+
+class _WaterFill:
+    """One decision: the state of the fill while rungs are taken best-first."""
+
+    def __init__(self, snapshot: SiteSnapshot, options: MeritOrderOptions) -> None:
+        self.snapshot = snapshot
+        self.options = options
         prices = snapshot.prices
-        hashprice = prices.hashprice_usd_per_ph_day or 0.0
-        power_price = prices.power_usd_per_mwh if prices.power_usd_per_mwh is not None else 0.0
-        # A stale price never triggers a switch (invariant 4): only running miners may run.
-        prices_trusted = (
-            prices.hashprice_usd_per_ph_day is not None
-            and prices.power_usd_per_mwh is not None
-            and not prices.hashprice_stale
-            and not prices.power_stale
+        self.hashprice = prices.hashprice_usd_per_ph_day or 0.0
+        self.power_price = prices.power_usd_per_mwh if prices.power_usd_per_mwh is not None else 0.0
+        self.power_trusted = prices.power_usd_per_mwh is not None and not prices.power_stale
+        self.hashprice_trusted = prices.hashprice_usd_per_ph_day is not None and not prices.hashprice_stale
+        self.tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
+        self.fixed = [d for d in snapshot.loads if _fixed(d)]
+        self.ladders: list[Ladder] = [
+            ladder_for(d, hashprice=self.hashprice, step_watts=options.step_watts,
+                       horizon_seconds=options.switch_horizon_seconds)
+            for d in snapshot.loads
+            if not _fixed(d)
+        ]
+        # Everything we cannot command counts at its worst case; the off draw of the rest too.
+        self.loads = self.tree.loads(
+            [(d.circuit, d.worst_case_watts) for d in self.fixed]
+            + [(lad.load.circuit, lad.off_watts) for lad in self.ladders]
         )
-        miners = snapshot.miners
-        controllable = [m for m in miners if m.controllable]
-        targets: dict[str, Target] = {}
+        self.granted = [0.0] * len(self.ladders)
+        self.last_value: list[float | None] = [None] * len(self.ladders)
+        self.blocked: dict[int, str] = {}
 
-        # Everything we cannot command counts at its worst case; idle draw of the rest too.
-        loads = tree.loads(
-            [(m.circuit, m.worst_case_watts) for m in miners if not m.controllable]
-            + [(m.circuit, _idle_watts(m)) for m in controllable]
-        )
-        for m in miners:
-            if not m.controllable:
-                why = m.failure.value if m.failure else "no answer"
-                targets[m.device_id] = Target(
-                    m.device_id, m.worst_case_watts, f"{m.label}: {why}: counted at {m.worst_case_watts:.0f} W"
-                )
+    def trusted(self, i: int) -> bool:
+        """A stale price or rate never triggers a switch (invariant 4)."""
+        load = self.ladders[i].load
+        if isinstance(load, GpuNodeState):
+            return self.power_trusted and load.job is not None and not load.job.value_stale
+        return self.power_trusted and self.hashprice_trusted
 
-        levels = [_levels(m, self.options.step_watts) for m in controllable]
-        if not prices_trusted:
-            # Hold: a running miner keeps at most what it holds now; only limits may shed it.
-            levels = [_at_most(lv, m.reading.limit_watts if m.reading else None) for lv, m in zip(levels, controllable, strict=True)]
-        granted = [0.0] * len(controllable)
-        last_value: list[float | None] = [None] * len(controllable)
-        blocked: dict[int, str] = {}
-
-        def threshold(i: int) -> float:
-            running = controllable[i].is_on
-            h = self.options.hysteresis_usd_per_mwh
-            return power_price - h if running else power_price + h
-
-        def increment(i: int, index: int) -> _Increment | None:
-            if index >= len(levels[i]):
+    def rung(self, i: int, index: int) -> _Rung | None:
+        ladder = self.ladders[i]
+        levels = ladder.levels
+        if index >= len(levels):
+            return None
+        if not self.trusted(i):
+            # Hold: a running load keeps at most what it holds now; only limits may shed it.
+            limit = ladder.load.limit_watts
+            if index > 0 and limit is not None and levels[index] > limit + 1.0:
                 return None
-            start = levels[i][index - 1] if index else _idle_watts(controllable[i])
-            end = levels[i][index]
-            curve = controllable[i].curve
-            added_usd_per_hour = hashprice * (curve.ths_at(end) - (curve.ths_at(start) if index else 0.0)) / 1000 / 24
-            value = added_usd_per_hour / max(end - start, 1e-9) * 1e6
-            return _Increment(i, index, start, end, value)
+        start = levels[index - 1] if index else ladder.off_watts
+        return _Rung(i, index, start, levels[index], ladder.value(index))
 
-        def take(inc: _Increment) -> bool:
-            m = controllable[inc.miner]
-            delta = inc.to_watts - inc.from_watts
-            if tree.headroom(m.circuit, loads) < delta:
-                blocked[inc.miner] = _tightest(tree, m.circuit, loads)
-                return False
-            tree.add(m.circuit, delta, loads)
-            granted[inc.miner] = inc.to_watts
-            last_value[inc.miner] = inc.value_usd_per_mwh
-            return True
+    def take(self, rung: _Rung) -> bool:
+        load = self.ladders[rung.load].load
+        delta = rung.to_watts - rung.from_watts
+        if self.tree.headroom(load.circuit, self.loads) < delta:
+            self.blocked[rung.load] = _tightest(self.tree, load.circuit, self.loads)
+            return False
+        self.tree.add(load.circuit, delta, self.loads)
+        self.granted[rung.load] = rung.to_watts
+        self.last_value[rung.load] = rung.value_usd_per_mwh
+        return True
 
-        heap: list[tuple[float, str, _Increment]] = []
-        for i, m in enumerate(controllable):
-            first = increment(i, 0)
+    def dwell_seconds(self, load: Load) -> float:
+        dwell = self.options.min_dwell_seconds
+        if isinstance(load, GpuNodeState) and load.job is not None and load.is_on:
+            dwell = max(dwell, load.job.min_run_seconds)
+        return dwell
+
+    def threshold(self, i: int) -> float:
+        h = self.options.hysteresis_usd_per_mwh
+        return self.power_price - h if self.ladders[i].load.is_on else self.power_price + h
+
+    def run(self) -> Allocation:
+        heap: list[tuple[float, str, _Rung]] = []
+
+        def push(rung: _Rung | None) -> None:
+            if rung is not None:
+                heapq.heappush(heap, (-rung.value_usd_per_mwh, self.ladders[rung.load].load.device_id, rung))
+
+        for i, ladder in enumerate(self.ladders):
+            load = ladder.load
+            first = self.rung(i, 0)
             if first is None:
                 continue
-            dwelling = (
-                m.state_since is not None
-                and snapshot.clock - m.state_since < self.options.min_dwell_seconds
-            )
-            if dwelling and m.is_on:
-                take(first)  # stays on through its dwell time, if the limits allow at all
-                nxt = increment(i, 1)
-                if granted[i] and nxt is not None:
-                    heapq.heappush(heap, (-nxt.value_usd_per_mwh, m.device_id, nxt))
+            dwelling = load.state_since is not None and self.snapshot.clock - load.state_since < self.dwell_seconds(load)
+            if dwelling and load.is_on:
+                if self.take(first):  # stays on through its dwell time, if the limits allow at all
+                    push(self.rung(i, 1))
                 continue
-            if (dwelling and not m.is_on) or (not prices_trusted and not m.is_on):
-                blocked[i] = "holding off (dwell time)" if dwelling else "holding off (prices stale)"
+            if not load.is_on and (dwelling or not self.trusted(i)):
+                self.blocked[i] = "holding off (dwell time)" if dwelling else "holding off (prices stale)"
                 continue
-            heapq.heappush(heap, (-first.value_usd_per_mwh, m.device_id, first))
+            push(first)
 
         while heap:
-            _, _, inc = heapq.heappop(heap)
-            if prices_trusted and inc.value_usd_per_mwh < threshold(inc.miner):
-                continue  # this miner's further increments are worth even less
-            if take(inc):
-                nxt = increment(inc.miner, inc.index + 1)
-                if nxt is not None:
-                    heapq.heappush(heap, (-nxt.value_usd_per_mwh, controllable[inc.miner].device_id, nxt))
+            _, _, rung = heapq.heappop(heap)
+            if self.trusted(rung.load) and rung.value_usd_per_mwh < self.threshold(rung.load):
+                continue  # this load's further rungs are worth even less
+            if self.take(rung):
+                push(self.rung(rung.load, rung.index + 1))
+        return self.allocation()
 
-        ranked = sorted(range(len(controllable)), key=lambda i: -(last_value[i] or -1e18))
+    def allocation(self) -> Allocation:
+        targets = [_fixed_target(d) for d in self.fixed]
+        ranked = sorted(range(len(self.ladders)), key=lambda i: -(self.last_value[i] or -1e18))
         for i in ranked:
-            m = controllable[i]
-            first = increment(i, 0)
-            value = last_value[i] if granted[i] else (first.value_usd_per_mwh if first else None)
-            reason = _reason(m, granted[i], value, power_price, blocked.get(i), prices_trusted, levels[i])
-            targets[m.device_id] = Target(m.device_id, granted[i], reason, last_value[i])
-        order = [targets[m.device_id] for m in miners if not m.controllable]
-        order += [targets[controllable[i].device_id] for i in ranked]
-        on = sum(1 for g in granted if g)
+            ladder = self.ladders[i]
+            first = ladder.value(0) if ladder.levels else None
+            value = self.last_value[i] if self.granted[i] else first
+            reason = _reason(ladder, self.granted[i], value, self.power_price, self.blocked.get(i), self.trusted(i))
+            targets.append(Target(ladder.load.device_id, self.granted[i], reason, self.last_value[i]))
+        miners_on = sum(1 for i, g in enumerate(self.granted) if g and not isinstance(self.ladders[i].load, GpuNodeState))
+        miners = sum(1 for lad in self.ladders if not isinstance(lad.load, GpuNodeState))
+        gpu_watts = sum(g for i, g in enumerate(self.granted) if isinstance(self.ladders[i].load, GpuNodeState))
+        gpu_watts += sum(d.worst_case_watts for d in self.fixed if isinstance(d, GpuNodeState))
         summary = (
-            f"{on}/{len(controllable)} controllable miners on, {sum(granted) / 1000:.1f} kW planned; "
-            f"hashprice ${hashprice:.2f}/PH/day, power ${power_price:.2f}/MWh"
+            f"{miners_on}/{miners} controllable miners on, {sum(self.granted) / 1000:.1f} kW planned"
+            + (f" ({gpu_watts / 1000:.1f} kW AI)" if self.snapshot.gpu_nodes else "")
+            + f"; hashprice ${self.hashprice:.2f}/PH/day, power ${self.power_price:.2f}/MWh"
         )
-        return Allocation(tuple(order), summary)
+        return Allocation(tuple(targets), summary)
 
 
-def _idle_watts(m: MinerState) -> float:
-    if not m.is_on and m.measured_watts is not None:
-        return m.measured_watts
-    return IDLE_WATTS
+def _fixed(load: Load) -> bool:
+    """Loads the policy must leave as they are: unknown ones, and firm load already running."""
+    if not load.controllable:
+        return True
+    return isinstance(load, GpuNodeState) and load.firm and load.is_on
 
 
-def _levels(m: MinerState, step: float) -> list[float]:
-    """The power settings this miner can hold, ascending, within what it may ever draw."""
-    cap = m.capability
-    top = min(cap.max_watts, m.max_watts)
-    if cap.control is PowerControl.ON_OFF:
-        return [top]
-    if cap.control is PowerControl.PROFILES and cap.profiles_watts:
-        return [p for p in cap.profiles_watts if cap.min_watts <= p <= top]
-    levels = [cap.min_watts]
-    while levels[-1] + step < top:
-        levels.append(levels[-1] + step)
-    if top > levels[-1]:
-        levels.append(top)
-    return levels
-
-
-def _at_most(levels: list[float], limit: float | None) -> list[float]:
-    if limit is None:
-        return levels
-    kept = [w for w in levels if w <= limit + 1.0]
-    return kept or levels[:1]
+def _fixed_target(load: Load) -> Target:
+    watts = load.worst_case_watts
+    if load.controllable:  # firm and running
+        job = load.job.name if isinstance(load, GpuNodeState) and load.job else "job"
+        return Target(load.device_id, watts, f"{load.label}: firm ({job} on contract): never curtailed")
+    why = load.failure.value if load.failure else "no answer"
+    return Target(load.device_id, watts, f"{load.label}: {why}: counted at {watts:.0f} W")
 
 
 def _tightest(tree: LimitTree, circuit: str, loads: Mapping[str, float]) -> str:
@@ -206,23 +216,24 @@ def _tightest(tree: LimitTree, circuit: str, loads: Mapping[str, float]) -> str:
 
 
 def _reason(
-    m: MinerState,
-    watts: float,
-    value: float | None,
-    price: float,
-    blocked: str | None,
-    prices_trusted: bool,
-    levels: list[float],
+    ladder: Ladder, watts: float, value: float | None, price: float, blocked: str | None, trusted: bool
 ) -> str:
-    head = f"{m.label} -> {watts:.0f} W" if watts else f"{m.label} -> off"
+    load = ladder.load
+    head = f"{load.label} -> {watts:.0f} W" if watts else f"{load.label} -> off"
+    if watts and isinstance(load, GpuNodeState):
+        head += f" (cap {load.cap_for(watts):.0f} W/GPU)"
     if watts and value is not None:
-        top = " (max)" if levels and watts >= levels[-1] else ""
+        top = " (max)" if ladder.levels and watts >= ladder.levels[-1] else ""
         limit = f"; {blocked}" if blocked else ""
+        if ladder.firm:
+            return f"{head}{top}: firm, started first{limit}"
         return f"{head}{top}: marginal ${value:.0f}/MWh > power ${price:.0f}/MWh{limit}"
     if blocked:
         return f"{head}: {blocked}"
-    if not prices_trusted:
+    if not trusted:
         return f"{head}: prices stale, holding"
     if value is None:
+        if isinstance(load, GpuNodeState):
+            return f"{head}: no job waiting" if load.job is None else f"{head}: job has no known value"
         return f"{head}: no power setting available"
     return f"{head}: ${value:.0f}/MWh at its best setting < power ${price:.0f}/MWh"
