@@ -1,5 +1,8 @@
 """Price feeds: hashprice ($/PH/day) and the price of power ($/MWh).
 
+The live sources live beside this contract: hashprice_feeds (mempool, Luxor), power_prices
+(time of use, real-time HTTP), gpu_rates ($/GPU-hour); price_checks holds the sanity rules.
+
 Each feed is a small driver behind :class:`PriceFeed`; the controller keeps the last good quote
 and marks it stale by age, so a feed that stops answering never triggers a switch
 (DESIGN.md invariant 4). Sources are registered by the name the site file uses.
@@ -123,7 +126,15 @@ PriceFactory = Callable[..., PriceFeed]
 
 
 def price_sources() -> Registry[PriceFactory]:
+    # Imported here: those modules build on this one (PriceQuote, PriceError).
+    from .hashprice_feeds import LuxorHashprice, MempoolHashprice
+    from .power_prices import RealTimePrice, TimeOfUsePrice
+
     registry: Registry[PriceFactory] = Registry("price source")
     registry.register("fixed")(FixedPrice)
     registry.register("trace")(TracePrice)
+    registry.register("mempool")(MempoolHashprice)
+    registry.register("luxor")(LuxorHashprice)
+    registry.register("time_of_use")(TimeOfUsePrice)
+    registry.register("http")(RealTimePrice)
     return registry
