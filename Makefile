@@ -16,7 +16,17 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/wattshift demo --miners $(MINERS) $(if $(DURATION),--duration $(DURATION))
 
-test: $(VENV)/.installed
+# Debian packages the tests run for real: promtool and prometheus (alert rules, dashboards),
+# systemd-analyze (the unit file). Installed once; the stamp says so.
+$(VENV)/.debs-prometheus: | $(VENV)/.installed
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	touch $@
+
+$(VENV)/.debs-systemd: | $(VENV)/.installed
+	command -v systemd-analyze >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd)
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
