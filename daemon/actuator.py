@@ -9,12 +9,23 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from wattshift.drivers.base import DeviceError, Failure, MinerDriver
+from wattshift.drivers.base import DeviceError, Failure
 
 from .sequencer import Action, Step
 
-DriverLookup = Callable[[str], MinerDriver | None]
+class Actuated(Protocol):
+    """What a step needs from a device: a miner's driver, or a GPU node's (jobs and caps)."""
+
+    async def set_power_limit(self, watts: float) -> float: ...
+
+    async def sleep(self) -> None: ...
+
+    async def wake(self) -> None: ...
+
+
+DriverLookup = Callable[[str], Actuated | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +69,7 @@ async def execute(
     return list(await asyncio.gather(*(one(s) for s in steps)))
 
 
-async def _apply(driver: MinerDriver, step: Step) -> float | None:
+async def _apply(driver: Actuated, step: Step) -> float | None:
     if step.action is Action.SLEEP:
         await driver.sleep()
         return 0.0

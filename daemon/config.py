@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from .gpu_config import GpuNodeConfig, JobsConfig
 from .yamlfile import FileInvalid, Problem, load_model
 
 SITE_CIRCUIT = "site"
@@ -134,6 +135,8 @@ class SiteConfig(Strict):
     tick_seconds: float = Field(default=15.0, ge=1, le=3600)
     circuits: list[CircuitConfig] = []
     miners: list[MinerGroup] = []
+    gpu_nodes: list[GpuNodeConfig] = []
+    jobs: JobsConfig = JobsConfig()
     prices: PricesConfig = PricesConfig()
     policy: PolicyChoice = PolicyChoice()
     drivers: DriverSettings = DriverSettings()
@@ -182,6 +185,12 @@ class SiteConfig(Strict):
                 if host in seen:
                     raise ValueError(f"miner {host} is listed twice: miners[{seen[host]}] and miners[{index}]")
                 seen[host] = index
+        for index, node in enumerate(self.gpu_nodes):
+            if node.circuit not in names:
+                raise ValueError(f"gpu_nodes[{index}].circuit {node.circuit!r} is not a circuit (known: {names})")
+            if node.name in seen:
+                raise ValueError(f"gpu_nodes[{index}].name {node.name!r} is already a device name")
+            seen[node.name] = index
         return self
 
     def circuit_parents(self) -> dict[str, str | None]:

@@ -24,8 +24,10 @@ from wattshift.policies.base import Allocation, Policy
 from .actuator import StepResult, execute
 from .budget import BudgetEvent, BudgetSchedule
 from .config import SiteConfig
-from .model import Prices, SiteSnapshot
-from .observe import MinerSlot, build_snapshot, miner_slots, miner_state, quote_prices
+from .gpu_config import GpuNodeConfig
+from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
+from .model import GpuNodeState, Load, Prices, SiteSnapshot
+from .observe import MinerSlot, build_snapshot, gpu_node_state, miner_slots, miner_state, quote_prices
 from .recorder import NullRecorder, Recorder
 from .sequencer import Action, Plan, Step, plan_transition
 
@@ -60,6 +62,14 @@ class _Memory:
     waking: bool = False  # a wake was sent and the miner has not been seen running since
 
 
+def _remember(memory: _Memory, state: Load, now_clock: float) -> None:
+    """Note when a device changed between on and off, for the policy's dwell times."""
+    if state.controllable and memory.was_on is not None and state.is_on != memory.was_on:
+        memory.state_since = now_clock
+    if state.controllable:
+        memory.was_on = state.is_on
+
+
 @dataclass(frozen=True)
 class TickReport:
     snapshot: SiteSnapshot
@@ -87,6 +97,8 @@ class Controller:
         budget: BudgetSchedule | None = None,
         recorder: Recorder | None = None,
         dry_run: bool = False,
+        gpus: GpuFleet | None = None,
+        gpu_rates: Mapping[str, PriceFeed] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -96,12 +108,15 @@ class Controller:
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
         self.dry_run = dry_run
+        self.gpus = gpus
         self._feeds = {"hashprice": hashprice, "power": power_price}
+        self._rate_feeds = dict(gpu_rates or {})
         self._quotes: dict[str, tuple[float, float]] = {}
         self._clock = clock
         self._wall = wall
         self._slots: dict[str, MinerSlot] = miner_slots(site)
         self._memory: dict[str, _Memory] = {d: _Memory() for d in self._slots}
+        self._memory.update({n.name: _Memory() for n in site.gpu_nodes})
         self._wake = asyncio.Event()
         self.last_report: TickReport | None = None
         self.commands_sent = 0
@@ -181,7 +196,7 @@ class Controller:
     async def observe(self, suspect: set[str] | None = None) -> SiteSnapshot:
         """Read every miner and every price feed; build the snapshot."""
         suspect = suspect or set()
-        readings, prices = await asyncio.gather(self.fleet.read_all(), self._read_prices())
+        readings, nodes, prices = await asyncio.gather(self.fleet.read_all(), self._read_nodes(), self._read_prices())
         now_clock = self._clock()
         miners = []
         for device_id, slot in self._slots.items():
@@ -197,11 +212,11 @@ class Controller:
             )
             if memory.waking and state.reading is not None and state.reads_on:
                 memory.waking = False
-            if state.controllable and memory.was_on is not None and state.is_on != memory.was_on:
-                memory.state_since = now_clock
-            if state.controllable:
-                memory.was_on = state.is_on
+            _remember(memory, state, now_clock)
             miners.append(state)
+        gpu_nodes = [
+            self._node_state(node, nodes.get(node.name), prices, suspect, now_clock) for node in self.site.gpu_nodes
+        ]
         now = self._wall()
         self.budget.expire(now)
         return build_snapshot(
@@ -211,10 +226,34 @@ class Controller:
             budget_watts=self.budget.in_force(now),
             at=now,
             clock=now_clock,
+            gpu_nodes=gpu_nodes,
         )
 
+    async def _read_nodes(self) -> Mapping[str, NodeReading]:
+        return await self.gpus.read_all() if self.gpus is not None else {}
+
+    def _node_state(
+        self, node: GpuNodeConfig, reading: NodeReading | None, prices: Prices, suspect: set[str], now_clock: float
+    ) -> GpuNodeState:
+        memory = self._memory[node.name]
+        state = gpu_node_state(
+            node,
+            reading,
+            self.gpus.card_limits(node.name) if self.gpus is not None else UNKNOWN_CARD,
+            self.site.jobs,
+            prices,
+            state_since=memory.state_since,
+            waking=memory.waking,
+            distrusted=node.name in suspect or now_clock < memory.distrusted_until,
+        )
+        if memory.waking and state.reads_on:
+            memory.waking = False
+        _remember(memory, state, now_clock)
+        return state
+
     async def _read_prices(self) -> Prices:
-        for name, feed in self._feeds.items():
+        feeds = {**self._feeds, **{f"gpu:{model}": feed for model, feed in self._rate_feeds.items()}}
+        for name, feed in feeds.items():
             try:
                 quote = await asyncio.wait_for(feed.latest(), self.site.drivers.call_timeout_seconds)
             except (PriceError, TimeoutError) as err:
@@ -226,6 +265,7 @@ class Controller:
             self._quotes.get("power"),
             clock=self._clock(),
             stale_after=self.site.prices.stale_after_seconds,
+            gpu_rates={model: self._quotes[f"gpu:{model}"] for model in self._rate_feeds if f"gpu:{model}" in self._quotes},
         )
 
     # -- act ------------------------------------------------------------------------------------
@@ -242,7 +282,7 @@ class Controller:
                 self._memory[step.device_id].waking = False
         results = await execute(
             steps,
-            self.fleet.driver,
+            self._driver,
             concurrency=self.site.drivers.concurrency,
             timeout_seconds=self.site.drivers.call_timeout_seconds * 3,
         )
@@ -259,17 +299,33 @@ class Controller:
         await self.recorder.results(results)
         return results
 
+    def _driver(self, device_id: str) -> MinerDriver | GpuNodeDriver | None:
+        if device_id in self._slots:
+            return self.fleet.driver(device_id)
+        return self.gpus.driver(device_id) if self.gpus is not None else None
+
     async def _confirm_released(self, sheds: tuple[Step, ...]) -> bool:
-        """Poll the shed miners until each draws no more than its new setting, or time runs out."""
+        """Poll the shed devices until each draws no more than its new setting, or time runs out."""
         pending = {s.device_id: s for s in sheds}
         deadline = self._clock() + self.site.drivers.confirm_timeout_seconds
         while pending and self._clock() < deadline:
             await asyncio.sleep(CONFIRM_POLL_SECONDS)
-            readings = await self.fleet.read(list(pending))
-            for device_id, reading in readings.items():
-                step = pending.get(device_id)
-                if step is None or not isinstance(reading, MinerReading) or reading.watts is None:
-                    continue
-                if reading.watts <= step.worst_after + RELEASED_TOLERANCE_WATTS:
+            for device_id, watts in (await self._read_watts(list(pending))).items():
+                if watts is not None and watts <= pending[device_id].worst_after + RELEASED_TOLERANCE_WATTS:
                     del pending[device_id]
         return not pending
+
+    async def _read_watts(self, device_ids: list[str]) -> dict[str, float | None]:
+        miners = [d for d in device_ids if d in self._slots]
+        nodes = [d for d in device_ids if d not in self._slots]
+        watts: dict[str, float | None] = {}
+        if miners:
+            for device_id, reading in (await self.fleet.read(miners)).items():
+                watts[device_id] = reading.watts if isinstance(reading, MinerReading) else None
+        if nodes and self.gpus is not None:
+            configs = {n.name: n for n in self.site.gpu_nodes}
+            for name, reading in (await self.gpus.read(nodes)).items():
+                state = gpu_node_state(configs[name], reading, self.gpus.card_limits(name), self.site.jobs,
+                                       Prices(None, None), state_since=None)
+                watts[name] = state.measured_watts
+        return watts

@@ -8,22 +8,31 @@ the process-global one, so tests and the demo can run several side by side.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from wattshift.drivers.jobs import FlexTier, JobState
 from wattshift.policies.base import Allocation
 
+from .earnings import class_earnings
 from .limits import LimitTree
-from .model import SiteSnapshot
+from .model import DeviceClass, GpuNodeState, SiteSnapshot
 from .sequencer import Plan, Step
 
 if TYPE_CHECKING:
     from .actuator import StepResult
     from .controller import TickReport
 
-DEVICE_CLASS = "miner"
+MINER = DeviceClass.MINER.value
+GPU = DeviceClass.GPU.value
 
 
 class MetricsRecorder:
@@ -45,6 +54,12 @@ class MetricsRecorder:
         self.circuit_planned = gauge("circuit_planned_watts", "Draw the policy's allocation aims at", ["circuit"])
         self.class_measured = gauge("class_measured_watts", "Measured draw by device class", ["class"])
         self.class_planned = gauge("class_planned_watts", "Planned draw by device class", ["class"])
+        self.class_revenue = gauge("class_revenue_usd_per_hour", "What each class earns now", ["class"])
+        self.class_value = gauge(
+            "class_value_usd_per_megawatt_hour", "Revenue per MWh each class draws now", ["class"]
+        )
+        self.gpu_rate = gauge("gpu_rate_usd_per_gpu_hour", "GPU rental rate in use, by GPU model", ["gpu_model"])
+        self.gpu_jobs = gauge("gpu_jobs", "Jobs on the GPU nodes, by state and flex tier", ["state", "tier"])
         self.device_power = gauge("device_power_watts", "Measured draw of each device", ["device", "class"])
         self.device_limit = gauge("device_limit_watts", "Power limit each device reports", ["device", "class"])
         self.device_up = gauge("device_up", "1 if the device answered the last poll", ["device", "class"])
@@ -74,10 +89,10 @@ class MetricsRecorder:
     async def decision(self, snapshot: SiteSnapshot, allocation: Allocation, plan: Plan, *, dry_run: bool) -> None:
         self.decisions_taken.inc()
         tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-        miners = snapshot.miners
-        measured = tree.loads((m.circuit, m.measured_watts or 0.0) for m in miners)
-        worst = tree.loads((m.circuit, m.worst_case_watts) for m in miners)
-        planned = tree.loads((m.circuit, allocation[m.device_id].watts) for m in miners if allocation.get(m.device_id))
+        loads = snapshot.loads
+        measured = tree.loads((d.circuit, d.measured_watts or 0.0) for d in loads)
+        worst = tree.loads((d.circuit, d.worst_case_watts) for d in loads)
+        planned = tree.loads((d.circuit, allocation[d.device_id].watts) for d in loads if allocation.get(d.device_id))
         for circuit, limit in tree.limits.items():
             self.circuit_limit.labels(circuit).set(limit)
             self.circuit_measured.labels(circuit).set(measured[circuit])
@@ -85,25 +100,26 @@ class MetricsRecorder:
             self.circuit_planned.labels(circuit).set(planned[circuit])
         self.budget.set(snapshot.budget_watts)
         self.headroom.set(snapshot.budget_watts - worst["site"])
-        self.class_measured.labels(DEVICE_CLASS).set(measured["site"])
-        self.class_planned.labels(DEVICE_CLASS).set(planned["site"])
-        for m in miners:
+        self._classes(snapshot, allocation)
+        for m in snapshot.miners:
             up = m.reading is not None
-            self.device_up.labels(m.device_id, DEVICE_CLASS).set(1 if up else 0)
+            self.device_up.labels(m.device_id, MINER).set(1 if up else 0)
             if m.failure is not None and not up:
                 self.read_errors.labels(m.failure.value).inc()
             if m.reading is None:
                 continue
             r = m.reading
-            self.device_on.labels(m.device_id, DEVICE_CLASS).set(1 if m.is_on else 0)
+            self.device_on.labels(m.device_id, MINER).set(1 if m.is_on else 0)
             if r.watts is not None:
-                self.device_power.labels(m.device_id, DEVICE_CLASS).set(r.watts)
+                self.device_power.labels(m.device_id, MINER).set(r.watts)
             if r.limit_watts is not None:
-                self.device_limit.labels(m.device_id, DEVICE_CLASS).set(r.limit_watts)
+                self.device_limit.labels(m.device_id, MINER).set(r.limit_watts)
             if r.hashrate_ths is not None:
                 self.hashrate.labels(m.device_id).set(r.hashrate_ths * 1e12)
             if r.temperatures_c:
-                self.temperature.labels(m.device_id, DEVICE_CLASS).set(max(r.temperatures_c))
+                self.temperature.labels(m.device_id, MINER).set(max(r.temperatures_c))
+        for node in snapshot.gpu_nodes:
+            self._gpu_node(node)
         prices = snapshot.prices
         if prices.hashprice_usd_per_ph_day is not None:
             self.hashprice.set(prices.hashprice_usd_per_ph_day)
@@ -111,6 +127,38 @@ class MetricsRecorder:
             self.power_price.set(prices.power_usd_per_mwh)
         self.price_stale.labels("hashprice").set(1 if prices.hashprice_stale else 0)
         self.price_stale.labels("power").set(1 if prices.power_stale else 0)
+        for model, rate in prices.gpu_rates_usd_per_gpu_hour.items():
+            self.gpu_rate.labels(model).set(rate)
+        if prices.gpu_rates_usd_per_gpu_hour:
+            self.price_stale.labels("gpu_rate").set(1 if prices.gpu_rates_stale else 0)
+
+    def _classes(self, snapshot: SiteSnapshot, allocation: Allocation) -> None:
+        for kind, earned in class_earnings(snapshot).items():
+            planned = sum(
+                allocation[d.device_id].watts for d in snapshot.loads if d.kind is kind and allocation.get(d.device_id)
+            )
+            self.class_measured.labels(kind.value).set(earned.watts)
+            self.class_planned.labels(kind.value).set(planned)
+            self.class_revenue.labels(kind.value).set(earned.usd_per_hour)
+            self.class_value.labels(kind.value).set(earned.usd_per_mwh or 0.0)
+        jobs = collections.Counter((n.job.state.value, n.job.tier.value) for n in snapshot.gpu_nodes if n.job is not None)
+        for state in JobState:
+            for tier in FlexTier:
+                self.gpu_jobs.labels(state.value, tier.value).set(jobs.get((state.value, tier.value), 0))
+
+    def _gpu_node(self, node: GpuNodeState) -> None:
+        up = node.failure is None
+        self.device_up.labels(node.device_id, GPU).set(1 if up else 0)
+        if node.failure is not None:
+            self.read_errors.labels(node.failure.value).inc()
+        self.device_on.labels(node.device_id, GPU).set(1 if node.is_on else 0)
+        if node.measured_watts is not None:
+            self.device_power.labels(node.device_id, GPU).set(node.measured_watts)
+        if node.limit_watts is not None:
+            self.device_limit.labels(node.device_id, GPU).set(node.limit_watts)
+        temperatures = [r.temperature_c for r in node.readings if r.temperature_c is not None]
+        if temperatures:
+            self.temperature.labels(node.device_id, GPU).set(max(temperatures))
 
     async def commands(self, steps: Sequence[Step]) -> None:
         for step in steps:

@@ -259,6 +259,7 @@ class Prices:
     power_stale: bool = False
     # The market rate per GPU model, for display and for jobs valued at the market.
     gpu_rates_usd_per_gpu_hour: Mapping[str, float] = field(default_factory=dict)
+    gpu_rates_stale: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,14 +6,19 @@ ignored command leave the miner counted at the most it can draw (DESIGN.md invar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from wattshift.drivers.base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
+from wattshift.drivers.gpu import GpuLimits
+from wattshift.drivers.jobs import FlexTier, JobStatus
 from wattshift.policies.efficiency import curve_for
 
 from .config import SITE_CIRCUIT, MinerGroup, SiteConfig
-from .model import MinerState, Prices, SiteSnapshot
+from .gpu_config import GpuNodeConfig, JobsConfig
+from .gpu_fleet import NodeReading
+from .model import GpuJob, GpuNodeState, MinerState, Prices, SiteSnapshot
 
 # An unidentified miner could be anything on the shelf; count it as a large air-cooled unit
 # unless the operator gives its nameplate (max_kw in the site file).
@@ -83,6 +88,7 @@ def build_snapshot(
     budget_watts: float,
     at: datetime,
     clock: float,
+    gpu_nodes: list[GpuNodeState] | None = None,
 ) -> SiteSnapshot:
     return SiteSnapshot(
         at=at,
@@ -92,6 +98,7 @@ def build_snapshot(
         circuit_parents=site.circuit_parents(),
         miners=tuple(miners),
         prices=prices,
+        gpu_nodes=tuple(gpu_nodes or ()),
     )
 
 
@@ -101,15 +108,75 @@ def quote_prices(
     *,
     clock: float,
     stale_after: float,
+    gpu_rates: Mapping[str, tuple[float, float]] | None = None,
 ) -> Prices:
     """Prices from the last good (value, time) of each feed; old ones are marked stale."""
 
     def stale(quote: tuple[float, float] | None) -> bool:
         return quote is None or clock - quote[1] > stale_after
 
+    gpu_rates = gpu_rates or {}
     return Prices(
         hashprice_usd_per_ph_day=hashprice[0] if hashprice else None,
         power_usd_per_mwh=power[0] if power else None,
         hashprice_stale=stale(hashprice),
         power_stale=stale(power),
+        gpu_rates_usd_per_gpu_hour={model: quote[0] for model, quote in gpu_rates.items()},
+        gpu_rates_stale=frozenset(model for model, quote in gpu_rates.items() if stale(quote)),
+    )
+
+
+def gpu_node_state(
+    node: GpuNodeConfig,
+    reading: NodeReading | None,
+    card_limits: GpuLimits,
+    jobs: JobsConfig,
+    prices: Prices,
+    *,
+    state_since: float | None,
+    waking: bool = False,
+    distrusted: bool = False,
+) -> GpuNodeState:
+    """One GPU node: its cards as read, its job valued by its class (contract or market rate)."""
+    readings = reading.readings if reading is not None else ()
+    failure: Failure | None = None
+    if reading is None or reading.runner_failure is not None:
+        failure = Failure.NO_ANSWER
+    elif reading.failures:
+        failure = reading.failures[0].failure
+    elif len(readings) != node.gpu_count:
+        failure = Failure.NO_ANSWER  # a card missing from the bus is a lost card
+    elif distrusted:
+        failure = Failure.IGNORED
+    status = reading.job if reading is not None else None
+    model = next((r.model for r in readings if r.model), None)
+    return GpuNodeState(
+        device_id=node.name,
+        circuit=node.circuit,
+        gpu_model=model,
+        gpu_count=node.gpu_count,
+        host_idle_watts=node.host_idle_watts,
+        host_max_watts=node.host_max_watts,
+        gpu_idle_watts=node.gpu_idle_watts,
+        cap_min_watts=card_limits.min_watts,
+        cap_max_watts=card_limits.max_watts,
+        readings=readings,
+        failure=failure,
+        job=gpu_job(status, jobs, prices) if status is not None else None,
+        state_since=state_since,
+        waking=waking,
+    )
+
+
+def gpu_job(status: JobStatus, jobs: JobsConfig, prices: Prices) -> GpuJob:
+    job_class = jobs.class_for(status.name)
+    if job_class is None:
+        return GpuJob(status.job_id, status.name, status.state, FlexTier.FIRM, status.gpus or 1, None)
+    rate, stale = job_class.rate_usd_per_gpu_hour, False
+    if job_class.market is not None:
+        rate = prices.gpu_rates_usd_per_gpu_hour.get(job_class.market)
+        stale = rate is None or job_class.market in prices.gpu_rates_stale
+    return GpuJob(
+        status.job_id, status.name, status.state, job_class.tier, status.gpus or 1, rate, stale,
+        job_class.switching, job_class.min_run_seconds,
     )

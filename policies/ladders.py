@@ -79,15 +79,17 @@ def miner_levels(m: MinerState, step: float) -> list[float]:
 def gpu_ladder(node: GpuNodeState, *, horizon_seconds: float) -> Ladder:
     job = node.job
     off = node.measured_watts if not node.is_on and node.measured_watts is not None else node.idle_watts
-    if job is None or job.state.finished or job.value_usd_per_hour is None:
+    if job is None or job.state.finished:
+        return Ladder(node, (), off, ())
+    if node.firm:  # a contract buys the cards as they are: full caps, always, whatever they earn
+        return Ladder(node, (node.max_watts,), off, (job.value_usd_per_hour or 0.0,), firm=True)
+    if job.value_usd_per_hour is None:
         return Ladder(node, (), off, ())
     caps = [node.cap_min_watts]
     while caps[-1] + GPU_CAP_STEP_WATTS < node.cap_max_watts:
         caps.append(caps[-1] + GPU_CAP_STEP_WATTS)
     if node.cap_max_watts > caps[-1]:
         caps.append(node.cap_max_watts)
-    if node.firm:  # a contract buys the card as it is: full caps, always
-        caps = [node.cap_max_watts]
     levels = tuple(node.watts_at_cap(c) for c in caps)
     rate = job.value_usd_per_hour
     revenue = tuple(rate * (c / node.cap_max_watts) ** (1 / GPU_CAP_EXPONENT) for c in caps)
@@ -96,4 +98,4 @@ def gpu_ladder(node: GpuNodeState, *, horizon_seconds: float) -> Ladder:
         bonus = job.interruption_usd / max(mwh_over_horizon, 1e-9)
     else:
         bonus = -rate * job.switching.restart_seconds / 3600 / max(mwh_over_horizon, 1e-9)
-    return Ladder(node, levels, off, revenue, bonus, firm=node.firm)
+    return Ladder(node, levels, off, revenue, bonus)
