@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Calls that work before nvmlInit (the rest answer NVML_ERROR_UNINITIALIZED, as the real one).
-_NO_INIT_NEEDED = {"nvmlInitWithFlags", "nvmlInit_v2", "nvmlErrorString"}
+_NO_INIT_NEEDED = {"nvmlInitWithFlags", "nvmlErrorString"}
 
 
 def _target(arg: Any) -> Any:
@@ -109,14 +109,16 @@ class SimulatedNvmlLib:
         self.released = threading.Event()
         # Handles are pointers to real structures we keep alive; the address finds the GPU.
         self._structs = [pynvml.struct_c_nvmlDevice_t() for _ in self.gpus]
-        self._by_address = {ctypes.addressof(s): g for s, g in zip(self._structs, self.gpus, strict=True)}
+        self._by_address = {
+            ctypes.addressof(s): g for s, g in zip(self._structs, self.gpus, strict=True)
+        }
         self._entries = {
             name[1:]: _CFunction(self, name[1:], getattr(self, name))
             for name in dir(type(self))
             if name.startswith("_nvml")
         }
 
-    # --- plumbing ------------------------------------------------------------------------------
+    # --- plumbing -----------------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> _CFunction:
         # Only called for names not found normally: the C symbols.
@@ -174,7 +176,7 @@ class SimulatedNvmlLib:
             raise _InvalidArgument
         return gpu
 
-    # --- system ----------------------------------------------------------------------------------
+    # --- system -------------------------------------------------------------------------------
 
     def _nvmlInitWithFlags(self, flags: Any) -> int:
         if not self.driver_loaded:
@@ -182,9 +184,6 @@ class SimulatedNvmlLib:
         with self._lock:
             self._init_count += 1
         return pynvml.NVML_SUCCESS
-
-    def _nvmlInit_v2(self) -> int:
-        return self._nvmlInitWithFlags(0)
 
     def _nvmlShutdown(self) -> int:
         with self._lock:
@@ -225,7 +224,7 @@ class SimulatedNvmlLib:
         _target(device).contents = self._structs[i]
         return pynvml.NVML_SUCCESS
 
-    # --- one device --------------------------------------------------------------------------------
+    # --- one device ---------------------------------------------------------------------------
 
     def _nvmlDeviceGetIndex(self, handle: Any, index: Any) -> int:
         _target(index).value = self.gpus.index(self._device(handle))
@@ -315,7 +314,7 @@ class SimulatedNvmlLib:
         room.value = len(pids)
         return pynvml.NVML_SUCCESS
 
-    # --- installing under the binding -----------------------------------------------------------------
+    # --- installing under the binding ---------------------------------------------------------
 
     @contextmanager
     def installed(self, *, library_found: bool = True) -> Iterator[SimulatedNvmlLib]:

@@ -65,11 +65,15 @@ def test_energy_counter_integrates_the_ramp_exactly(gpu: SimulatedGpu, clock: Ma
     gpu.set_job(1.0)
     clock.advance(3)
     ramp_s = (H100.full_load_watts - H100.idle_watts) / RATE
-    joules = (H100.idle_watts + H100.full_load_watts) / 2 * ramp_s + H100.full_load_watts * (3 - ramp_s)
+    joules = (H100.idle_watts + H100.full_load_watts) / 2 * ramp_s + H100.full_load_watts * (
+        3 - ramp_s
+    )
     assert (gpu.energy_mj() - before) / 1000 == pytest.approx(joules, abs=0.002)
 
 
-def test_temperature_relaxes_towards_ambient_plus_k_watts(gpu: SimulatedGpu, clock: ManualClock) -> None:
+def test_temperature_relaxes_towards_ambient_plus_k_watts(
+    gpu: SimulatedGpu, clock: ManualClock
+) -> None:
     start = gpu.temperature_c()
     gpu.set_job(1.0)
     seen = []
@@ -81,7 +85,9 @@ def test_temperature_relaxes_towards_ambient_plus_k_watts(gpu: SimulatedGpu, clo
     assert seen[-1] == pytest.approx(hot, abs=0.5)
     gpu.set_job(0.0)
     clock.advance(600)
-    assert gpu.temperature_c() == pytest.approx(gpu.ambient_c + H100.degrees_per_watt * H100.idle_watts, abs=0.5)
+    assert gpu.temperature_c() == pytest.approx(
+        gpu.ambient_c + H100.degrees_per_watt * H100.idle_watts, abs=0.5
+    )
 
 
 def test_bad_model_and_load_are_refused_by_name() -> None:
@@ -92,7 +98,9 @@ def test_bad_model_and_load_are_refused_by_name() -> None:
 
 
 def test_uuids_look_real_and_repeat_for_a_seed() -> None:
-    assert re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", gpu_uuid(3, 0))
+    assert re.fullmatch(
+        r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", gpu_uuid(3, 0)
+    )
     assert gpu_uuid(3, 0) == gpu_uuid(3, 0) != gpu_uuid(4, 0) != gpu_uuid(3, 1)
     with simulated_nvml([SimulatedGpu(), SimulatedGpu()], seed=3) as lib:
         assert [g.uuid for g in lib.gpus] == [gpu_uuid(3, 0), gpu_uuid(3, 1)]
@@ -136,7 +144,10 @@ def test_the_binding_reads_the_physics_in_its_own_units(clock: ManualClock) -> N
         (lambda f: setattr(f, "lost", True), pynvml.NVMLError_GpuIsLost),
         (lambda f: setattr(f, "reset_required", True), pynvml.NVMLError_ResetRequired),
         (lambda f: f.not_supported.add("nvmlDeviceGetPowerUsage"), pynvml.NVMLError_NotSupported),
-        (lambda f: f.errors.update(nvmlDeviceGetPowerUsage=pynvml.NVML_ERROR_UNKNOWN), pynvml.NVMLError_Unknown),
+        (
+            lambda f: f.errors.update(nvmlDeviceGetPowerUsage=pynvml.NVML_ERROR_UNKNOWN),
+            pynvml.NVMLError_Unknown,
+        ),
     ],
 )
 def test_faults_reach_the_caller_as_the_bindings_own_classes(set_fault, error) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +177,10 @@ def test_no_permission_and_ignore_set() -> None:
 
 
 def test_missing_driver_library_function_and_init() -> None:
-    with simulated_nvml([SimulatedGpu()], driver_loaded=False), pytest.raises(pynvml.NVMLError_DriverNotLoaded):
+    with (
+        simulated_nvml([SimulatedGpu()], driver_loaded=False),
+        pytest.raises(pynvml.NVMLError_DriverNotLoaded),
+    ):
         pynvml.nvmlInit()
     with simulated_nvml([], library_found=False), pytest.raises(pynvml.NVMLError_LibraryNotFound):
         pynvml.nvmlInit()
@@ -188,7 +202,12 @@ def test_a_slow_call_blocks_until_the_library_is_uninstalled() -> None:
     with simulated_nvml([gpu]) as lib:
         pynvml.nvmlInit()
         h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        thread = threading.Thread(target=lambda: (lib.nvmlDeviceGetPowerUsage(h, pynvml.byref(pynvml.c_uint())), done.set()))
+        thread = threading.Thread(
+            target=lambda: (
+                lib.nvmlDeviceGetPowerUsage(h, pynvml.byref(pynvml.c_uint())),
+                done.set(),
+            )
+        )
         thread.start()
         assert not done.wait(0.2)  # still inside the call
     thread.join(timeout=10)
@@ -198,7 +217,10 @@ def test_a_slow_call_blocks_until_the_library_is_uninstalled() -> None:
 def test_everything_is_put_back_even_after_an_error() -> None:
     saved_lib, saved_cache = pynvml.nvmlLib, dict(pynvml._nvmlGetFunctionPointer_cache)
     saved_cdll = pynvml.CDLL
-    with pytest.raises(RuntimeError, match="boom"), simulated_nvml([SimulatedGpu()], library_found=False):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        simulated_nvml([SimulatedGpu()], library_found=False),
+    ):
         raise RuntimeError("boom")
     with pytest.raises(ZeroDivisionError), simulated_nvml([SimulatedGpu()]) as lib:
         assert pynvml.nvmlLib is lib
