@@ -88,15 +88,16 @@ class TouSchedule:
         if not periods:
             raise ValueError("a time-of-use schedule needs at least one period")
         owner: list[int | None] = [None] * (7 * MINUTES_PER_DAY)
-        clashes: dict[tuple[str, str], list[int]] = {}
+        clashes: dict[tuple[int, int], list[int]] = {}
         for index, period in enumerate(periods):
             for minute in period.minutes_of_week():
                 other = owner[minute]
                 if other is not None:
-                    clashes.setdefault((periods[other].name, period.name), []).append(minute)
+                    clashes.setdefault((other, index), []).append(minute)
                 else:
                     owner[minute] = index
-        problems = [f"periods {a!r} and {b!r} overlap on {_spans(minutes)}" for (a, b), minutes in clashes.items()]
+        problems = [f"periods[{a}] {periods[a].name!r} and periods[{b}] {periods[b].name!r} overlap on "
+                    f"{_spans(minutes)}" for (a, b), minutes in clashes.items()]
         gaps = [m for m, o in enumerate(owner) if o is None]
         if gaps:
             problems.append(f"no period covers {_spans(gaps)}")
