@@ -72,16 +72,18 @@ def plan_json(snapshot: Any, allocation: Any) -> dict[str, Any]:
         "at": snapshot.at.isoformat(),
         "budget_watts": snapshot.budget_watts,
         "summary": allocation.summary,
-        "devices": [
-            {
-                "device": t.device_id,
-                "circuit": snapshot.miner(t.device_id).circuit,
-                "now_watts": snapshot.miner(t.device_id).measured_watts,
-                "target_watts": t.watts,
-                "controllable": snapshot.miner(t.device_id).controllable,
-                "value_usd_per_mwh": t.value_usd_per_mwh,
-                "reason": t.reason,
-            }
-            for t in allocation
-        ],
+        "devices": [_device_json(snapshot.load(t.device_id), t) for t in allocation],
+    }
+
+
+def _device_json(load: Any, target: Any) -> dict[str, Any]:
+    return {
+        "class": load.kind.value,
+        "device": target.device_id,
+        "circuit": load.circuit,
+        "now_watts": load.measured_watts,
+        "target_watts": target.watts,
+        "controllable": load.controllable,
+        "value_usd_per_mwh": target.value_usd_per_mwh,
+        "reason": target.reason,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from wattshift.policies.base import Allocation
+from wattshift.policies.ladders import FIRM_VALUE_USD_PER_MWH
 
 from .config import SITE_CIRCUIT, FixedPrice, SiteConfig
 from .model import SiteSnapshot
@@ -19,11 +20,14 @@ def site_summary(site: SiteConfig) -> str:
         hosts = sum(1 for _ in group.hosts())
         miners[group.circuit] += hosts
         firmware[group.firmware] += hosts
+    nodes = Counter(n.circuit for n in site.gpu_nodes)
 
     def tree(name: str, depth: int) -> list[str]:
         count = sum(miners[c] for c in _subtree(name, parents))
+        gpu_nodes = sum(nodes[c] for c in _subtree(name, parents))
         label = "budget" if name == SITE_CIRCUIT else "limit"
-        lines = [f"{'  ' * depth}{name}: {label} {limits[name] / 1000:g} kW, {count} miners"]
+        gpus = f", {gpu_nodes} GPU nodes" if gpu_nodes else ""
+        lines = [f"{'  ' * depth}{name}: {label} {limits[name] / 1000:g} kW, {count} miners{gpus}"]
         for child in (c for c, p in parents.items() if p == name):
             lines += tree(child, depth + 1)
         return lines
@@ -42,6 +46,12 @@ def site_summary(site: SiteConfig) -> str:
     return "\n".join(lines)
 
 
+def _value(usd_per_mwh: float | None) -> str:
+    if usd_per_mwh is None:
+        return ""
+    return "firm" if usd_per_mwh >= FIRM_VALUE_USD_PER_MWH else f"{usd_per_mwh:.0f}"
+
+
 def _subtree(name: str, parents: dict[str, str | None]) -> list[str]:
     out = [name]
     for child, parent in parents.items():
@@ -57,25 +67,28 @@ def _price(source: object, unit: str) -> str:
 
 
 def plan_table(snapshot: SiteSnapshot, allocation: Allocation) -> str:
-    """device, now, target, value, reason: one row per device, in merit order."""
-    rows = [("DEVICE", "CIRCUIT", "NOW W", "TARGET W", "$/MWh", "REASON")]
+    """class, device, now, target, value, reason: one row per device, miners and GPU nodes
+    together in merit order, so an operator sees what each MWh is worth where."""
+    rows = [("CLASS", "DEVICE", "CIRCUIT", "NOW W", "TARGET W", "$/MWh", "REASON")]
     for target in allocation:
-        miner = snapshot.miner(target.device_id)
-        now = miner.measured_watts
+        load = snapshot.load(target.device_id)
+        now = load.measured_watts
         value = target.value_usd_per_mwh
         rows.append(
             (
-                miner.device_id,
-                miner.circuit,
+                load.kind.value,
+                load.device_id,
+                load.circuit,
                 "?" if now is None else f"{now:.0f}",
-                f"{target.watts:.0f}" if miner.controllable else "hold",
-                "" if value is None else f"{value:.0f}",
+                f"{target.watts:.0f}" if load.controllable else "hold",
+                _value(value),
                 target.reason.split(": ", 1)[-1],
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows]
-    worst = sum(m.worst_case_watts for m in snapshot.miners)
+    columns = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:columns], widths, strict=True)) + "  " + r[-1] for r in rows]
+    worst = sum(d.worst_case_watts for d in snapshot.loads)
     lines.append("")
     lines.append(allocation.summary)
     lines.append(

@@ -47,9 +47,9 @@ def test_plan_prints_every_miner_with_its_target_and_reason(simulators, tmp_path
     out = subprocess.run([*CLI, "plan", "--config", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:4] == ["DEVICE", "CIRCUIT", "NOW", "W"]
+    assert lines[0].split()[:5] == ["CLASS", "DEVICE", "CIRCUIT", "NOW", "W"]
     for host in simulators:
-        row = next(line for line in lines if line.startswith(host + " "))
+        row = next(line for line in lines if line.startswith(f"miner  {host} "))
         assert "marginal $" in row or "no room" in row
     assert "4 controllable miners" in out.stdout or "/4 controllable miners on" in out.stdout
     as_json = subprocess.run([*CLI, "plan", "--config", str(path), "--json"], capture_output=True, text=True, timeout=60)
