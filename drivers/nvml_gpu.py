@@ -161,7 +161,13 @@ class NvmlGpus:
         except CallTimeout as exc:
             raise DeviceError(self.name, Failure.TIMEOUT, str(exc)) from exc
         self._started = True
-        count = await self._worker.call(pynvml.nvmlDeviceGetCount, "nvmlDeviceGetCount")
+        try:
+            count = await self._worker.call(pynvml.nvmlDeviceGetCount, "nvmlDeviceGetCount")
+        except (pynvml.NVMLError, CallTimeout) as exc:
+            failure = (
+                Failure.TIMEOUT if isinstance(exc, CallTimeout) else failure_for(remedy_for(exc))
+            )
+            raise DeviceError(self.name, failure, f"counting the GPUs: {_why(exc)}") from exc
         wanted: list[int | str] = list(range(count)) if self._selection is None else self._selection
         for item in wanted:
             if isinstance(item, int) and item >= count:
