@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wattshift.drivers.prices import FixedPrice, PriceFeed, TracePrice
+from wattshift.drivers.gpu import gpu_drivers
+from wattshift.drivers.jobs import JobRunner, job_runners
 from wattshift.policies.base import make_policy
 
 from .budget import BudgetSchedule
-from .config import FixedPrice as FixedPriceConfig
-from .config import SiteConfig, TracePrice as TracePriceConfig
+from .config import SiteConfig
 from .controller import Controller
+from .feeds import make_price_feeds
+from .gpu_fleet import GpuFleet
 from .journal import AsyncJournal, journal_path
 from .journal_entries import EntryKind
 from .metrics import MetricsRecorder
@@ -27,11 +29,19 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 
 
-def make_feed(source: FixedPriceConfig | TracePriceConfig, name: str, base: Path, clock: Clock) -> PriceFeed:
-    if isinstance(source, FixedPriceConfig):
-        return FixedPrice(source.value, clock=clock, name=f"{name}:fixed")
-    path = source.file if source.file.is_absolute() else base / source.file
-    return TracePrice(path, clock=clock, speedup=source.speedup, loop=source.loop)
+def make_gpu_fleet(site: SiteConfig, runner: JobRunner | None = None) -> GpuFleet | None:
+    """The site's GPU nodes, each read through its driver; ``runner`` stands in for the site
+    file's (the demo passes its simulated scheduler)."""
+    if not site.gpu_nodes:
+        return None
+    drivers = gpu_drivers()
+    timeout = site.drivers.call_timeout_seconds
+    node_drivers = {
+        n.name: drivers.get(n.driver)(n.selection(), call_timeout_seconds=timeout, name=n.name) for n in site.gpu_nodes
+    }
+    if runner is None and site.jobs.runner is not None:
+        runner = job_runners().get(site.jobs.runner.kind)(**site.jobs.runner_options())
+    return GpuFleet(site.gpu_nodes, node_drivers, runner, site.jobs, call_timeout_seconds=timeout * 2)
 
 
 def make_fleet(site: SiteConfig) -> MinerFleet:
@@ -45,6 +55,7 @@ def make_fleet(site: SiteConfig) -> MinerFleet:
 class Daemon:
     site: SiteConfig
     fleet: MinerFleet
+    gpus: GpuFleet | None
     controller: Controller
     metrics: MetricsRecorder
     journal: AsyncJournal | None
@@ -60,9 +71,12 @@ async def open_daemon(
     serve_metrics: bool = False,
     budget: BudgetSchedule | None = None,
     clock: Clock = time.monotonic,
+    runner: JobRunner | None = None,
 ) -> AsyncIterator[Daemon]:
     """Everything the loop needs, opened in order and closed in reverse (journal last)."""
+    feeds = make_price_feeds(site.prices, base_dir, clock, site.credentials)
     fleet = make_fleet(site)
+    gpus = make_gpu_fleet(site, runner)
     metrics = MetricsRecorder()
     if serve_metrics:
         metrics.serve(site.metrics_listen)
@@ -76,19 +90,25 @@ async def open_daemon(
             site,
             fleet,
             make_policy(site.policy.name, site.policy.options),
-            hashprice=make_feed(site.prices.hashprice_usd_per_ph_day, "hashprice", base_dir, clock),
-            power_price=make_feed(site.prices.power_usd_per_mwh, "power", base_dir, clock),
+            hashprice=feeds.hashprice,
+            power_price=feeds.power,
             budget=budget or BudgetSchedule(site.budget_watts),
             recorder=FanOut(*recorders),
             dry_run=dry_run,
+            gpus=gpus,
+            gpu_rates=feeds.gpu_rates,
             clock=clock,
         )
         if opened is not None:
             await opened.record(EntryKind.EVENT, f"started{' (dry run)' if dry_run else ''}: site {site.name}",
                                 data={"budget_watts": site.budget_watts, "miners": len(controller.miner_ids)})
         await fleet.discover()
-        yield Daemon(site, fleet, controller, metrics, opened)
+        if gpus is not None:
+            await gpus.start()
+        yield Daemon(site, fleet, gpus, controller, metrics, opened)
     finally:
+        if gpus is not None:
+            await gpus.close()
         await fleet.close()
         if opened is not None:
             await opened.record(EntryKind.EVENT, f"stopped: site {site.name}")

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .gpu_config import GpuNodeConfig, JobsConfig
+from .price_config import PricesConfig
 from .yamlfile import FileInvalid, Problem, load_model
 
 SITE_CIRCUIT = "site"
@@ -85,29 +86,6 @@ class MinerGroup(Strict):
     def hosts(self) -> Iterator[str]:
         for entry in self.addresses:
             yield from expand_addresses(entry)
-
-
-class FixedPrice(Strict):
-    source: Literal["fixed"] = "fixed"
-    value: float = Field(ge=0)
-
-
-class TracePrice(Strict):
-    """A CSV of ``timestamp,value`` replayed against the clock (demo, back-tests)."""
-
-    source: Literal["trace"]
-    file: Path
-    loop: bool = True
-    speedup: float = Field(default=1.0, gt=0, le=1e9)
-
-
-PriceSource = Annotated[FixedPrice | TracePrice, Field(discriminator="source")]
-
-
-class PricesConfig(Strict):
-    hashprice_usd_per_ph_day: PriceSource = FixedPrice(value=45.0)
-    power_usd_per_mwh: PriceSource = FixedPrice(value=40.0)
-    stale_after_seconds: float = Field(default=900, gt=0)
 
 
 class PolicyChoice(Strict):
@@ -185,6 +163,9 @@ class SiteConfig(Strict):
                 if host in seen:
                     raise ValueError(f"miner {host} is listed twice: miners[{seen[host]}] and miners[{index}]")
                 seen[host] = index
+        for key, name in self.prices.secret_names().items():
+            if name not in self.credentials:
+                raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")
         for index, node in enumerate(self.gpu_nodes):
             if node.circuit not in names:
                 raise ValueError(f"gpu_nodes[{index}].circuit {node.circuit!r} is not a circuit (known: {names})")

@@ -7,7 +7,8 @@ from collections import Counter
 from wattshift.policies.base import Allocation
 from wattshift.policies.ladders import FIRM_VALUE_USD_PER_MWH
 
-from .config import SITE_CIRCUIT, FixedPrice, SiteConfig
+from .config import SITE_CIRCUIT, SiteConfig
+from .price_config import FixedPrice, TracePrice
 from .model import SiteSnapshot
 
 
@@ -63,7 +64,9 @@ def _subtree(name: str, parents: dict[str, str | None]) -> list[str]:
 def _price(source: object, unit: str) -> str:
     if isinstance(source, FixedPrice):
         return f"fixed {source.value:g} {unit}"
-    return f"trace {getattr(source, 'file', '?')} ({unit})"
+    if isinstance(source, TracePrice):
+        return f"trace {source.file} ({unit})"
+    return f"{getattr(source, 'source', '?')} ({unit})"
 
 
 def plan_table(snapshot: SiteSnapshot, allocation: Allocation) -> str:
