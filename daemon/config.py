@@ -166,6 +166,11 @@ class SiteConfig(Strict):
         for key, name in self.prices.secret_names().items():
             if name not in self.credentials:
                 raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")
+        for index, job_class in enumerate(self.jobs.classes):
+            if job_class.market is not None and job_class.market not in self.prices.gpu_rates_usd_per_gpu_hour:
+                known = sorted(self.prices.gpu_rates_usd_per_gpu_hour) or "none"
+                raise ValueError(f"jobs.classes[{index}].market {job_class.market!r} has no rate in "
+                                 f"prices.gpu_rates_usd_per_gpu_hour (known: {known})")
         for index, node in enumerate(self.gpu_nodes):
             if node.circuit not in names:
                 raise ValueError(f"gpu_nodes[{index}].circuit {node.circuit!r} is not a circuit (known: {names})")

@@ -106,3 +106,48 @@ def test_address_ranges_expand_and_bad_ones_explain():
 def test_the_shipped_example_is_valid(capsys):
     example = Path(__file__).parents[2] / "deploy" / "site.example.yaml"
     assert main(["validate", str(example)]) == 0, capsys.readouterr().err
+
+
+def _gpu_site(tmp_path, extra: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "name: gpu-site\nbudget_kw: 100\n"
+        "gpu_nodes:\n  - {name: gpu-01, gpus: 0-7}\n" + extra
+    )
+    return path
+
+
+def test_a_job_class_valued_at_a_market_without_a_rate_is_refused(tmp_path):
+    path = _gpu_site(tmp_path, "jobs:\n  classes:\n    - {match: '*', market: H100}\n")
+    with pytest.raises(FileInvalid) as err:
+        load_site(path, environ={})
+    assert "jobs.classes[0].market 'H100' has no rate" in str(err.value)
+
+
+def test_gpu_nodes_and_job_classes_load(tmp_path):
+    path = _gpu_site(
+        tmp_path,
+        "jobs:\n  classes:\n    - {match: 'rent-*', tier: firm, rate_usd_per_gpu_hour: 2.4}\n"
+        "    - {match: '*', market: H100}\n"
+        "prices:\n  gpu_rates_usd_per_gpu_hour:\n    H100: {source: fixed, value: 2.35}\n",
+    )
+    site = load_site(path, environ={})
+    assert site.gpu_nodes[0].selection() == list(range(8))
+    assert site.jobs.class_for("rent-42").tier == "firm"
+    assert site.jobs.class_for("train-7").market == "H100"
+
+
+@pytest.mark.parametrize(
+    ("node", "reason"),
+    [
+        ("{name: gpu-01, gpus: 7-0}", "index range"),
+        ("{name: gpu-01, circuit: nowhere}", "'nowhere' is not a circuit"),
+        ("{name: gpu-01, host_idle_kw: 2, host_max_kw: 1}", "below host_idle_kw"),
+    ],
+)
+def test_bad_gpu_nodes_name_the_field(tmp_path, node, reason):
+    path = tmp_path / "site.yaml"
+    path.write_text(f"name: s\nbudget_kw: 100\ngpu_nodes:\n  - {node}\n")
+    with pytest.raises(FileInvalid) as err:
+        load_site(path, environ={})
+    assert reason in str(err.value)
