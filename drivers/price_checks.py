@@ -115,9 +115,11 @@ class CheckedFeed:
                 log.info("%s: %r %s accepted again", self.name, quote.value, self.limits.unit)
             self.last_good, self.last_rejection = quote, None
             return quote
+        # Warn when a run of rejections starts or changes rule, not on every tick of it.
+        level = logging.DEBUG if self.last_rejection and self.last_rejection.rule == rejection.rule else logging.WARNING
         self.last_rejection = rejection
         if self.last_good is None:
-            log.warning("%s; no good value to hold", rejection)
+            log.log(level, "%s; no good value to hold", rejection)
             raise PriceRejected(rejection)
-        log.warning("%s; holding the last good %r %s", rejection, self.last_good.value, self.limits.unit)
+        log.log(level, "%s; holding the last good %r %s", rejection, self.last_good.value, self.limits.unit)
         return self.last_good

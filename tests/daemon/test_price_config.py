@@ -19,7 +19,7 @@ from price_payloads import (
 )
 from pydantic import SecretStr
 
-from wattshift.daemon.config import Credentials
+from wattshift.daemon.config import Credentials, load_site
 from wattshift.daemon.feeds import MissingSecret, make_price_feed, make_price_feeds
 from wattshift.daemon.price_config import PricesConfig
 from wattshift.daemon.yamlfile import FileInvalid, parse_model
@@ -176,3 +176,37 @@ async def test_the_shipped_traces_load_through_the_config():
     feeds = make_price_feeds(config, TRACES, lambda: 0.0, {})
     assert 30 < (await feeds.hashprice.latest()).value < 70
     assert 1.7 <= (await feeds.gpu_rates["H100 SXM"].latest()).value <= 2.6
+
+
+async def test_a_unit_slip_upstream_holds_the_last_good_power_price(stub: HttpStub, tmp_path: Path):
+    answers = iter([{"lmp": 42.1}, {"lmp": 42_100.0}, {"lmp": 39.0}])  # $/MWh, then $/kWh x 1e6 by mistake
+    stub.route("/rt", lambda seen: Reply(next(answers)))
+    now = [0.0]
+    config = prices(f"power_usd_per_mwh: {{source: http, url: '{stub.url}/rt', field: lmp}}")
+    feed = make_price_feeds(config, tmp_path, lambda: now[0], {}).power
+    assert (await feed.latest()).value == 42.1
+    now[0] = 15.0
+    held = await feed.latest()
+    assert (held.value, held.at) == (42.1, 0.0)
+    now[0] = 30.0
+    assert ((await feed.latest()).value, feed.last_rejection) == (39.0, None)  # type: ignore[attr-defined]
+
+
+def test_the_example_prices_file_is_valid():
+    text = (Path(__file__).parents[2] / "deploy" / "prices.example.yaml").read_text()
+    section = "\n".join(line[2:] for line in text.splitlines() if line.startswith("  "))
+    config = prices(section)
+    assert config.hashprice_usd_per_ph_day.source == "mempool" and config.power_usd_per_mwh.source == "time_of_use"
+    assert set(config.gpu_rates_usd_per_gpu_hour) == {"H100 SXM", "A100 SXM4"}
+
+
+def test_a_site_naming_a_luxor_key_needs_it_in_the_secrets_file(tmp_path: Path):
+    site = tmp_path / "site.yaml"
+    site.write_text("name: s\nbudget_kw: 100\nsecrets_file: secrets.yaml\n"
+                    "prices:\n  hashprice_usd_per_ph_day: {source: luxor, api_key: luxor}\n")
+    (tmp_path / "secrets.yaml").write_text("braiins: {password: x}\n")
+    with pytest.raises(FileInvalid, match="prices.hashprice_usd_per_ph_day.api_key 'luxor' is not in the secrets"):
+        load_site(site, environ={})
+    loaded = load_site(site, environ={"WATTSHIFT_SECRET_LUXOR": "hi-key-123"})
+    assert loaded.credentials["luxor"].password.get_secret_value() == "hi-key-123"
+    assert "hi-key-123" not in repr(loaded) and "hi-key-123" not in loaded.model_dump_json()
