@@ -26,7 +26,12 @@ $(VENV)/.debs-systemd: | $(VENV)/.installed
 	command -v systemd-analyze >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd)
 	touch $@
 
-test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd
+# The Slurm job runner's tests start a real munged, slurmctld and slurmd (tests/slurmctl.py).
+$(VENV)/.debs-slurm: | $(VENV)/.installed
+	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge)
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd $(VENV)/.debs-slurm
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

@@ -65,11 +65,21 @@ class JobSpec:
 
     name: str
     gpus: int
-    command: str = ""  # for Slurm: the batch script body; for the command runner: passed as $JOB_COMMAND
+    command: str = ""  # Slurm: the batch script body; command runner: $WATTSHIFT_JOB_COMMAND
     node: str | None = None  # pin to a node (Slurm --nodelist)
     partition: str | None = None
     time_limit_minutes: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    hold: bool = False  # queue it held: it waits for power until ``JobRunner.start``
+
+    def __post_init__(self) -> None:
+        # Bad input is refused before it reaches a scheduler, naming the field and the value.
+        if not self.name.strip():
+            raise ValueError(f"JobSpec.name: {self.name!r}: must not be empty")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ValueError(f"JobSpec.gpus: {self.gpus!r}: must be a whole number >= 0")
+        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
+            raise ValueError(f"JobSpec.time_limit_minutes: {self.time_limit_minutes!r}: must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,11 @@ class JobError(Exception):
 
 @runtime_checkable
 class JobRunner(Protocol):
-    """One scheduler. Each call has a deadline and raises :class:`JobError` on failure."""
+    """One scheduler. Each call has a deadline and raises :class:`JobError` on failure.
+
+    A requeued job waits *held*: a scheduler left to itself would start it again as soon as its
+    GPUs are free, drawing power the site did not grant. Only :meth:`start` lets it run again.
+    """
 
     name: str
     times: ActionTimes
@@ -110,7 +124,9 @@ class JobRunner(Protocol):
 
     async def resume(self, job_id: str) -> None: ...
 
-    async def requeue(self, job_id: str) -> None: ...
+    async def requeue(self, job_id: str) -> None:
+        """Stop a running or suspended job and queue it again, held (see the class docstring)."""
+        ...
 
     async def stop(self, job_id: str) -> None: ...
 
