@@ -9,11 +9,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from . import demo_cmd, journal_cmd, run_cmd
-from .cli_common import EXIT_BAD_INPUT, load_or_explain
-from .summary import site_summary
+from . import backtest_cmd, demo_cmd, journal_cmd, run_cmd, validate_cmd
+from .cli_common import EXIT_BAD_INPUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,22 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    validate = commands.add_parser("validate", help="check a site file and summarise it")
-    validate.add_argument("file", type=Path)
-    validate.set_defaults(func=_validate)
+    validate_cmd.register(commands)
     run_cmd.register(commands)
     journal_cmd.register(commands)
     demo_cmd.register(commands)
+    backtest_cmd.register(commands)
     return parser
-
-
-def _validate(args: argparse.Namespace) -> int:
-    site = load_or_explain(args.file)
-    if site is None:
-        return EXIT_BAD_INPUT
-    print("ok")
-    print(site_summary(site))
-    return 0
 
 
 if __name__ == "__main__":

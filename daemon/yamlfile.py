@@ -123,3 +123,17 @@ def _dotted(loc: Location) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def key_lines(text: str) -> dict[Location, int]:
+    """The line of every key path in YAML text, for errors found after validation (a plug-in
+    refusing an option); ``{}`` when the text is not YAML (that error is reported elsewhere)."""
+    try:
+        return dict(_key_lines(yaml.compose(text, Loader=yaml.SafeLoader), ()))
+    except yaml.YAMLError:
+        return {}
+
+
+def problem_at(file: str, loc: Location, reason: str, lines: dict[Location, int]) -> Problem:
+    """A problem at ``loc`` (the nearest key the file has), in the words of :class:`Problem`."""
+    return Problem(file, _nearest_line(loc, lines), _dotted(loc), reason)
