@@ -8,7 +8,7 @@ the whole section at once. HTTP feeds share the daemon's ``httpx.AsyncClient`` w
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -66,6 +66,14 @@ def _resolve(base_dir: Path, file: Path) -> Path:
     return file if file.is_absolute() else base_dir / file
 
 
+def _in_trace_time(limits: SanityLimits, source: object) -> SanityLimits:
+    """A trace played ``speedup`` times faster moves that much faster on the loop clock: the jump
+    window is meant in the trace's own time (a week of hashprice in a minute of demo is no jump)."""
+    if isinstance(source, TracePrice) and source.speedup != 1:
+        return replace(limits, jump_window_seconds=limits.jump_window_seconds / source.speedup)
+    return limits
+
+
 F = TypeVar("F")
 
 
@@ -121,7 +129,7 @@ def make_price_feed(
                                  name=f"{name}:http")
         case _:
             raise TypeError(f"prices.{name}: no driver for {type(source).__name__}")
-    return CheckedFeed(feed, limits)
+    return CheckedFeed(feed, _in_trace_time(limits, source))
 
 
 def make_gpu_rate_feed(
@@ -148,7 +156,7 @@ def make_gpu_rate_feed(
                                   timeout=source.timeout_seconds)
         case _:
             raise TypeError(f"prices.gpu_rates_usd_per_gpu_hour.{gpu_model}: no driver for {type(source).__name__}")
-    return CheckedGpuRate(feed, limits)
+    return CheckedGpuRate(feed, _in_trace_time(limits, source))
 
 
 @dataclass

@@ -210,3 +210,18 @@ def test_a_site_naming_a_luxor_key_needs_it_in_the_secrets_file(tmp_path: Path):
     loaded = load_site(site, environ={"WATTSHIFT_SECRET_LUXOR": "hi-key-123"})
     assert loaded.credentials["luxor"].password.get_secret_value() == "hi-key-123"
     assert "hi-key-123" not in repr(loaded) and "hi-key-123" not in loaded.model_dump_json()
+
+
+async def test_the_jump_window_of_a_sped_up_trace_is_in_trace_time(tmp_path: Path):
+    # Hashprice more than halves over a day of trace (as at the April 2024 halving): a real move.
+    # Played a day per second it is still no jump; the same move within a minute of trace is one.
+    (tmp_path / "halving.csv").write_text("0,120\n86400,55\n172800,55\n")
+    (tmp_path / "glitch.csv").write_text("0,120\n60,55\n120,120\n")
+    now = [0.0]
+    for file, speedup, seen in [("halving.csv", 86400, 55), ("glitch.csv", 60, 120)]:
+        config = prices(f"hashprice_usd_per_ph_day: {{source: trace, file: {file}, speedup: {speedup}}}")
+        now[0] = 0.0
+        feed = make_price_feeds(config, tmp_path, lambda: now[0], {}).hashprice
+        await feed.latest()
+        now[0] = 1.0  # one second of loop clock: a day of the first trace, a minute of the second
+        assert (await feed.latest()).value == seen
