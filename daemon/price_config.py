@@ -205,6 +205,26 @@ class PricesConfig(_Strict):
     stale_after_seconds: float = Field(default=900, gt=0)
     sanity: SanityConfig = SanityConfig()
 
+    @model_validator(mode="after")
+    def _set_values_within_their_band(self) -> PricesConfig:
+        """A fixed price or tariff the sanity rules would refuse at every tick is a mistake in the
+        file (a wrong unit, most likely): say so now, not as a stale price at run time."""
+        checks: list[tuple[str, Any, SanityRule, str]] = [
+            ("hashprice_usd_per_ph_day", self.hashprice_usd_per_ph_day, self.sanity.hashprice, "hashprice"),
+            ("power_usd_per_mwh", self.power_usd_per_mwh, self.sanity.power, "power"),
+        ]
+        checks += [(f"gpu_rates_usd_per_gpu_hour.{m}", s, self.sanity.gpu_rate, "gpu_rate")
+                   for m, s in self.gpu_rates_usd_per_gpu_hour.items()]
+        for key, source, rule, name in checks:
+            values = [("value", source.value)] if isinstance(source, FixedPrice) else []
+            if isinstance(source, TimeOfUseSource):
+                values = [(f"periods[{i}].usd_per_mwh", p.usd_per_mwh) for i, p in enumerate(source.periods)]
+            for where, value in values:
+                if not rule.minimum <= value <= rule.maximum:
+                    raise ValueError(f"{key}.{where} {value:g} is outside [{rule.minimum:g}, {rule.maximum:g}] "
+                                     f"(sanity.{name}): a wrong unit?")
+        return self
+
     def secret_names(self) -> dict[str, str]:
         """Secrets-file entries this section needs, by the key that names them."""
         needed: dict[str, str] = {}
