@@ -28,6 +28,8 @@ def register(commands: Any) -> None:
     demo.add_argument("--tick", type=float, default=5.0, help="control-loop interval in seconds")
     demo.add_argument("--metrics-listen", default="127.0.0.1:9464", help="where to serve /metrics")
     demo.add_argument("--state-dir", type=Path, default=None, help="journal location (default: a temp dir)")
+    demo.add_argument("--first-address", default=Scenario.first_address,
+                      help=f"loopback address of the first simulated miner (default {Scenario.first_address})")
     demo.set_defaults(func=_demo)
 
 
@@ -36,7 +38,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"--miners {args.miners}: choose between 4 and 5000", file=sys.stderr)
         return 2
     duration = args.duration if args.duration is not None else 3600.0
-    scenario = Scenario(miners=args.miners, duration_s=duration, tick_s=args.tick)
+    scenario = Scenario(miners=args.miners, duration_s=duration, tick_s=args.tick, first_address=args.first_address)
     with tempfile.TemporaryDirectory(prefix="wattshift-demo-") as tmp:
         state_dir = args.state_dir or Path(tmp)
         try:
