@@ -12,6 +12,7 @@ from typing import Any
 
 from .app import open_daemon
 from .cli_common import EXIT_BAD_INPUT, load_or_explain
+from .policy_reload import policy_reloading
 from .service import supervised_site
 from .summary import plan_table
 
@@ -44,7 +45,10 @@ async def _serve(site: Any, base: Path, dry_run: bool) -> int:
     async with open_daemon(site, base_dir=base, dry_run=dry_run, serve_metrics=True) as daemon:
         log.info("running site %s: %d miners, metrics on http://%s/metrics%s", site.name,
                  len(daemon.controller.miner_ids), site.metrics_listen, " (dry run)" if dry_run else "")
-        async with supervised_site(daemon.controller, site):  # READY=1, watchdog, STOPPING=1
+        async with (
+            supervised_site(daemon.controller, site),  # READY=1, watchdog, STOPPING=1
+            policy_reloading(daemon.controller, site, base, daemon.metrics.registry),  # SIGHUP, file changes
+        ):
             await daemon.controller.run(stop)
     return 0
 
