@@ -16,7 +16,12 @@ def load_or_explain(path: Path) -> SiteConfig | None:
     try:
         return load_site(path)
     except FileInvalid as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        print(f"{path}: {len(err.problems)} problem(s); nothing was changed", file=sys.stderr)
+        explain(path, err)
         return None
+
+
+def explain(path: Path, err: FileInvalid) -> None:
+    """Every problem with a refused file, on stderr, then one line saying nothing changed."""
+    for problem in err.problems:
+        print(problem, file=sys.stderr)
+    print(f"{path}: {len(err.problems)} problem(s); nothing was changed", file=sys.stderr)

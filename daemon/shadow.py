@@ -14,10 +14,8 @@ A candidate that raises is logged and skipped: it must never disturb the live lo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -28,11 +26,8 @@ from .journal import AsyncJournal
 from .journal_entries import EntryKind
 from .model import GpuNodeState, Load, Prices, SiteSnapshot
 from .policy_file import load_policy_file
-from .sequencer import Plan, Step
-
-if TYPE_CHECKING:
-    from .actuator import StepResult
-    from .controller import TickReport
+from .recorder import NullRecorder
+from .sequencer import Plan
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +92,9 @@ def compare(snapshot: SiteSnapshot, live: Allocation, candidate: Allocation,
     return Comparison(live_total, candidate_total, tuple(differences))
 
 
-class ShadowRecorder:
+class ShadowRecorder(NullRecorder):
+    """Only ``decision`` matters to the shadow; every other record is ignored."""
+
     def __init__(
         self,
         candidate: Policy,
@@ -152,15 +149,3 @@ class ShadowRecorder:
             "devices": [d.as_json() for d in kept],
             "devices_left_out": len(comparison.differences) - len(kept),
         })
-
-    async def commands(self, steps: Sequence[Step]) -> None:
-        pass
-
-    async def results(self, results: Sequence[StepResult]) -> None:
-        pass
-
-    async def tick(self, report: TickReport) -> None:
-        pass
-
-    async def event(self, summary: str, data: dict[str, object]) -> None:
-        pass

@@ -9,13 +9,12 @@ with file, line and key.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .cli_common import EXIT_BAD_INPUT, load_or_explain
+from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
 from .policy_file import LoadedPolicy, looks_like_policy_file, read_policy_file, site_policy_path
 from .summary import site_summary
 from .yamlfile import FileInvalid
@@ -63,7 +62,5 @@ def _policy_or_explain(path: Path) -> LoadedPolicy | None:
     try:
         return read_policy_file(path)
     except FileInvalid as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        print(f"{path}: {len(err.problems)} problem(s); nothing was changed", file=sys.stderr)
+        explain(path, err)
         return None
