@@ -192,7 +192,7 @@ class SanityRule(_Strict):
 
 class SanityConfig(_Strict):
     # Power has no jump rule by default: real-time prices really do go from $30 to $3,000.
-    # Sites on nodal prices that go negative lower power.minimum (for example to -250).
+    # Power may go negative (nodal prices do); a site that never sees it may raise power.minimum to 0.
     hashprice: SanityRule = SanityRule.of(HASHPRICE_LIMITS)
     power: SanityRule = SanityRule.of(POWER_LIMITS)
     gpu_rate: SanityRule = SanityRule.of(GPU_RATE_LIMITS)

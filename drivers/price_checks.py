@@ -48,7 +48,9 @@ class SanityLimits:
 
 # Defaults per quantity; the site file may override them (daemon/price_config.py).
 HASHPRICE_LIMITS = SanityLimits("$/PH/day", minimum=1.0, maximum=5000.0, max_jump_factor=2.0)
-POWER_LIMITS = SanityLimits("$/MWh", minimum=0.0, maximum=20000.0, max_jump_factor=None)
+# Wholesale power goes negative (ERCOT West often does, down to its -$250 floor; some markets
+# clear lower): a negative price is real, and mining through it is paid.
+POWER_LIMITS = SanityLimits("$/MWh", minimum=-1000.0, maximum=20000.0, max_jump_factor=None)
 GPU_RATE_LIMITS = SanityLimits("$/GPU-hour", minimum=0.05, maximum=50.0, max_jump_factor=3.0)
 
 

@@ -102,7 +102,7 @@ sanity:
      "hashprice_usd_per_ph_day.value 0.045 is outside [1, 5000] (sanity.hashprice): a wrong unit?"),
     ("gpu_rates_usd_per_gpu_hour: {H100 SXM: {source: fixed, value: 235}}",
      "gpu_rates_usd_per_gpu_hour.H100 SXM.value 235 is outside [0.05, 50]"),
-    (TARIFF.replace("usd_per_mwh: 95", "usd_per_mwh: -95"), "power_usd_per_mwh.periods[0].usd_per_mwh -95 is outside"),
+    (TARIFF.replace("usd_per_mwh: 95", "usd_per_mwh: -1500"), "power_usd_per_mwh.periods[0].usd_per_mwh -1500 is outside"),
 ])
 def test_bad_sources_are_refused_with_the_key_and_the_reason(text: str, expected: str):
     assert expected in problems(text)
@@ -158,11 +158,11 @@ async def test_luxor_takes_its_key_from_the_secrets_by_name(stub: HttpStub, tmp_
 async def test_configured_sanity_thresholds_apply(stub: HttpStub, tmp_path: Path):
     stub.route("/rt", Reply({"price": -35.0}))
     text = f"power_usd_per_mwh: {{source: http, url: '{stub.url}/rt', field: price}}\n"
-    strict = make_price_feeds(prices(text), tmp_path, lambda: 0.0, {})
+    strict = make_price_feeds(prices(text + "sanity: {power: {minimum: 0, maximum: 9000}}"), tmp_path,
+                              lambda: 0.0, {})
     with pytest.raises(PriceError, match=r"power:http: rejected -35.0: negative"):
         await strict.power.latest()
-    nodal = make_price_feeds(prices(text + "sanity: {power: {minimum: -250, maximum: 9000}}"), tmp_path,
-                             lambda: 0.0, {})
+    nodal = make_price_feeds(prices(text), tmp_path, lambda: 0.0, {})  # negative prices are real by default
     assert (await nodal.power.latest()).value == -35.0
 
 

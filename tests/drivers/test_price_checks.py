@@ -43,7 +43,8 @@ def q(value: float, at: float = 0.0) -> PriceQuote:
     (math.nan, HASHPRICE_LIMITS, None, "not_finite"),
     (math.inf, HASHPRICE_LIMITS, None, "not_finite"),
     (-3.0, HASHPRICE_LIMITS, None, "negative"),
-    (-3.0, POWER_LIMITS, None, "negative"),
+    (-3.0, SanityLimits("$/MWh", 0, 9000), None, "negative"),  # a site that set power.minimum: 0
+    (-1500.0, POWER_LIMITS, None, "below_range"),  # below any market's floor
     (0.045, HASHPRICE_LIMITS, None, "below_range"),  # $/TH/day where $/PH/day belongs
     (45_000.0, HASHPRICE_LIMITS, None, "above_range"),  # $/EH/day
     (40_000.0, POWER_LIMITS, None, "above_range"),  # $/kWh taken for $/MWh the other way round
@@ -63,6 +64,7 @@ def test_each_rule_rejects_by_name(value: float, limits: SanityLimits, last: Pri
     (4_000.0, POWER_LIMITS, q(30.0)),  # a real-time spike: power has no jump rule by default
     (-20.0, SanityLimits("$/MWh", -250, 9000, max_jump_factor=5), q(30.0)),  # negative prices allowed
     (0.0, POWER_LIMITS, None),
+    (-35.0, POWER_LIMITS, None),  # negative nodal prices are real, and accepted by default
 ])
 def test_plausible_values_pass(value: float, limits: SanityLimits, last: PriceQuote | None):
     assert check_quote(q(value, at=60), limits, last) is None
