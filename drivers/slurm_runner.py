@@ -57,8 +57,9 @@ SLURM_STATES: Mapping[str, JobState] = {
     "OUT_OF_MEMORY": JobState.FAILED,
 }
 
-# The squeue columns we read, name last so a '|' in a job name cannot shift the others.
-SQUEUE_FORMAT = "%i|%T|%N|%b|%r|%j"
+# The squeue columns we read, name last so a '|' in a job name cannot shift the others. %n, the
+# requested nodes, tells where a waiting (held) job wants to run: where its power must be found.
+SQUEUE_FORMAT = "%i|%T|%N|%n|%b|%r|%j"
 _JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
 _GPUS = re.compile(r"gpu(?::[^:,]+)?[:=](\d+)")
 _KEY = re.compile(r" (?=[A-Za-z][A-Za-z0-9/_:]*=)")
@@ -79,14 +80,17 @@ def parse_squeue(text: str) -> dict[str, JobStatus]:
     """Lines of :data:`SQUEUE_FORMAT` into statuses; a line that does not fit is skipped."""
     out: dict[str, JobStatus] = {}
     for line in text.splitlines():
-        parts = line.split("|", 5)
-        if len(parts) != 6 or not parts[0].strip():
+        parts = line.split("|", 6)
+        if len(parts) != 7 or not parts[0].strip():
             continue
-        job_id, state, nodes, tres, reason, name = (p.strip() for p in parts)
+        job_id, state_text, nodes, requested, tres, reason, name = (p.strip() for p in parts)
+        state = slurm_state(state_text)
+        if not nodes and state is JobState.PENDING and "," not in requested:
+            nodes = requested
         out[job_id] = JobStatus(
             job_id=job_id,
             name=name,
-            state=slurm_state(state),
+            state=state,
             node=nodes or None,
             gpus=gpus_requested(tres),
             reason="" if reason == "None" else reason,

@@ -70,7 +70,10 @@ class SimulatedJob:
     _release_at: float | None = None  # GPUs given back (requeue, stop)
 
     def status(self) -> JobStatus:
-        return JobStatus(self.job_id, self.spec.name, self.state, self.node, self.spec.gpus, self.reason)
+        # A waiting job pinned to a node reports that node, as Slurm's requested node list does:
+        # it is how the loop knows where the power for it must be found.
+        node = self.node or (self.spec.node if self.state is JobState.PENDING else None)
+        return JobStatus(self.job_id, self.spec.name, self.state, node, self.spec.gpus, self.reason)
 
     def done_at(self) -> float | None:
         """When its work completes, if it keeps drawing."""

@@ -262,11 +262,15 @@ def test_gpus_requested(tres: str, gpus: int) -> None:
 
 
 def test_squeue_lines_with_a_pipe_in_the_name_and_a_garbage_line() -> None:
-    text = "12|RUNNING|wsnode|gres:gpu:2|None|train | eval\nnot a job line\n13|PENDING||N/A|JobHeldUser|x\n"
+    text = (
+        "12|RUNNING|wsnode||gres:gpu:2|None|train | eval\nnot a job line\n13|PENDING|||N/A|JobHeldUser|x\n"
+        "14|PENDING||wsnode|gres:gpu:8|JobHeldUser|pinned\n"
+    )
     parsed = parse_squeue(text)
     assert parsed["12"] == JobStatus("12", "train | eval", JobState.RUNNING, "wsnode", 2, "")
     assert parsed["13"] == JobStatus("13", "x", JobState.PENDING, None, 0, "JobHeldUser")
-    assert len(parsed) == 2
+    assert parsed["14"].node == "wsnode"  # a held job pinned to a node: where its power must come from
+    assert len(parsed) == 3
 
 
 def test_show_job_line_with_spaces_in_values() -> None:
