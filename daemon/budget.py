@@ -2,12 +2,18 @@
 
 A grid event usually comes with notice (ERCOT ERS: 10 or 30 minutes). The controller plans
 against the lowest budget in force anywhere in the next ``lead_seconds``, so miners are shed
-*before* the event starts, not after. Overlapping events resolve to the lowest limit.
+*before* the event starts, not after.
+
+Overlapping events resolve by priority, then by the lowest limit: at any instant only the
+events of the highest priority in force count, and of those the lowest limit wins. With every
+event at the default priority 0 that is simply the lowest limit. A higher priority lets an
+operator's event override a standing one (a maintenance window relaxing a scheduled cut), but
+never above the contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +24,7 @@ class BudgetEvent:
     limit_watts: float
     start: datetime
     end: datetime | None = None  # None: until cancelled
+    priority: int = 0  # overlapping events: the highest priority in force decides
 
     def overlaps(self, begin: datetime, finish: datetime) -> bool:
         return self.start <= finish and (self.end is None or self.end > begin)
@@ -45,15 +52,26 @@ class BudgetSchedule:
         return sorted(self._events.values(), key=lambda e: e.start)
 
     def in_force(self, now: datetime) -> float:
-        """The budget to plan against now: the lowest limit from now to now + lead."""
+        """The budget to plan against now: the lowest budget at any instant from now to
+        now + lead. The budget is a step function that changes only where an event starts or
+        ends, so those instants (and now) are the only ones to look at."""
         horizon = now + self.lead
-        limits = [e.limit_watts for e in self._events.values() if e.overlaps(now, horizon)]
-        return min([self.contract_watts, *limits])
+        upcoming = [e for e in self._events.values() if e.overlaps(now, horizon)]
+        instants = {now}
+        for event in upcoming:
+            instants.update(t for t in (event.start, event.end) if t is not None and now < t <= horizon)
+        return min(self._budget_at(t, upcoming) for t in instants)
 
     def at(self, now: datetime) -> float:
         """The budget actually in force at this instant (what compliance is judged against)."""
-        limits = [e.limit_watts for e in self._events.values() if e.overlaps(now, now)]
-        return min([self.contract_watts, *limits])
+        return self._budget_at(now, self._events.values())
+
+    def _budget_at(self, instant: datetime, events: Iterable[BudgetEvent]) -> float:
+        active = [e for e in events if e.overlaps(instant, instant)]
+        if not active:
+            return self.contract_watts
+        top = max(e.priority for e in active)
+        return min([self.contract_watts, *(e.limit_watts for e in active if e.priority == top)])
 
     def limits_at(self, circuit_limits: Mapping[str, float], now: datetime) -> dict[str, float]:
         """Every circuit's limit at this instant, the site's being the budget in force."""
