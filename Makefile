@@ -31,7 +31,12 @@ $(VENV)/.debs-slurm: | $(VENV)/.installed
 	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge)
 	touch $@
 
-test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd $(VENV)/.debs-slurm
+# The MQTT tests start their own Mosquitto broker (tests/mosquitto.py); it lives in /usr/sbin.
+$(VENV)/.debs-mosquitto: | $(VENV)/.installed
+	(command -v mosquitto || test -x /usr/sbin/mosquitto) >/dev/null && command -v mosquitto_passwd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients)
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd $(VENV)/.debs-slurm $(VENV)/.debs-mosquitto
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

@@ -1,0 +1,298 @@
+"""The MQTT bridge on a real Mosquitto, driving a simulated site through real pyasic drivers.
+
+Brokers listen on 127.0.21.x (free ports); simulated miners on 127.0.24.x-127.0.25.x."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from mosquitto import Broker, site_acl
+from mqtt_harness import PREFIX, operator, site_with_bridge
+from simsite import assert_never_over
+
+from wattshift.daemon.journal_entries import EntryKind
+from wattshift.daemon.mqtt_config import Login
+from wattshift.simulators.site import MinerBatch
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with Broker(tmp_path / "broker", "127.0.21.1") as running:
+        yield running
+
+
+async def journaled(setup, text: str) -> list:
+    return [e for e in await setup.daemon.journal.query(kind=EntryKind.EVENT) if text in e.summary]
+
+
+async def test_state_is_retained_for_a_fresh_subscriber(tmp_path, broker):
+    async with site_with_bridge(tmp_path, broker, "127.0.24.1", homeassistant={"enabled": True},
+                                with_meter=True) as setup:
+        async with operator(broker, "site/meter") as meter_feed:
+            await meter_feed.send({"power": {"total": 7.4}}, topic="site/meter")
+            async with asyncio.timeout(5):
+                while setup.bridge.meter.latest() is None:
+                    await asyncio.sleep(0.02)
+        report = await setup.controller.run_once()
+        await asyncio.sleep(0.5)  # the bridge publishes in its own time
+        # A subscriber that arrives afterwards gets the state from the broker's retained copies.
+        async with operator(broker, f"{PREFIX}/state/#", f"{PREFIX}/availability", "homeassistant/#") as fresh:
+            site = await fresh.wait_for(f"{PREFIX}/state/site")
+            miners = [m.host for m in setup.sim.miners]
+            for host in miners:
+                await fresh.wait_for(f"{PREFIX}/state/device/{host}")
+            await fresh.wait_raw(f"{PREFIX}/availability", b"online")
+            await fresh.wait_for("homeassistant/sensor/+/headroom/config")
+        assert all(m.retain for m in fresh.messages)
+        worst = sum(m.worst_case_watts for m in report.snapshot.miners)
+        assert site["budget_watts"] == 10_000 and site["worst_case_watts"] == pytest.approx(worst, abs=0.1)
+        assert site["mode"] == "auto" and site["devices"] == 2
+        assert site["meter"]["watts"] == 7400 and not site["meter"]["stale"]
+        devices = {d["device"]: d for d in fresh.replies(f"{PREFIX}/state/device/+")}
+        for miner in report.snapshot.miners:
+            assert devices[miner.device_id]["measured_watts"] == pytest.approx(miner.measured_watts, abs=0.1)
+        assert fresh.replies(f"{PREFIX}/state/circuit/site")[0]["limit_watts"] == 10_000
+        assert fresh.replies(f"{PREFIX}/state/class/miner")[0]["devices"] == 2
+        discovery = fresh.replies("homeassistant/sensor/+/budget/config")[0]
+        assert discovery["state_topic"] == f"{PREFIX}/state/site"
+        assert discovery["availability_topic"] == f"{PREFIX}/availability"
+
+
+async def test_a_clean_stop_says_offline(tmp_path, broker):
+    async with site_with_bridge(tmp_path, broker, "127.0.24.11") as setup:
+        async with operator(broker, f"{PREFIX}/availability") as watcher:
+            await watcher.wait_raw(f"{PREFIX}/availability", b"online")
+            await setup.bridge.aclose()
+            await watcher.wait_raw(f"{PREFIX}/availability", b"offline")
+
+
+async def test_a_killed_daemon_goes_offline_by_its_last_will(tmp_path, broker):
+    child = subprocess.Popen(
+        [sys.executable, str(HERE / "mqtt_child.py"), broker.host, str(broker.port), str(tmp_path / "child")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+    )
+    try:
+        async with operator(broker, f"{PREFIX}/availability") as watcher:
+            await watcher.wait_raw(f"{PREFIX}/availability", b"online", timeout=30)
+            child.send_signal(signal.SIGKILL)  # no chance to say goodbye: only the broker can
+            child.wait(timeout=10)
+            await watcher.wait_raw(f"{PREFIX}/availability", b"offline")
+        async with operator(broker, f"{PREFIX}/availability") as late:
+            assert (await late.wait_raw(f"{PREFIX}/availability", b"offline")).retain
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+        for stream in (child.stdout, child.stderr):
+            if stream:
+                stream.close()
+
+
+async def test_every_command_is_applied_answered_and_journaled(tmp_path, broker):
+    switched: list[Path] = []
+
+    def switch(path: Path) -> str:
+        if not path.exists():
+            raise ValueError(f"{path}: no such file")
+        switched.append(path)
+        return f"merit-order from {path.name}"
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("name: merit-order\n")
+    async with site_with_bridge(tmp_path, broker, "127.0.24.21", policy_switcher=switch, budget_kw=10) as setup:
+        controller = setup.controller
+        await controller.run_once()
+        device = setup.sim.miners[0].host
+        start = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+        async with operator(broker) as op:
+            await op.send({"command": "budget", "id": "b1", "limit_kw": 6, "start": start, "duration_seconds": 600,
+                           "priority": 3, "name": "dr-event"})
+            reply = await op.wait_for(f"{PREFIX}/reply/b1")
+            assert reply["status"] == "accepted", reply
+            [event] = controller.budget.events()
+            assert (event.name, event.limit_watts, event.priority) == ("dr-event", 6000, 3)
+            assert event.end - event.start == timedelta(seconds=600)
+
+            await op.send({"command": "restore", "id": "r1", "name": "dr-event"})
+            assert (await op.wait_for(f"{PREFIX}/reply/r1"))["status"] == "accepted"
+            assert controller.budget.events() == []
+
+            await op.send({"command": "force", "id": "f1", "device": device, "state": "off"})
+            assert (await op.wait_for(f"{PREFIX}/reply/f1"))["status"] == "accepted"
+            report = await controller.run_once()
+            assert report.allocation[device].watts == 0 and "forced off" in report.allocation[device].reason
+            await op.send({"command": "force", "id": "f2", "class": "miner", "state": "auto"})
+            await op.send({"command": "force", "id": "f3", "device": device, "state": "auto"})
+            assert (await op.wait_for(f"{PREFIX}/reply/f3"))["status"] == "accepted"
+            assert not setup.overrides
+
+            await op.send({"command": "policy", "id": "p1", "path": str(policy_file)})
+            assert (await op.wait_for(f"{PREFIX}/reply/p1"))["status"] == "accepted"
+            assert switched == [policy_file]
+
+            await op.send({"command": "pause", "id": "m1", "reason": "electrician on site"})
+            assert (await op.wait_for(f"{PREFIX}/reply/m1"))["status"] == "accepted"
+            assert controller.dry_run is True
+            paused = await controller.run_once()
+            assert paused.dry_run and paused.results == ()
+            await op.send({"command": "resume", "id": "m2"})
+            assert (await op.wait_for(f"{PREFIX}/reply/m2"))["status"] == "accepted"
+            assert controller.dry_run is False
+
+            # MQTT 5: the response topic and correlation data of the request win.
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "console/answers"
+            props.CorrelationData = b"corr-42"
+            await op.client.subscribe("console/answers", qos=1)
+            await op.send({"command": "pause"}, properties=props)
+            await op.wait_for("console/answers", lambda body: body["status"] == "accepted")
+            answer = op.on("console/answers")[0]
+            assert answer.properties.CorrelationData == b"corr-42"
+        for name in ("budget", "restore", "force", "policy", "pause", "resume"):
+            assert await journaled(setup, f"mqtt command {name} accepted"), name
+
+
+async def test_bad_commands_are_refused_with_reasons_and_change_nothing(tmp_path, broker):
+    async with site_with_bridge(tmp_path, broker, "127.0.24.31", budget_kw=10) as setup:
+        controller = setup.controller
+        await controller.run_once()
+        policy_before = controller.policy.inner
+        bad = [
+            (b"{this is not json", "payload"),
+            ({"command": "self-destruct", "id": "x1"}, "command"),
+            ({"command": "budget", "id": "x2", "limit_kw": -3}, "limit_kw"),
+            ({"command": "budget", "id": "x3", "limit_kw": 50}, "limit_kw"),  # above the 10 kW contract
+            ({"command": "budget", "id": "x4", "limit_kw": 5, "duration_seconds": 1e9}, "duration_seconds"),
+            ({"command": "budget", "id": "x5", "limit_kw": 5, "end": "2020-01-01T00:00:00Z"}, "end"),
+            ({"command": "budget", "id": "x6", "limit_kw": 5, "surprise": True}, "surprise"),
+            ({"command": "restore", "id": "x7", "name": "never-was"}, "name"),
+            ({"command": "force", "id": "x8", "device": "10.9.9.9", "state": "off"}, "device"),
+            ({"command": "force", "id": "x9", "class": "gpu", "state": "on"}, "class"),
+            ({"command": "force", "id": "x10", "device": setup.sim.miners[0].host, "state": "maybe"}, "state"),
+            ({"command": "policy", "id": "x11", "path": "/etc/wattshift/ai-first.yaml"}, "path"),
+            ({"command": "pause", "id": "x12", "reason": "x" * 600}, "reason"),
+        ]
+        async with operator(broker) as op:
+            for payload, _ in bad:
+                await op.send(payload)
+            first = await op.wait_for(f"{PREFIX}/reply")
+            assert first["status"] == "rejected" and first["field"] == "payload" and "not JSON" in first["reason"]
+            for index, (payload, field) in enumerate(bad[1:], start=1):
+                reply = await op.wait_for(f"{PREFIX}/reply/x{index}")
+                assert reply["status"] == "rejected", reply
+                assert reply["field"] == field, reply
+                assert reply["reason"]
+                if isinstance(payload, dict) and field in payload:
+                    assert reply["value"] == payload[field]
+            assert "policy switching not available" in op.replies(f"{PREFIX}/reply/x11")[0]["reason"]
+        assert controller.budget.events() == []
+        assert controller.dry_run is False
+        assert not setup.overrides
+        assert controller.policy.inner is policy_before
+        assert len(await journaled(setup, "rejected")) == len(bad)
+
+
+async def test_an_unauthorised_command_is_dropped_by_the_broker(tmp_path):
+    users = {"wattshift": "daemon-secret", "ops": "ops-secret", "viewer": "viewer-secret"}
+    acl = site_acl(PREFIX, daemon="wattshift", operator="ops", viewer="viewer")
+    with Broker(tmp_path / "broker", "127.0.21.2", users=users, acl=acl) as broker:
+        login = Login(username="wattshift", password="daemon-secret")
+        async with site_with_bridge(tmp_path, broker, "127.0.24.41", login=login) as setup:
+            controller = setup.controller
+            with pytest.raises(aiomqtt.MqttError):
+                async with operator(broker, username="ops", password="wrong"):
+                    pass
+            async with operator(broker, f"{PREFIX}/#", username="viewer", password="viewer-secret") as viewer:
+                await viewer.send({"command": "budget", "id": "v1", "limit_kw": 1})
+                await viewer.send({"command": "pause", "id": "v2"})
+                # The operator's command goes through the same broker afterwards: once its answer is
+                # in, the viewer's (sent earlier, same broker, same daemon) would have been answered too.
+                async with operator(broker, username="ops", password="ops-secret") as ops:
+                    await ops.send({"command": "budget", "id": "o1", "limit_kw": 8})
+                    assert (await ops.wait_for(f"{PREFIX}/reply/o1"))["status"] == "accepted"
+                    assert ops.on(f"{PREFIX}/reply/v1") == [] and ops.on(f"{PREFIX}/reply/v2") == []
+            assert [e.name for e in controller.budget.events()] == ["mqtt-o1"]
+            assert controller.dry_run is False
+            assert setup.bridge.commands_handled == 1
+
+
+# paho leaves the socket of a refused TLS handshake for the garbage collector (upstream
+# behaviour); only the deliberately refused client below makes one.
+@pytest.mark.filterwarnings("ignore:Exception ignored in.*SSLSocket:pytest.PytestUnraisableExceptionWarning")
+async def test_tls_and_password(tmp_path):
+    with Broker(tmp_path / "broker", "127.0.21.3", users={"wattshift": "s3cret", "ops": "ops"}, tls=True) as broker:
+        async with site_with_bridge(tmp_path, broker, "127.0.24.51",
+                                    login=Login(username="wattshift", password="s3cret")) as setup:
+            await setup.controller.run_once()
+            async with operator(broker, f"{PREFIX}/state/site", username="ops", password="ops") as op:
+                site = await op.wait_for(f"{PREFIX}/state/site")
+                assert site["site"] == "test"
+            assert setup.bridge.connections == 1
+        # Without the CA the daemon's own check refuses the broker: no silent plain-text fallback.
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(broker.host, broker.port, username="ops", password="ops",
+                                      tls_params=aiomqtt.TLSParameters()):
+                pass
+
+
+async def test_a_budget_command_brings_the_true_draw_under_it_and_the_broker_may_come_and_go(tmp_path, broker):
+    batches = [MinerBatch("luxos", 2, "site", "Antminer S21"), MinerBatch("whatsminer", 2, "site", "Whatsminer M60S")]
+    async with site_with_bridge(tmp_path, broker, "127.0.25.1", batches=batches, budget_kw=20,
+                                tick_seconds=1.0) as setup:
+        controller, sim = setup.controller, setup.sim
+        ticks: list[float] = []
+        stop = asyncio.Event()
+        loop = asyncio.create_task(controller.run(stop))
+        try:
+            while controller.last_report is None:
+                await asyncio.sleep(0.05)
+            assert sim.true_watts() > 9_000, "the site should start above the budget to come"
+            start = datetime.now(UTC) + timedelta(seconds=6)  # a grid event with notice
+            async with operator(broker) as op:
+                await op.send({"command": "budget", "id": "dr1", "limit_kw": 9, "start": start.isoformat(),
+                               "name": "grid-dr"})
+                assert (await op.wait_for(f"{PREFIX}/reply/dr1"))["status"] == "accepted"
+                reached = await op.wait_for(f"{PREFIX}/reply/dr1", lambda b: b["status"] == "reached", timeout=20)
+                assert reached["data"]["worst_case_watts"] <= 9_000
+                assert reached["data"]["seconds"] > 0
+                assert sim.true_watts() <= 9_000  # the true draw, not the model's belief
+
+            # The broker dies mid-run; the loop keeps controlling the site.
+            connections = setup.bridge.connections
+            broker.stop()
+            last = controller.last_report
+            for _ in range(3):
+                async with asyncio.timeout(10):
+                    while controller.last_report is last:
+                        await asyncio.sleep(0.05)
+                last = controller.last_report
+                ticks.append(last.seconds)
+            assert not setup.bridge.connected.is_set()
+            assert last.snapshot.budget_watts == 9_000
+            broker.start()  # same port, empty: persistence is off, every retained message is gone
+            async with asyncio.timeout(15):
+                while setup.bridge.connections == connections:
+                    await asyncio.sleep(0.05)
+            async with operator(broker, f"{PREFIX}/state/site", f"{PREFIX}/availability") as fresh:
+                await fresh.wait_raw(f"{PREFIX}/availability", b"online")
+                site = await fresh.wait_for(f"{PREFIX}/state/site")
+                assert site["budget_watts"] == 9_000
+                assert [e["name"] for e in site["events"]] == ["grid-dr"]
+        finally:
+            stop.set()
+            await loop
+        assert len(ticks) == 3
+        assert sim.true_watts() <= 9_000
+    assert_never_over(setup.truth)
