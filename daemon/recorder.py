@@ -93,7 +93,7 @@ class JournalRecorder:
             "hashprice_usd_per_ph_day": snapshot.prices.hashprice_usd_per_ph_day,
             "power_usd_per_mwh": snapshot.prices.power_usd_per_mwh,
             "prices_stale": snapshot.prices.hashprice_stale or snapshot.prices.power_stale,
-            "worst_case_watts": sum(m.worst_case_watts for m in snapshot.miners),
+            "worst_case_watts": sum(d.worst_case_watts for d in snapshot.loads),
             "sheds": len(plan.sheds),
             "grants": len(plan.grants),
             "deferred": [s.device_id for s in plan.deferred],
@@ -101,8 +101,8 @@ class JournalRecorder:
         entries = [NewEntry(EntryKind.DECISION, allocation.summary, None, data)]
         # Per device only where something changes or is wrong: a quiet tick stays small.
         for target in allocation:
-            miner = snapshot.miner(target.device_id)
-            if target.device_id in moves or not miner.controllable:
+            load = snapshot.load(target.device_id)
+            if target.device_id in moves or not load.controllable:
                 entries.append(
                     NewEntry(EntryKind.DECISION, target.reason, target.device_id, {"target_watts": target.watts})
                 )

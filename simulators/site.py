@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .gpu_site import SimulatedGpuSite
 from .miner import SimulatedMiner
 from .physics import SPECS, Clock
 
@@ -123,11 +124,7 @@ class SimulatedSite:
         """True draw per circuit, each circuit including its descendants (as the breaker sees)."""
         totals = dict.fromkeys(parents, 0.0)
         for m in self.miners:
-            node: str | None = self.circuit_of[m.host]
-            watts = m.true_watts()
-            while node is not None:
-                totals[node] += watts
-                node = parents[node]
+            add_up(totals, parents, self.circuit_of[m.host], m.true_watts())
         return totals
 
     def site_file(self, **site: Any) -> dict[str, Any]:
@@ -141,6 +138,14 @@ class SimulatedSite:
                 {"circuit": batch.circuit, "addresses": hosts, "firmware": batch.firmware, "model": batch.spec_model}
             )
         return {**site, "miners": groups}
+
+
+def add_up(totals: dict[str, float], parents: Mapping[str, str | None], circuit: str, watts: float) -> None:
+    """Count ``watts`` on ``circuit`` and every circuit above it, as the breakers see them."""
+    node: str | None = circuit
+    while node is not None:
+        totals[node] += watts
+        node = parents[node]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +168,10 @@ class TruthMonitor:
         *,
         interval: float = 0.05,
         clock: Clock = time.monotonic,
+        gpus: SimulatedGpuSite | None = None,
     ) -> None:
         self.site = site
+        self.gpus = gpus
         self.parents = dict(parents)
         self.limits = limits
         self.interval = interval
@@ -176,6 +183,10 @@ class TruthMonitor:
 
     def sample(self) -> None:
         totals = self.site.true_watts_by_circuit(self.parents)
+        if self.gpus is not None:
+            self.gpus.advance()
+        for node in self.gpus or ():
+            add_up(totals, self.parents, node.spec.circuit, node.true_watts())
         self.samples += 1
         self.peak_watts = max(self.peak_watts, totals["site"])
         for circuit, limit in self.limits().items():

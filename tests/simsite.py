@@ -11,6 +11,7 @@ from typing import Any
 from wattshift.daemon.app import open_daemon
 from wattshift.daemon.budget import BudgetSchedule
 from wattshift.daemon.config import SiteConfig
+from wattshift.simulators.gpu_site import SimulatedGpuSite
 from wattshift.simulators.site import MinerBatch, SimulatedSite, TruthMonitor
 
 
@@ -25,7 +26,12 @@ async def running_site(
     power_price: float = 40.0,
     policy_options: dict[str, Any] | None = None,
     dry_run: bool = False,
+    gpus: SimulatedGpuSite | None = None,
+    runner: Any = None,
+    site_extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[SimulatedSite, Any, BudgetSchedule, TruthMonitor]]:
+    """``gpus`` (entered by the caller) and ``runner`` add GPU nodes; ``site_extra`` adds
+    site-file keys (job classes, GPU rates)."""
     sim = SimulatedSite(batches, first_address=first_address, physics_options={"ramp_watts_per_s": 2000.0})
     async with sim:
         site = SiteConfig.model_validate(
@@ -37,15 +43,17 @@ async def running_site(
                 policy={"name": "merit-order", "options": {"min_dwell_seconds": 0, **(policy_options or {})}},
                 drivers={"call_timeout_seconds": 1.0, "confirm_timeout_seconds": 6.0},
                 state_dir=str(tmp_path),
+                gpu_nodes=gpus.site_file_nodes() if gpus is not None else [],
+                **(site_extra or {}),
             )
         )
         budget = BudgetSchedule(site.budget_watts, lead_seconds=30)
 
         limits = site.circuit_limits()
         truth = TruthMonitor(
-            sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)), interval=0.02
+            sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)), interval=0.02, gpus=gpus
         )
-        async with open_daemon(site, base_dir=tmp_path, budget=budget, dry_run=dry_run) as daemon:
+        async with open_daemon(site, base_dir=tmp_path, budget=budget, dry_run=dry_run, runner=runner) as daemon:
             async with truth:
                 yield sim, daemon, budget, truth
 
