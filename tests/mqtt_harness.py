@@ -68,6 +68,7 @@ async def site_with_bridge(
     policy_switcher: PolicySwitcher | None = None,
     tick_seconds: float | None = None,
     with_meter: bool = False,
+    clock: Any = None,
     **config: Any,
 ) -> AsyncIterator[Setup]:
     batches = batches or [MinerBatch("luxos", 2, "site", "Antminer S21")]
@@ -84,12 +85,22 @@ async def site_with_bridge(
         mqtt = bridge_config(broker, **config)
         meter = SiteMeter.from_config(mqtt.meter) if mqtt.meter is not None else None
         bridge = MqttBridge(mqtt, controller, login=login, overrides=overrides, policy_switcher=policy_switcher,
-                            meter=meter)
+                            meter=meter, **({"clock": clock} if clock is not None else {}))
         controller.recorder = FanOut(controller.recorder, bridge)
         async with bridge:
             async with asyncio.timeout(10):
                 await bridge.connected.wait()
             yield Setup(sim, daemon, budget, truth, bridge, overrides)
+
+
+async def settled(bridge: MqttBridge, watcher: Operator) -> None:
+    """Return once everything the bridge had to publish is out. The publisher sends its queue,
+    then the state, in one pass: a marker seen, then a second marker seen, means the pass that
+    sent the first one (and any state it had) is complete. ``watcher`` must watch the events."""
+    for n in range(2):
+        marker = f"settled {id(watcher)} {n}"
+        await bridge.event(marker, {})
+        await watcher.wait_for(f"{PREFIX}/events", lambda body, m=marker: body["summary"] == m)
 
 
 @dataclass

@@ -10,8 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from mosquitto import Broker  # noqa: F401  (tests/ on the path: the same helpers as the tests)
-from mqtt_harness import site_with_bridge
+from mqtt_harness import site_with_bridge  # tests/ is on PYTHONPATH: the tests' own helpers
 
 
 class _Given:

@@ -17,9 +17,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from mosquitto import Broker, site_acl
-from mqtt_harness import PREFIX, operator, site_with_bridge
+from mqtt_harness import PREFIX, operator, settled, site_with_bridge
 from simsite import assert_never_over
 
+from wattshift.daemon.budget import BudgetEvent
 from wattshift.daemon.journal_entries import EntryKind
 from wattshift.daemon.mqtt_config import Login
 from wattshift.simulators.site import MinerBatch
@@ -68,6 +69,27 @@ async def test_state_is_retained_for_a_fresh_subscriber(tmp_path, broker):
         discovery = fresh.replies("homeassistant/sensor/+/budget/config")[0]
         assert discovery["state_topic"] == f"{PREFIX}/state/site"
         assert discovery["availability_topic"] == f"{PREFIX}/availability"
+
+
+async def test_state_is_rate_limited_per_topic_and_the_latest_value_goes_out(tmp_path, broker):
+    now = [1000.0]
+    async with site_with_bridge(tmp_path, broker, "127.0.24.71", clock=lambda: now[0],
+                                publish_min_interval_seconds=60) as setup:
+        async with operator(broker, f"{PREFIX}/state/site", f"{PREFIX}/events") as watcher:
+            await setup.controller.run_once()
+            await settled(setup.bridge, watcher)
+            assert [s["budget_watts"] for s in watcher.replies(f"{PREFIX}/state/site")] == [10_000]
+            setup.budget.add(BudgetEvent("cut", 6_000, datetime.now(UTC)))
+            await setup.controller.run_once()
+            await setup.controller.run_once()
+            await settled(setup.bridge, watcher)
+            assert len(watcher.replies(f"{PREFIX}/state/site")) == 1  # held back: the interval is not over
+            now[0] += 61
+            await setup.controller.run_once()
+            latest = await watcher.wait_for(f"{PREFIX}/state/site", lambda s: s["budget_watts"] == 6_000)
+            assert [e["name"] for e in latest["events"]] == ["cut"]
+            await settled(setup.bridge, watcher)
+            assert len(watcher.replies(f"{PREFIX}/state/site")) == 2
 
 
 async def test_a_clean_stop_says_offline(tmp_path, broker):
