@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from wattshift.drivers.gpu import gpu_drivers
 from wattshift.drivers.jobs import JobRunner, job_runners
-from wattshift.policies.base import make_policy
 
 from .budget import BudgetSchedule
 from .config import SiteConfig
@@ -21,6 +20,8 @@ from .gpu_fleet import GpuFleet
 from .journal import AsyncJournal, journal_path
 from .journal_entries import EntryKind
 from .metrics import MetricsRecorder
+from .policy_file import policy_for_site, resolve
+from .shadow import ShadowRecorder
 from .recorder import FanOut, JournalRecorder, Recorder
 
 if TYPE_CHECKING:
@@ -85,11 +86,14 @@ async def open_daemon(
     if journal:
         opened = await AsyncJournal.open(journal_path(site.state_dir))
         recorders.insert(0, JournalRecorder(opened))
+    if site.shadow_policy_file is not None:
+        shadow = resolve(site.shadow_policy_file, base_dir)
+        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened))
     try:
         controller = Controller(
             site,
             fleet,
-            make_policy(site.policy.name, site.policy.options),
+            policy_for_site(site, base_dir),
             hashprice=feeds.hashprice,
             power_price=feeds.power,
             budget=budget or BudgetSchedule(site.budget_watts),

@@ -117,6 +117,10 @@ class SiteConfig(Strict):
     jobs: JobsConfig = JobsConfig()
     prices: PricesConfig = PricesConfig()
     policy: PolicyChoice = PolicyChoice()
+    # A policy file (relative to the site file) replaces ``policy``; it reloads on change and on
+    # SIGHUP. A shadow policy file runs beside the live one and only says what it would do.
+    policy_file: Path | None = None
+    shadow_policy_file: Path | None = None
     drivers: DriverSettings = DriverSettings()
     state_dir: Path = Path("/var/lib/wattshift")
     metrics_listen: str = "127.0.0.1:9464"
@@ -163,6 +167,8 @@ class SiteConfig(Strict):
                 if host in seen:
                     raise ValueError(f"miner {host} is listed twice: miners[{seen[host]}] and miners[{index}]")
                 seen[host] = index
+        if self.policy_file is not None and self.policy != PolicyChoice():
+            raise ValueError("give either policy (inline) or policy_file, not both")
         for key, name in self.prices.secret_names().items():
             if name not in self.credentials:
                 raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")

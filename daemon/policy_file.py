@@ -119,9 +119,12 @@ def policy_for_site(site: Any, base_dir: Path) -> Policy:
 
 def site_policy_path(site: Any, base_dir: Path) -> Path | None:
     named = getattr(site, "policy_file", None)
-    if named is None:
-        return None
-    path = Path(named)
+    return None if named is None else resolve(named, base_dir)
+
+
+def resolve(path: Path | str, base_dir: Path) -> Path:
+    """A path from the site file: relative ones are relative to the site file's folder."""
+    path = Path(path)
     return path if path.is_absolute() else base_dir / path
 
 

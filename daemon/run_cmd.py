@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .app import open_daemon
-from .cli_common import EXIT_BAD_INPUT, load_or_explain
+from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
+from .policy_file import load_policy_file, resolve, site_policy_path
 from .policy_reload import policy_reloading
 from .service import supervised_site
 from .summary import plan_table
+from .yamlfile import FileInvalid
 
 log = logging.getLogger("wattshift")
 
@@ -32,9 +34,22 @@ def register(commands: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     site = load_or_explain(args.config)
-    if site is None:
+    if site is None or not _policies_valid(site, args.config.parent):
         return EXIT_BAD_INPUT
     return asyncio.run(_serve(site, args.config.parent, args.dry_run))
+
+
+def _policies_valid(site: Any, base: Path) -> bool:
+    """Refuse to start on a bad policy file (live or shadow), with its file:line errors."""
+    for path in (site_policy_path(site, base), site.shadow_policy_file and resolve(site.shadow_policy_file, base)):
+        if path is None:
+            continue
+        try:
+            load_policy_file(path)
+        except FileInvalid as err:
+            explain(path, err)
+            return False
+    return True
 
 
 async def _serve(site: Any, base: Path, dry_run: bool) -> int:
@@ -56,6 +71,8 @@ async def _serve(site: Any, base: Path, dry_run: bool) -> int:
 def _plan(args: argparse.Namespace) -> int:
     site = load_or_explain(args.config)
     if site is None:
+        return EXIT_BAD_INPUT
+    if not _policies_valid(site, args.config.parent):
         return EXIT_BAD_INPUT
     return asyncio.run(_plan_once(site, args.config.parent, args.json))
 

@@ -88,3 +88,19 @@ def test_validate_rejects_a_bad_file_with_exit_2(tmp_path):
     assert out.returncode == 2
     assert f"{path}:1: name: String should match pattern" in out.stderr
     assert f"{path}:2: budget_kw: Input should be greater than 0 (got 0)" in out.stderr
+
+
+def test_plan_follows_the_site_policy_file_and_refuses_a_bad_one(simulators, tmp_path):
+    path = site_file(tmp_path, simulators, budget_kw=9)
+    (tmp_path / "policy.yaml").write_text("policy: strike-price\noptions:\n  strike_usd_per_mwh: 95\n")
+    path.write_text(path.read_text() + "policy_file: policy.yaml\n")
+    out = subprocess.run([*CLI, "plan", "--config", str(path), "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    devices = json.loads(out.stdout)["devices"]
+    assert sum(d["target_watts"] for d in devices) <= 9_000
+    assert any("strike" in d["reason"] for d in devices), devices[0]["reason"]
+
+    (tmp_path / "policy.yaml").write_text("policy: strike-price\noptions:\n  strike_usd_per_mwh: lots\n")
+    bad = subprocess.run([*CLI, "plan", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "policy.yaml:3: options.strike_usd_per_mwh" in bad.stderr, bad.stderr
