@@ -1,0 +1,99 @@
+"""A 30-day back-test at 5-minute steps, and the hindsight optimum's solve time for it.
+
+The trace is the first 30 days of the shipped 4CP summer month (8,640 steps) on
+deploy/backtest-site.yaml. Baselines in the same run: the same back-test over one day (steps/s
+should not fall with length: the engine is linear), the time ``decide`` + ``plan_transition``
+alone take per step (what the engine adds around the policy), and the optimum for one day (how
+the LP scales with the horizon).
+
+    python benchmarks/backtest_30d.py [--days 30] [--policy merit-order]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from wattshift.daemon.backtest import run_backtest
+from wattshift.daemon.backtest_site import load_backtest_site
+from wattshift.daemon.backtest_trace import Trace, load_trace
+from wattshift.daemon.optimum import solve_optimum
+from wattshift.policies.base import make_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def first_days(trace: Trace, days: float) -> Trace:
+    n = int(days * 86400 / trace.step_seconds)
+    return replace(trace, rows=trace.rows[:n], durations=trace.durations[:n])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=float, default=30)
+    parser.add_argument("--policy", default="merit-order")
+    parser.add_argument("--site", type=Path, default=ROOT / "deploy" / "backtest-site.yaml")
+    parser.add_argument("--trace", type=Path, default=ROOT / "simulators" / "traces" / "four_cp_summer_month.csv")
+    args = parser.parse_args()
+    site = load_backtest_site(args.site)
+    full = load_trace(args.trace)
+    month, day = first_days(full, args.days), first_days(full, 1)
+    policy = make_policy(args.policy, {})
+    loads = sum(g.count for g in site.miners) + sum(g.count for g in site.gpu_nodes)
+    print(f"site {site.name}: {loads} loads; trace {args.trace.name}, step {full.step_seconds:.0f} s")
+
+    results = {}
+    for name, trace in (("1 day", day), (f"{args.days:g} days", month)):
+        result = run_backtest(site, policy, trace, keep_records=False)
+        results[name] = result
+        print(f"back-test {name:>8s}: {result.steps:6d} steps in {result.wall_seconds:7.2f} s wall = "
+              f"{result.steps / result.wall_seconds:7.0f} steps/s ({result.decide_calls} decisions), "
+              f"violations {len(result.violations)}")
+    long = results[f"{args.days:g} days"]
+    share = policy_share(site, policy, day)
+    print(f"decide + plan alone: {share * 1000:.2f} ms per decision; the policy and sequencer are "
+          f"{share * long.decide_calls / long.wall_seconds:.0%} of the {args.days:g}-day wall time")
+
+    for name, trace in (("1 day", day), (f"{args.days:g} days", month)):
+        began = time.perf_counter()
+        best = solve_optimum(site, trace)
+        total = time.perf_counter() - began
+        ratio = results[name].totals.margin_usd / best.margin_usd
+        print(f"optimum   {name:>8s}: {best.columns:7d} columns x {best.rows:7d} rows; build {best.build_seconds:6.2f} s, "
+              f"solve {best.solve_seconds:6.2f} s (total {total:.2f} s); {args.policy} reaches {ratio:.2%}")
+
+
+def policy_share(site, policy, trace: Trace) -> float:  # noqa: ANN001 - a benchmark helper
+    """Seconds per decide + plan, timed on the snapshots a one-day back-test sees."""
+    from wattshift.daemon import backtest as engine  # noqa: PLC0415
+
+    timings: list[float] = []
+    original_decide = policy.decide
+    original_plan = engine.plan_transition
+
+    def timed_decide(snapshot):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        out = original_decide(snapshot)
+        timings.append(time.perf_counter() - t0)
+        return out
+
+    def timed_plan(snapshot, allocation):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        out = original_plan(snapshot, allocation)
+        timings[-1] += time.perf_counter() - t0
+        return out
+
+    policy.decide = timed_decide
+    engine.plan_transition = timed_plan
+    try:
+        run_backtest(site, policy, trace, keep_records=False)
+    finally:
+        del policy.decide
+        engine.plan_transition = original_plan
+    return sum(timings) / len(timings)
+
+
+if __name__ == "__main__":
+    main()

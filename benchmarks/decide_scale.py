@@ -1,0 +1,107 @@
+"""How long one decision takes on a large site: ``policy.decide`` plus ``plan_transition`` on a
+site of 10,000 miners and 500 GPU nodes, against a baseline of 1,000 miners in the same run.
+
+The snapshots come from the back-test's site model (every miner mining, every GPU node with a
+running job, prices where part of the fleet is worth switching off), so the policy does real
+work: water-filling across every load and every circuit. The ratio per load says how the cost
+scales (1.0: linear in the number of loads), and holds on a noisy machine where seconds do not.
+
+    python benchmarks/decide_scale.py [--miners 10000] [--gpu-nodes 500] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from wattshift.daemon.backtest_site import BacktestSite
+from wattshift.daemon.model import Prices, SiteSnapshot
+from wattshift.daemon.sequencer import plan_transition
+from wattshift.policies.base import Policy, make_policy
+from wattshift.simulators.site_model import SiteModel
+
+MODELS = ("Antminer S21", "Antminer S19 XP", "Whatsminer M60S", "Whatsminer M50S")
+PER_CONTAINER = 100  # miners per container (PDU); ten containers per transformer
+
+
+def big_site(miners: int, gpu_nodes: int) -> BacktestSite:
+    containers = max(1, miners // PER_CONTAINER)
+    transformers = max(1, containers // 10)
+    circuits = [
+        {"name": f"tx-{t}", "limit_kw": 360.0 * 10,
+         "circuits": [{"name": f"c-{t}-{c}", "limit_kw": 360.0} for c in range(10) if t * 10 + c < containers]}
+        for t in range(transformers)
+    ]
+    groups = [{"model": MODELS[c % len(MODELS)], "count": PER_CONTAINER if miners >= PER_CONTAINER else miners,
+               "circuit": f"c-{c // 10}-{c % 10}"} for c in range(containers)]
+    gpu = [{"count": gpu_nodes, "circuit": "tx-0"}] if gpu_nodes else []
+    budget = miners * 3.4 + gpu_nodes * 7.2 * 0.9  # a little short of everything at full power
+    return BacktestSite.model_validate({"name": "big", "budget_kw": budget, "circuits": circuits,
+                                        "miners": groups, "gpu_nodes": gpu})
+
+
+def snapshot(site: BacktestSite) -> SiteSnapshot:
+    model = SiteModel(site)
+    prices = Prices(45.0, 70.0, gpu_rates_usd_per_gpu_hour={"H100": 2.2})
+    model.set_gpu_work(len(model.gpu_nodes), 2.2)
+    # Let the fleet come up once, then decide from there: a running site, not a cold one.
+    first = model.snapshot(at=datetime(2025, 8, 1, tzinfo=UTC), clock=0.0, budget_watts=site.budget_watts, prices=prices)
+    policy = make_policy("merit-order", {})
+    for _ in range(4):
+        plan = plan_transition(first, policy.decide(first))
+        model.apply(plan.now, 0.0)
+        model.advance(15, hashprice=45.0, power_price=70.0, limits=site.circuit_limits())
+        first = model.snapshot(at=datetime(2025, 8, 1, tzinfo=UTC), clock=1000.0, budget_watts=site.budget_watts,
+                               prices=prices)
+    # Then a price rise: the least efficient part of the fleet should go off.
+    return model.snapshot(at=datetime(2025, 8, 1, tzinfo=UTC), clock=2000.0, budget_watts=site.budget_watts,
+                          prices=Prices(45.0, 105.0, gpu_rates_usd_per_gpu_hour={"H100": 2.2}))
+
+
+def measure(policy: Policy, snap: SiteSnapshot, repeat: int) -> dict[str, Any]:
+    decide_s, plan_s, steps = [], [], 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        allocation = policy.decide(snap)
+        t1 = time.perf_counter()
+        plan = plan_transition(snap, allocation)
+        t2 = time.perf_counter()
+        decide_s.append(t1 - t0)
+        plan_s.append(t2 - t1)
+        steps = len(plan.now) + len(plan.deferred)
+    loads = len(snap.loads)
+    total = statistics.median(d + p for d, p in zip(decide_s, plan_s, strict=True))
+    return {"loads": loads, "miners": len(snap.miners), "gpu_nodes": len(snap.gpu_nodes),
+            "decide_ms": round(statistics.median(decide_s) * 1000, 1), "plan_ms": round(statistics.median(plan_s) * 1000, 1),
+            "total_ms": round(total * 1000, 1), "us_per_load": round(total / loads * 1e6, 1), "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--miners", type=int, default=10_000)
+    parser.add_argument("--gpu-nodes", type=int, default=500)
+    parser.add_argument("--baseline-miners", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    policy = make_policy("merit-order", {})
+    baseline = measure(policy, snapshot(big_site(args.baseline_miners, 0)), args.repeat * 4)
+    large = measure(policy, snapshot(big_site(args.miners, args.gpu_nodes)), args.repeat)
+    result = {"baseline": baseline, "large": large,
+              "scaling": round(large["us_per_load"] / baseline["us_per_load"], 2)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for name, r in (("baseline", baseline), ("large", large)):
+        print(f"{name:8s} {r['miners']:6d} miners + {r['gpu_nodes']:3d} GPU nodes: decide {r['decide_ms']:8.1f} ms, "
+              f"plan {r['plan_ms']:6.1f} ms, total {r['total_ms']:8.1f} ms (median), "
+              f"{r['us_per_load']:.1f} us per load, {r['steps']} steps planned")
+    print(f"per-load cost, large / baseline: {result['scaling']}x (1.0 = linear)")
+
+
+if __name__ == "__main__":
+    main()
