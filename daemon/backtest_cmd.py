@@ -12,43 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from wattshift.policies.base import Policy, make_policy
-
 from .backtest import BacktestResult, run_backtest
 from .backtest_site import BacktestSite, load_backtest_site
 from .backtest_trace import TraceInvalid, load_trace
 from .cli_common import EXIT_BAD_INPUT
 from .optimum import Optimum, OptimumError, solve_optimum
-from .yamlfile import FileInvalid, load_model
-
-
-class _PolicyChoice(BaseModel):
-    """``{policy: NAME, options: {...}}``: the shape of a policy file, for when the full loader
-    (daemon/policy_file.py, with schedule windows) is not installed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    policy: str = Field(min_length=1)
-    description: str = ""
-    options: dict[str, Any] = {}
-
-
-def load_policy(path: Path) -> Policy:
-    """The policy a policy file describes; raises FileInvalid naming the file, line and key."""
-    try:
-        from .policy_file import load_policy_file  # noqa: PLC0415 - windows and plug-ins, when present
-    except ImportError:
-        load_policy_file = None
-    if load_policy_file is not None:
-        return load_policy_file(path)
-    choice = load_model(path, _PolicyChoice)
-    try:
-        return make_policy(choice.policy, choice.options)
-    except ValueError as err:
-        from .yamlfile import Problem  # noqa: PLC0415
-
-        raise FileInvalid([Problem(str(path), None, "policy", str(err))]) from None
+from .policy_file import load_policy_file
+from .yamlfile import FileInvalid
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     try:
         site = load_backtest_site(args.site)
-        policy = load_policy(args.policy)
+        policy = load_policy_file(args.policy)  # the daemon's own loader: windows and plug-ins too
         trace = load_trace(args.trace)
     except FileInvalid as err:
         for problem in err.problems:

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
+from wattshift.policies.ladders import GPU_CAP_EXPONENT
+
 from .backtest import true_limits
 from .backtest_site import BacktestSite, spec_for
 from .backtest_trace import Trace
 from .config import SITE_CIRCUIT
 
 TANGENTS = 10  # per curve; spacing ~200 W on a miner: the envelope is within ~0.05% of the curve
-GPU_CAP_EXPONENT = 3.0  # same as simulators/site_model.py and policies/ladders.py
 
 
 class OptimumError(RuntimeError):

@@ -35,10 +35,8 @@ from wattshift.daemon.sequencer import Step
 from wattshift.drivers.base import MinerCapability, MinerReading, PowerControl
 from wattshift.drivers.gpu import GpuLimits, GpuReading
 from wattshift.drivers.jobs import FlexTier, JobState
+from wattshift.policies.ladders import GPU_CAP_EXPONENT
 
-# Throughput share of a capped GPU: (cap / max) ** (1 / GPU_CAP_EXPONENT), as the merit order's
-# GPU ladder values it (policies/ladders.py); the back-test pays out by the same rule.
-GPU_CAP_EXPONENT = 3.0
 RAMP_WATTS_PER_S = 600.0  # the miner simulator's default ramp
 
 # Step actions by what they do to a load; the sequencer may name GPU actions its own way.
@@ -47,6 +45,7 @@ _ON = {"wake", "resume", "start"}
 
 
 def gpu_share(cap_watts: float, cap_max_watts: float) -> float:
+    """Share of full speed at a cap: the back-test pays out as the merit order values it."""
     return max(0.0, min(1.0, cap_watts / cap_max_watts)) ** (1.0 / GPU_CAP_EXPONENT)
 
 
