@@ -13,6 +13,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from wattshift.drivers.jobs import ActionTimes, JobSpec
+from wattshift.simulators.gpu_site import GpuNodeSpec, SimulatedGpuSite
+from wattshift.simulators.jobs import ScriptedJob, SimulatedJobRunner
 from wattshift.simulators.physics import SPECS
 from wattshift.simulators.site import MinerBatch, SimulatedSite
 
@@ -20,6 +23,8 @@ from .budget import BudgetEvent, BudgetSchedule
 from .config import SiteConfig
 
 HASHPRICE_TRACE = "hashprice_2025_daily.csv"
+GPU_RATE_TRACE = "gpu_rate_h100_2025.csv"
+GPU_NODE_KW = 1.5 + 8 * 0.7  # an 8x H100 server at full caps
 SECONDS_PER_TRACE_YEAR = 365 * 86400
 
 
@@ -33,6 +38,28 @@ class Scenario:
     cut_to: float = 0.6  # fraction of the contract budget during the cut
     notice_s: float = 10.0  # how long before the cut the daemon plans against it
     first_address: str = "127.1.0.1"
+    gpu_nodes: int = 4
+
+    def gpu_specs(self) -> list[GpuNodeSpec]:
+        return [GpuNodeSpec(f"gpu-{i + 1:02d}", "gpu-hall") for i in range(self.gpu_nodes)]
+
+    def jobs(self) -> list[ScriptedJob]:
+        """AI work arriving and ending: a rental on contract for the whole run, a training run
+        for most of it, a preemptible batch job for a while. All wait, held, for power."""
+        d = self.duration_s
+        plan = [
+            (0.05, "rent-acme", None),  # firm: an on-demand rental, never curtailed
+            (0.15, "train-llm-7b", 0.55 * d),
+            (0.30, "batch-embed", 0.30 * d),
+        ]
+        return [
+            ScriptedJob(d * at, JobSpec(name, gpus=8, node=f"gpu-{i + 1:02d}", hold=True), run)
+            for i, (at, name, run) in enumerate(plan[: self.gpu_nodes])
+        ]
+
+    def runner(self) -> SimulatedJobRunner:
+        quick = ActionTimes(suspend_release=1.0, resume_draw=1.0, requeue_release=2.0, start_draw=2.0)
+        return SimulatedJobRunner({n.name: 8 for n in self.gpu_specs()}, times=quick, script=self.jobs())
 
     def batches(self) -> list[MinerBatch]:
         lux = self.miners // 2
@@ -43,10 +70,15 @@ class Scenario:
             MinerBatch("braiins", self.miners - lux - wm, "transformer-2", "Antminer S19 XP"),
         ]
 
-    def site_file(self, site: SimulatedSite, state_dir: Path, metrics_listen: str) -> dict[str, Any]:
+    def site_file(
+        self, site: SimulatedSite, state_dir: Path, metrics_listen: str, gpus: SimulatedGpuSite | None = None
+    ) -> dict[str, Any]:
         nominal = {b.circuit: b.count * _nominal_kw(b) for b in self.batches()}
         total = sum(nominal.values())
-        trace = files("wattshift.simulators") / "traces" / HASHPRICE_TRACE
+        traces = files("wattshift.simulators") / "traces"
+        trace = traces / HASHPRICE_TRACE
+        speedup = SECONDS_PER_TRACE_YEAR / self.duration_s
+        gpu_circuit = [{"name": "gpu-hall", "limit_kw": round(self.gpu_nodes * GPU_NODE_KW * 1.05, 1)}]
         return site.site_file(
             name="demo",
             budget_kw=round(total * 0.92, 1),
@@ -59,11 +91,20 @@ class Scenario:
                      {"name": "container-b", "limit_kw": round(nominal["container-b"] * 0.9, 1)},
                  ]},
                 {"name": "transformer-2", "limit_kw": round(nominal["transformer-2"] * 1.05, 1)},
+                *(gpu_circuit if gpus is not None else []),
             ],
+            gpu_nodes=gpus.site_file_nodes() if gpus is not None else [],
+            jobs={"classes": [
+                {"match": "rent-*", "tier": "firm", "rate_usd_per_gpu_hour": 2.40},
+                {"match": "train-*", "tier": "suspendable", "market": "H100", "min_run_seconds": self.tick_s * 2},
+                {"match": "*", "tier": "preemptible", "market": "H100", "restart_seconds": 300, "penalty_usd": 5},
+            ]} if gpus is not None else {},
             prices={
-                "hashprice_usd_per_ph_day": {"source": "trace", "file": str(trace),
-                                             "speedup": SECONDS_PER_TRACE_YEAR / self.duration_s},
+                "hashprice_usd_per_ph_day": {"source": "trace", "file": str(trace), "speedup": speedup},
                 "power_usd_per_mwh": {"source": "fixed", "value": 40.0},
+                "gpu_rates_usd_per_gpu_hour": {
+                    "H100": {"source": "trace", "file": str(traces / GPU_RATE_TRACE), "speedup": speedup},
+                },
                 "stale_after_seconds": 60,
             },
             policy={"name": "merit-order", "options": {"min_dwell_seconds": self.tick_s * 2}},
@@ -94,10 +135,15 @@ class Ledger:
     """Energy and revenue from the simulators' true draw and hashrate, sampled over time."""
 
     site: SimulatedSite
+    gpus: SimulatedGpuSite | None = None
     hashprice: float = 0.0  # $/PH/day, updated by the caller from the daemon's snapshot
     power_price: float = 0.0  # $/MWh
+    ai_usd_per_hour: float = 0.0  # what the running jobs earn, updated by the caller
     energy_kwh: float = 0.0
     revenue_usd: float = 0.0
+    ai_energy_kwh: float = 0.0
+    ai_revenue_usd: float = 0.0
+    ai_power_cost_usd: float = 0.0
     power_cost_usd: float = 0.0
     peak_watts: float = 0.0
     peak_over_budget_watts: float = float("-inf")  # most the true draw went over the budget
@@ -105,15 +151,23 @@ class Ledger:
 
     def sample(self, budget_watts: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        watts = self.site.true_watts()
+        miners = self.site.true_watts()
+        ai = 0.0
+        if self.gpus is not None:
+            self.gpus.advance()
+            ai = self.gpus.true_watts()
+        watts = miners + ai
         ths = sum(m.physics.hashrate_ths() for m in self.site.miners)
         self.peak_watts = max(self.peak_watts, watts)
         self.peak_over_budget_watts = max(self.peak_over_budget_watts, watts - budget_watts)
         if self._last is not None:
             dt = now - self._last
-            self.energy_kwh += watts * dt / 3.6e6
+            self.energy_kwh += miners * dt / 3.6e6
+            self.ai_energy_kwh += ai * dt / 3.6e6
             self.revenue_usd += ths / 1000 * self.hashprice * dt / 86400
-            self.power_cost_usd += watts * dt / 3.6e9 * self.power_price
+            self.ai_revenue_usd += self.ai_usd_per_hour * dt / 3600
+            self.power_cost_usd += miners * dt / 3.6e9 * self.power_price
+            self.ai_power_cost_usd += ai * dt / 3.6e9 * self.power_price
         self._last = now
 
 

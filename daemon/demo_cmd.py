@@ -12,12 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from wattshift.simulators.gpu_site import SimulatedGpuSite
 from wattshift.simulators.site import SimulatedSite, TruthMonitor
 
 from .app import open_daemon
 from .config import SiteConfig
 from .controller import TickReport
 from .demo import Ledger, Scenario, sample_forever
+from .earnings import class_earnings
+from .model import DeviceClass
 
 
 def register(commands: Any) -> None:
@@ -25,6 +28,8 @@ def register(commands: Any) -> None:
     demo.add_argument("--duration", type=float, default=None,
                       help="seconds to run, then print a summary and exit (default: until Ctrl-C)")
     demo.add_argument("--miners", type=int, default=240, help="simulated miners (default 240)")
+    demo.add_argument("--gpu-nodes", type=int, default=Scenario.gpu_nodes,
+                      help=f"simulated 8x H100 servers (default {Scenario.gpu_nodes}; 0 for none)")
     demo.add_argument("--tick", type=float, default=5.0, help="control-loop interval in seconds")
     demo.add_argument("--metrics-listen", default="127.0.0.1:9464", help="where to serve /metrics")
     demo.add_argument("--state-dir", type=Path, default=None, help="journal location (default: a temp dir)")
@@ -38,7 +43,11 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"--miners {args.miners}: choose between 4 and 5000", file=sys.stderr)
         return 2
     duration = args.duration if args.duration is not None else 3600.0
-    scenario = Scenario(miners=args.miners, duration_s=duration, tick_s=args.tick, first_address=args.first_address)
+    if not 0 <= args.gpu_nodes <= 64:
+        print(f"--gpu-nodes {args.gpu_nodes}: choose between 0 and 64", file=sys.stderr)
+        return 2
+    scenario = Scenario(miners=args.miners, duration_s=duration, tick_s=args.tick, first_address=args.first_address,
+                        gpu_nodes=args.gpu_nodes)
     with tempfile.TemporaryDirectory(prefix="wattshift-demo-") as tmp:
         state_dir = args.state_dir or Path(tmp)
         try:
@@ -53,14 +62,22 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
     # A cold start (say, after a grid outage): every miner idle until the daemon wakes it.
     sim = SimulatedSite(scenario.batches(), first_address=scenario.first_address, seed=7, start_asleep=True)
     print(f"starting {len(sim.miners)} simulated miners on {scenario.first_address} and up ...", file=out, flush=True)
-    async with sim:
-        site = SiteConfig.model_validate(scenario.site_file(sim, state_dir, metrics_listen))
+    gpus = SimulatedGpuSite(scenario.gpu_specs(), seed=7) if scenario.gpu_nodes else None
+    runner = scenario.runner() if gpus is not None else None
+    async with sim, contextlib.AsyncExitStack() as stack:
+        if gpus is not None and runner is not None:
+            stack.enter_context(gpus)
+            gpus.follow(runner)
+            print(f"starting {len(gpus.nodes)} simulated 8x H100 nodes under the simulated NVML library; "
+                  f"{len(scenario.jobs())} AI jobs will arrive", file=out, flush=True)
+        site = SiteConfig.model_validate(scenario.site_file(sim, state_dir, metrics_listen, gpus))
         started_wall = datetime.now(UTC)
         budget = scenario.budget(site, started_wall)
-        ledger = Ledger(sim)
+        ledger = Ledger(sim, gpus)
         limits = site.circuit_limits()
-        truth = TruthMonitor(sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)))
-        async with open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True) as daemon:
+        truth = TruthMonitor(sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)),
+                             gpus=gpus)
+        async with open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True, runner=runner) as daemon:
             print(f"identified miners; metrics on http://{metrics_listen}/metrics; journal in {state_dir}",
                   file=out, flush=True)
             stop = asyncio.Event()
@@ -75,6 +92,7 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
                         if report is not None:
                             ledger.hashprice = report.snapshot.prices.hashprice_usd_per_ph_day or 0.0
                             ledger.power_price = report.snapshot.prices.power_usd_per_mwh or 0.0
+                            ledger.ai_usd_per_hour = class_earnings(report.snapshot)[DeviceClass.GPU].usd_per_hour
                         _draw(out, sim, site, budget, ledger, report, time.monotonic() - started, scenario)
             finally:
                 stop.set()
@@ -107,6 +125,16 @@ def _draw(out: TextIO, sim: SimulatedSite, site: SiteConfig, budget: Any, ledger
             lines.append(f"  {circuit:<14} {truths[circuit] / 1000:7.1f} of {limit / 1000:7.1f} kW")
     lines.append(f"miners on {on}/{len(sim.miners)}   hashrate {ths / 1000:6.2f} PH/s   "
                  f"earning ${ths / 1000 * ledger.hashprice:,.0f}/day at ${ledger.hashprice:.2f}/PH/day")
+    if report is not None and report.snapshot.gpu_nodes:
+        earned = class_earnings(report.snapshot)
+        running = sum(1 for n in report.snapshot.gpu_nodes if n.reads_on)
+        rate = next(iter(report.snapshot.prices.gpu_rates_usd_per_gpu_hour.values()), 0.0)
+        for kind, label in ((DeviceClass.MINER, "mining"), (DeviceClass.GPU, "AI    ")):
+            e = earned[kind]
+            lines.append(f"{label} {e.watts / 1000:7.1f} kW  ${e.usd_per_hour:8,.2f}/h  "
+                         f"${e.usd_per_mwh or 0:7,.0f}/MWh")
+        lines.append(f"GPU nodes running a job {running}/{len(report.snapshot.gpu_nodes)}; "
+                     f"H100 market ${rate:.2f}/GPU-h")
     if report is not None:
         lines.append(f"last tick {report.seconds:4.1f} s: {len(report.results)} commands, "
                      f"{len(report.failures)} failed; {report.allocation.summary}")
@@ -133,6 +161,8 @@ def _summary(ledger: Ledger, truth: TruthMonitor, site: SiteConfig, commands: in
         "  class  energy kWh  revenue $  power cost $  margin $",
         f"  miner  {ledger.energy_kwh:10.2f}  {ledger.revenue_usd:9.2f}  {margin:12.2f}  "
         f"{ledger.revenue_usd - margin:8.2f}",
+        f"  gpu    {ledger.ai_energy_kwh:10.2f}  {ledger.ai_revenue_usd:9.2f}  {ledger.ai_power_cost_usd:12.2f}  "
+        f"{ledger.ai_revenue_usd - ledger.ai_power_cost_usd:8.2f}",
         f"  commands {commands}, failures {failures}",
         f"  highest true site draw {ledger.peak_watts / 1000:.1f} kW; contract budget "
         f"{site.budget_watts / 1000:.1f} kW; least headroom to the budget in force: "
