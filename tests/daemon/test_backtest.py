@@ -110,3 +110,18 @@ def test_a_site_naming_an_unknown_model_or_circuit_is_refused() -> None:
         site(miners=[{"model": "Antminer S9", "count": 1}])
     with pytest.raises(ValueError, match=r"gpu_nodes\[0\].circuit 'pdu-9' is not a circuit"):
         site(gpu_nodes=[gpu_node(circuit="pdu-9")])
+
+
+def test_an_operators_site_file_back_tests_as_counts_of_its_models(tmp_path) -> None:  # noqa: ANN001
+    from wattshift.daemon.backtest_site import load_backtest_site
+    from wattshift.daemon.yamlfile import FileInvalid
+
+    real = tmp_path / "site.yaml"
+    real.write_text("name: barn\nbudget_kw: 50\ncircuits: [{name: pdu, limit_kw: 20}]\nminers:\n"
+                    "  - {circuit: pdu, addresses: 10.0.0.1-10.0.0.5, model: Antminer S21}\n"
+                    "  - {addresses: 10.0.1.0/30, model: S19 XP}\n")
+    loaded = load_backtest_site(real)
+    assert [(g.model, g.count, g.circuit) for g in loaded.miners] == [("Antminer S21", 5, "pdu"), ("S19 XP", 2, "site")]
+    real.write_text("name: barn\nbudget_kw: 50\nminers:\n  - {addresses: 10.0.0.1}\n")
+    with pytest.raises(FileInvalid, match=r"miners\[0\].model: a back-test needs the model"):
+        load_backtest_site(real)
