@@ -463,7 +463,7 @@ def _as_sent(outcome: Outcome, payload: bytes) -> Outcome:
             data = data[key]
     except (ValueError, KeyError, TypeError, IndexError):
         return outcome
-    return replace(outcome, rejection=replace(rejection, value=data))
+    return replace(outcome, rejection=replace(rejection, value=data).redacted())
 
 
 def _jsonable(value: Any) -> Any:

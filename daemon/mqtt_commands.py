@@ -11,12 +11,13 @@ A message that is not JSON, names no known command, or has a field out of range 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from .journal_entries import looks_secret
 from .mqtt_config import check_topic
 
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
@@ -114,6 +115,13 @@ class Rejection:
     command: str | None = None
     reply_to: str | None = None
 
+    def redacted(self) -> Rejection:
+        """Without the value when the field looks like a credential: replies and the journal
+        are read by many, and a password sent to the wrong place must not spread further."""
+        if self.field is not None and looks_secret(self.field.split(".")[-1]):
+            return replace(self, value="(hidden)")
+        return self
+
     def message(self) -> str:
         if self.field is None:
             return self.reason
@@ -130,6 +138,11 @@ def _show(value: Any) -> str:
 
 def parse_command(payload: bytes) -> Any:
     """A validated command model, or a :class:`Rejection` (never raises on bad input)."""
+    result = _parse(payload)
+    return result.redacted() if isinstance(result, Rejection) else result
+
+
+def _parse(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejection(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}", "payload", len(payload))
     try:

@@ -70,6 +70,12 @@ def test_a_refusal_keeps_the_request_id_and_reply_topic_when_they_are_well_forme
     assert isinstance(bad_id, Rejection) and bad_id.field == "id" and bad_id.request_id is None
 
 
+def test_a_refused_credential_is_not_echoed():
+    result = parse_command(cmd(command="pause", password="hunter2"))
+    assert isinstance(result, Rejection) and result.field == "password"
+    assert "hunter2" not in result.message() and result.value == "(hidden)"
+
+
 def test_good_commands_parse_to_their_models():
     budget = parse_command(cmd(command="budget", id="r1", limit_kw=12.5, duration_seconds=600, priority=3, name="dr"))
     assert isinstance(budget, BudgetCommand)
