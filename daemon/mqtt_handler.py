@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The lead wires this to the policy loader: load and validate the file at ``path``, install it
-# (keeping any override wrapper), return a one-line description. ValueError: refused.
-PolicySwitcher = Callable[[Path], "Awaitable[str] | str"]
+# Load, check and install the policy file at ``path`` (keeping any override wrapper). It returns
+# a description, or a result with ``accepted``/``message``/``problems`` (PolicyReloader's), or
+# raises: a raise or ``accepted=False`` is a refusal, and the reason goes back to the sender.
+PolicySwitcher = Callable[[Path], Any]
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,11 @@ class CommandHandler:
             described = await result if inspect.isawaitable(result) else result
         except Exception as err:  # the loader's refusal, whatever its type, is the reason given
             return Outcome.refuse(str(err) or type(err).__name__, "path", command.path)
+        # PolicyReloader.switch_policy answers with a result rather than raising.
+        if getattr(described, "accepted", True) is False:
+            problems = "; ".join(getattr(described, "problems", ())) or getattr(described, "message", "refused")
+            return Outcome.refuse(problems, "path", command.path)
+        described = getattr(described, "message", described)
         self.controller.request_replan("policy switched")
         return Outcome(True, f"policy switched: {described}", {"path": command.path})
 

@@ -16,6 +16,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from wattshift.daemon.model import DeviceClass, GpuNodeState, Load, SiteSnapshot
 from wattshift.drivers.base import PowerControl
@@ -112,6 +113,32 @@ class OverridePolicy:
             return allocation
         summary = f"{allocation.summary}; {len(forced)} forced by operator".lstrip("; ")
         return Allocation(tuple(forced + rest), summary)
+
+
+class InnerPolicy:
+    """A controller seen through its :class:`OverridePolicy`: ``policy`` reads and replaces
+    the wrapped policy, so a policy reload (``wattshift.daemon.policy_reload.PolicyReloader``)
+    swaps what decides without dropping the operator's overrides."""
+
+    def __init__(self, controller: Any) -> None:
+        if not isinstance(controller.policy, OverridePolicy):
+            raise TypeError("the controller's policy is not wrapped in an OverridePolicy")
+        self._controller = controller
+
+    @property
+    def policy(self) -> Policy:
+        return self._controller.policy.inner
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._controller.policy.inner = policy
+
+    @property
+    def recorder(self) -> Any:
+        return self._controller.recorder
+
+    def request_replan(self, reason: str) -> None:
+        self._controller.request_replan(reason)
 
 
 def lowest_running_watts(load: Load) -> float:

@@ -23,6 +23,8 @@ from simsite import assert_never_over
 from wattshift.daemon.budget import BudgetEvent
 from wattshift.daemon.journal_entries import EntryKind
 from wattshift.daemon.mqtt_config import Login
+from wattshift.daemon.policy_reload import PolicyReloader
+from wattshift.policies.overrides import InnerPolicy
 from wattshift.simulators.site import MinerBatch
 
 HERE = Path(__file__).resolve().parent
@@ -123,18 +125,17 @@ async def test_a_killed_daemon_goes_offline_by_its_last_will(tmp_path, broker):
 
 
 async def test_every_command_is_applied_answered_and_journaled(tmp_path, broker):
-    switched: list[Path] = []
-
-    def switch(path: Path) -> str:
-        if not path.exists():
-            raise ValueError(f"{path}: no such file")
-        switched.append(path)
-        return f"merit-order from {path.name}"
-
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text("name: merit-order\n")
-    async with site_with_bridge(tmp_path, broker, "127.0.24.21", policy_switcher=switch, budget_kw=10) as setup:
+    live = tmp_path / "live.yaml"
+    live.write_text("policy: merit-order\noptions:\n  min_dwell_seconds: 0\n")
+    policy_file = tmp_path / "other.yaml"
+    policy_file.write_text("policy: merit-order\noptions:\n  min_dwell_seconds: 0\n  step_watts: 200\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("policy: merit-order\noptions:\n  step_watts: -1\n")
+    async with site_with_bridge(tmp_path, broker, "127.0.24.21", budget_kw=10) as setup:
         controller = setup.controller
+        # What `wattshift run` wires: the policy reloader swaps the policy inside the overrides.
+        reloader = PolicyReloader(InnerPolicy(controller), live)
+        setup.bridge.handler.policy_switcher = lambda path: reloader.switch_policy(path, reason="mqtt command")
         await controller.run_once()
         device = setup.sim.miners[0].host
         start = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
@@ -160,9 +161,16 @@ async def test_every_command_is_applied_answered_and_journaled(tmp_path, broker)
             assert (await op.wait_for(f"{PREFIX}/reply/f3"))["status"] == "accepted"
             assert not setup.overrides
 
+            wrapper, inner = controller.policy, controller.policy.inner
+            await op.send({"command": "policy", "id": "p0", "path": str(broken)})
+            refused = await op.wait_for(f"{PREFIX}/reply/p0")
+            assert refused["status"] == "rejected" and refused["field"] == "path" and "step_watts" in refused["reason"]
+            assert reloader.path == live
             await op.send({"command": "policy", "id": "p1", "path": str(policy_file)})
             assert (await op.wait_for(f"{PREFIX}/reply/p1"))["status"] == "accepted"
-            assert switched == [policy_file]
+            assert reloader.path == policy_file
+            assert controller.policy is wrapper and controller.policy.overrides is setup.overrides
+            assert controller.policy.inner is not inner
 
             await op.send({"command": "pause", "id": "m1", "reason": "electrician on site"})
             assert (await op.wait_for(f"{PREFIX}/reply/m1"))["status"] == "accepted"
