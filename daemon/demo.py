@@ -107,11 +107,25 @@ class Scenario:
                 },
                 "stale_after_seconds": 60,
             },
-            policy={"name": "merit-order", "options": {"min_dwell_seconds": self.tick_s * 2}},
+            policy_file=str(self.policy_file(state_dir)),
             drivers={"call_timeout_seconds": 5, "concurrency": 100, "confirm_timeout_seconds": 15},
             state_dir=str(state_dir),
             metrics_listen=metrics_listen,
         )
+
+    def policy_file(self, state_dir: Path) -> Path:
+        """The demo's policy, as an operator's file: edit it while the demo runs and the next
+        tick uses it (or a bad edit is refused and journaled)."""
+        path = state_dir / "policy.yaml"
+        if not path.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                "# wattshift demo policy: edit me while the demo runs\n"
+                "policy: merit-order\n"
+                f"options:\n  min_dwell_seconds: {self.tick_s * 2:g}\n  hysteresis_usd_per_mwh: 2\n",
+                encoding="utf-8",
+            )
+        return path
 
     def budget(self, site: SiteConfig, start: datetime) -> BudgetSchedule:
         schedule = BudgetSchedule(site.budget_watts, lead_seconds=self.notice_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from .controller import TickReport
 from .demo import Ledger, Scenario, sample_forever
 from .earnings import class_earnings
 from .model import DeviceClass
+from .policy_reload import policy_reloading
 
 
 def register(commands: Any) -> None:
@@ -77,9 +79,15 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
         limits = site.circuit_limits()
         truth = TruthMonitor(sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)),
                              gpus=gpus)
-        async with open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True, runner=runner) as daemon:
+        async with (
+            open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True, runner=runner) as daemon,
+            policy_reloading(daemon.controller, site, state_dir, daemon.metrics.registry) as reloading,
+        ):
             print(f"identified miners; metrics on http://{metrics_listen}/metrics; journal in {state_dir}",
                   file=out, flush=True)
+            if reloading is not None:
+                print(f"policy file {reloading.path}: edit it, or `kill -HUP {os.getpid()}`, to reload",
+                      file=out, flush=True)
             stop = asyncio.Event()
             loop_task = asyncio.create_task(daemon.controller.run(stop))
             sampler = asyncio.create_task(sample_forever(ledger, budget))

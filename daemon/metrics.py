@@ -19,13 +19,14 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+from wattshift.drivers.base import Failure
 from wattshift.drivers.jobs import FlexTier, JobState
 from wattshift.policies.base import Allocation
 
 from .earnings import class_earnings
 from .limits import LimitTree
 from .model import DeviceClass, GpuNodeState, SiteSnapshot
-from .sequencer import Plan, Step
+from .sequencer import Action, Plan, Step
 
 if TYPE_CHECKING:
     from .actuator import StepResult
@@ -78,6 +79,12 @@ class MetricsRecorder:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
         )
         self.last_tick = gauge("last_tick_timestamp_seconds", "Unix time the last tick finished")
+        # Counters by enum label start at zero, so "no failures" is a series at 0, not nothing.
+        for failure in Failure:
+            self.actuation_errors.labels(failure.value)
+            self.read_errors.labels(failure.value)
+        for action in Action:
+            self.commands_sent.labels(action.value)
 
     def serve(self, listen: str) -> None:
         """Serve /metrics on HOST:PORT from a background thread (prometheus_client's server)."""
