@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wattshift.drivers.gpu import gpu_drivers
+from wattshift.drivers.mqtt_meter import SiteMeter
 from wattshift.drivers.jobs import JobRunner, job_runners
 
 from .budget import BudgetSchedule
@@ -78,6 +79,8 @@ async def open_daemon(
     feeds = make_price_feeds(site.prices, base_dir, clock, site.credentials)
     fleet = make_fleet(site)
     gpus = make_gpu_fleet(site, runner)
+    # The meter arrives over MQTT: the bridge (wattshift run) feeds it.
+    meter = SiteMeter.from_config(site.mqtt.meter, clock) if site.mqtt is not None and site.mqtt.meter else None
     metrics = MetricsRecorder()
     if serve_metrics:
         metrics.serve(site.metrics_listen)
@@ -101,6 +104,7 @@ async def open_daemon(
             dry_run=dry_run,
             gpus=gpus,
             gpu_rates=feeds.gpu_rates,
+            meter=meter,
             clock=clock,
         )
         if opened is not None:

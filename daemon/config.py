@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .gpu_config import GpuNodeConfig, JobsConfig
+from .mqtt_config import MqttConfig
 from .price_config import PricesConfig
 from .yamlfile import FileInvalid, Problem, load_model
 
@@ -122,6 +123,7 @@ class SiteConfig(Strict):
     policy_file: Path | None = None
     shadow_policy_file: Path | None = None
     drivers: DriverSettings = DriverSettings()
+    mqtt: MqttConfig | None = None
     state_dir: Path = Path("/var/lib/wattshift")
     metrics_listen: str = "127.0.0.1:9464"
     secrets_file: Path | None = None
@@ -169,6 +171,9 @@ class SiteConfig(Strict):
                 seen[host] = index
         if self.policy_file is not None and self.policy != PolicyChoice():
             raise ValueError("give either policy (inline) or policy_file, not both")
+        if self.mqtt is not None and self.mqtt.credentials and self.mqtt.credentials not in self.credentials:
+            raise ValueError(f"mqtt.credentials {self.mqtt.credentials!r} is not in the secrets file "
+                             f"({self.secrets_file or 'none given'})")
         for key, name in self.prices.secret_names().items():
             if name not in self.credentials:
                 raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")

@@ -18,11 +18,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from wattshift.drivers.base import DeviceError, MinerCapability, MinerDriver, MinerReading
+from wattshift.drivers.mqtt_meter import MeterReading, SiteMeter
 from wattshift.drivers.prices import PriceError, PriceFeed
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
 from .budget import BudgetEvent, BudgetSchedule
+from .meter_checks import OverheadEstimate, hold_increases, increases_allowed, shed_confirmed
 from .config import SiteConfig
 from .gpu_config import GpuNodeConfig
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
@@ -99,6 +101,7 @@ class Controller:
         dry_run: bool = False,
         gpus: GpuFleet | None = None,
         gpu_rates: Mapping[str, PriceFeed] | None = None,
+        meter: SiteMeter | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -109,6 +112,10 @@ class Controller:
         self.recorder = recorder or NullRecorder()
         self.dry_run = dry_run
         self.gpus = gpus
+        # The site's revenue meter, where there is one: it confirms sheds, measures what the
+        # devices cannot see (cooling, losses), and a stale meter holds every increase.
+        self.meter = meter
+        self.overhead = OverheadEstimate()
         self._feeds = {"hashprice": hashprice, "power": power_price}
         self._rate_feeds = dict(gpu_rates or {})
         self._quotes: dict[str, tuple[float, float]] = {}
@@ -166,21 +173,25 @@ class Controller:
         started = self._clock()
         snapshot = await self.observe()
         allocation = self.policy.decide(snapshot)
-        plan = plan_transition(snapshot, allocation)
+        notes: list[str] = []
+        plan = self._metered(plan_transition(snapshot, allocation), notes)
         plans = [plan]
         results: list[StepResult] = []
-        notes: list[str] = []
         await self.recorder.decision(snapshot, allocation, plan, dry_run=self.dry_run)
         if not self.dry_run and not plan.empty:
+            meter_before = self.meter.latest() if self.meter is not None else None
             results += await self._send(plan.now)
             if plan.deferred:
                 # Shed before grant: believe the released power only once telemetry shows it.
-                confirmed = await self._confirm_released(plan.sheds)
+                expected_drop = sum(
+                    max(0.0, (snapshot.load(s.device_id).measured_watts or 0.0) - s.worst_after) for s in plan.sheds
+                )
+                confirmed = await self._confirm_released(plan.sheds, meter_before, expected_drop)
                 if not confirmed:
                     notes.append("sheds not confirmed in time: their miners stay at worst case")
                 failed = {r.step.device_id for r in results if not r.ok}
                 snapshot = await self.observe(suspect=failed)
-                again = plan_transition(snapshot, allocation)
+                again = self._metered(plan_transition(snapshot, allocation), notes)
                 plans.append(again)
                 await self.recorder.decision(snapshot, allocation, again, dry_run=False)
                 results += await self._send(again.now)
@@ -219,15 +230,25 @@ class Controller:
         ]
         now = self._wall()
         self.budget.expire(now)
-        return build_snapshot(
+        # What the devices cannot see (cooling, transformer losses) comes off the budget.
+        overhead = self.overhead.watts if self.meter is not None else 0.0
+        snapshot = build_snapshot(
             self.site,
             miners,
             prices,
-            budget_watts=self.budget.in_force(now),
+            budget_watts=max(0.0, self.budget.in_force(now) - overhead),
             at=now,
             clock=now_clock,
             gpu_nodes=gpu_nodes,
         )
+        if self.meter is not None:
+            loads = snapshot.loads
+            self.overhead.update(
+                self.meter.latest(),
+                sum(d.measured_watts or 0.0 for d in loads),
+                all_devices_read=all(d.measured_watts is not None for d in loads),
+            )
+        return snapshot
 
     async def _read_nodes(self) -> Mapping[str, NodeReading]:
         return await self.gpus.read_all() if self.gpus is not None else {}
@@ -304,16 +325,32 @@ class Controller:
             return self.fleet.driver(device_id)
         return self.gpus.driver(device_id) if self.gpus is not None else None
 
-    async def _confirm_released(self, sheds: tuple[Step, ...]) -> bool:
-        """Poll the shed devices until each draws no more than its new setting, or time runs out."""
+    def _metered(self, plan: Plan, notes: list[str]) -> Plan:
+        """A site with a meter increases its draw only while the meter is fresh (invariant 4)."""
+        if self.meter is None or increases_allowed(self.meter.latest()) or not (plan.grants or plan.deferred):
+            return plan
+        notes.append("site meter stale: increases held")
+        return hold_increases(plan)
+
+    async def _confirm_released(
+        self, sheds: tuple[Step, ...], meter_before: MeterReading | None = None, expected_drop: float = 0.0
+    ) -> bool:
+        """Poll the shed devices until each draws no more than its new setting, and the site
+        meter (where there is one) shows the drop, or time runs out."""
         pending = {s.device_id: s for s in sheds}
         deadline = self._clock() + self.site.drivers.confirm_timeout_seconds
-        while pending and self._clock() < deadline:
+
+        def metered() -> bool:
+            if self.meter is None or expected_drop <= 0:
+                return True
+            return shed_confirmed(meter_before, self.meter.latest(), expected_drop)
+
+        while (pending or not metered()) and self._clock() < deadline:
             await asyncio.sleep(CONFIRM_POLL_SECONDS)
             for device_id, watts in (await self._read_watts(list(pending))).items():
                 if watts is not None and watts <= pending[device_id].worst_after + RELEASED_TOLERANCE_WATTS:
                     del pending[device_id]
-        return not pending
+        return not pending and metered()
 
     async def _read_watts(self, device_ids: list[str]) -> dict[str, float | None]:
         miners = [d for d in device_ids if d in self._slots]
