@@ -35,7 +35,8 @@ def slurm() -> Iterator[LocalSlurm]:
 
 @pytest.fixture
 async def runner(slurm: LocalSlurm) -> AsyncIterator[SlurmRunner]:
-    yield SlurmRunner(slurm_conf=slurm.conf, timeout_seconds=15.0)
+    # Job output goes in the cluster's temp dir, not in the working directory.
+    yield SlurmRunner(slurm_conf=slurm.conf, timeout_seconds=15.0, output=str(slurm.root / "slurm-%j.out"))
     # Each test leaves the node empty for the next one.
     listed = slurm.cli("squeue", "--noheader", "--format=%i").stdout.split()
     if listed:
