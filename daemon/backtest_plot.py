@@ -31,7 +31,7 @@ def plot_backtest(result: BacktestResult, site: BacktestSite, path: Path,
             top.plot(times, [r.hashprice_usd_per_ph_day / (24 * jt) * 1000 for r in records], lw=1.0, label=label)
     if site.gpu_nodes and any(r.gpu_rate_usd_per_gpu_hour for r in records):
         g = site.gpu_nodes[0]
-        node_mw = (g.host_max_kw * 1000 + g.gpus * g.cap_max_w) / 1e6
+        node_mw = (g.host_max_watts + g.gpus * g.cap_max_w) / 1e6
         top.plot(times, [(r.gpu_rate_usd_per_gpu_hour or 0.0) * g.gpus / node_mw for r in records], lw=1.0,
                  label=f"GPU node value ({g.gpu_model}, full caps)")
     top.set_ylabel("$/MWh")

@@ -19,7 +19,8 @@ from wattshift.drivers.jobs import FlexTier, SwitchingCost
 from wattshift.policies.efficiency import CURVES, normalise_model
 from wattshift.simulators.physics import SPECS, MinerSpec
 
-from .config import SITE_CIRCUIT, CircuitConfig, Kilowatts, Name, SiteConfig, Strict, load_site
+from .config import SITE_CIRCUIT, Name, SiteConfig, SiteLimits, Strict, load_site
+from .gpu_config import GpuHost
 from .yamlfile import FileInvalid, Problem, load_model
 
 
@@ -36,16 +37,13 @@ class MinerCount(Strict):
         return self
 
 
-class GpuNodeCount(Strict):
+class GpuNodeCount(GpuHost):
     """``count`` identical GPU servers on one circuit; each holds at most one job."""
 
     count: int = Field(ge=1, le=10_000)
     circuit: Name = SITE_CIRCUIT
     gpu_model: str = "H100"
     gpus: int = Field(default=8, ge=1, le=16)
-    host_idle_kw: float = Field(default=0.8, ge=0)
-    host_max_kw: float = Field(default=1.6, gt=0)
-    gpu_idle_w: float = Field(default=70.0, ge=0)
     cap_min_w: float = Field(default=200.0, gt=0)
     cap_max_w: float = Field(default=700.0, gt=0)
     tier: FlexTier = FlexTier.SUSPENDABLE
@@ -57,8 +55,6 @@ class GpuNodeCount(Strict):
     def _ranges(self) -> GpuNodeCount:
         if self.cap_min_w > self.cap_max_w:
             raise ValueError(f"cap_min_w ({self.cap_min_w}) is above cap_max_w ({self.cap_max_w})")
-        if self.host_idle_kw > self.host_max_kw:
-            raise ValueError(f"host_idle_kw ({self.host_idle_kw}) is above host_max_kw ({self.host_max_kw})")
         return self
 
     @property
@@ -66,37 +62,16 @@ class GpuNodeCount(Strict):
         return SwitchingCost(self.checkpoint_seconds, self.restart_seconds, self.penalty_usd)
 
 
-class BacktestSite(Strict):
-    name: Name
-    budget_kw: Kilowatts
-    reserve_kw: float = Field(default=0.0, ge=0)
-    tick_seconds: float = Field(default=15.0, ge=1, le=3600)
-    circuits: list[CircuitConfig] = []
+class BacktestSite(SiteLimits):
     miners: list[MinerCount] = []
     gpu_nodes: list[GpuNodeCount] = []
 
     @model_validator(mode="after")
-    def _consistent(self) -> BacktestSite:
-        if self.reserve_kw >= self.budget_kw:
-            raise ValueError(f"reserve_kw ({self.reserve_kw}) must be below budget_kw ({self.budget_kw})")
-        names = set(self.circuit_parents())
+    def _placed(self) -> BacktestSite:
         for kind, groups in (("miners", self.miners), ("gpu_nodes", self.gpu_nodes)):
             for index, group in enumerate(groups):
-                if group.circuit not in names:
-                    raise ValueError(f"{kind}[{index}].circuit {group.circuit!r} is not a circuit (known: {sorted(names)})")
+                self.on_a_circuit(f"{kind}[{index}]", group.circuit)
         return self
-
-    @property
-    def budget_watts(self) -> float:
-        return self.budget_kw * 1000.0
-
-    @property
-    def reserve_watts(self) -> float:
-        return self.reserve_kw * 1000.0
-
-    # The site file's own tree arithmetic: it reads only ``circuits`` and ``budget_watts``.
-    circuit_parents = SiteConfig.circuit_parents
-    circuit_limits = SiteConfig.circuit_limits
 
 
 @dataclass(frozen=True, slots=True)

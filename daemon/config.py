@@ -12,35 +12,24 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     field_validator,
     model_validator,
 )
 
+from .config_types import SITE_CIRCUIT, Kilowatts, Name, Strict, one_or_many
 from .gpu_config import GpuNodeConfig, JobsConfig
 from .mqtt_config import MqttConfig
 from .price_config import PricesConfig
 from .yamlfile import FileInvalid, Problem, load_model
 
-SITE_CIRCUIT = "site"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # safe as a Prometheus label and an MQTT topic level
 MAX_MINERS_PER_RANGE = 65_536
 SECRET_ENV_PREFIX = "WATTSHIFT_SECRET_"
-
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Kilowatts = Annotated[float, Field(gt=0, le=10_000_000)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 class CircuitConfig(Strict):
     """A feeder, transformer, container or PDU: a limit that its devices share."""
@@ -75,7 +64,7 @@ class MinerGroup(Strict):
     @field_validator("addresses", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        return one_or_many(value)
 
     @field_validator("addresses")
     @classmethod
@@ -107,12 +96,57 @@ class Credentials(Strict):
     password: SecretStr
 
 
-class SiteConfig(Strict):
+class SiteLimits(Strict):
+    """What any description of a site has: its name, its contract, its tick and its circuit tree.
+    The site file extends it with devices; the back-test's compact site file with device counts."""
+
     name: Name
     budget_kw: Kilowatts
     reserve_kw: float = Field(default=0.0, ge=0)
     tick_seconds: float = Field(default=15.0, ge=1, le=3600)
     circuits: list[CircuitConfig] = []
+
+    @property
+    def budget_watts(self) -> float:
+        return self.budget_kw * 1000.0
+
+    @property
+    def reserve_watts(self) -> float:
+        return self.reserve_kw * 1000.0
+
+    @model_validator(mode="after")
+    def _tree(self) -> SiteLimits:
+        if self.reserve_kw >= self.budget_kw:
+            raise ValueError(f"reserve_kw ({self.reserve_kw}) must be below budget_kw ({self.budget_kw})")
+        names = [SITE_CIRCUIT]
+        for top in self.circuits:
+            names += [c.name for c, _ in top.walk(SITE_CIRCUIT)]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"circuit names must be unique ('site' is the root): {duplicates}")
+        return self
+
+    def on_a_circuit(self, key: str, circuit: str) -> None:
+        """Refuse a device placed on a circuit the tree does not have."""
+        names = list(self.circuit_parents())
+        if circuit not in names:
+            raise ValueError(f"{key}.circuit {circuit!r} is not a circuit (known: {names})")
+
+    def circuit_parents(self) -> dict[str, str | None]:
+        """Every circuit's parent; the site is the root."""
+        parents: dict[str, str | None] = {SITE_CIRCUIT: None}
+        for top in self.circuits:
+            parents.update({c.name: parent for c, parent in top.walk(SITE_CIRCUIT)})
+        return parents
+
+    def circuit_limits(self) -> dict[str, float]:
+        limits = {SITE_CIRCUIT: self.budget_watts}
+        for top in self.circuits:
+            limits.update({c.name: c.limit_watts for c, _ in top.walk(SITE_CIRCUIT)})
+        return limits
+
+
+class SiteConfig(SiteLimits):
     miners: list[MinerGroup] = []
     gpu_nodes: list[GpuNodeConfig] = []
     jobs: JobsConfig = JobsConfig()
@@ -130,14 +164,6 @@ class SiteConfig(Strict):
     # Filled from the secrets file, never from the site file itself.
     credentials: dict[str, Credentials] = Field(default={}, exclude=True, repr=False)
 
-    @property
-    def budget_watts(self) -> float:
-        return self.budget_kw * 1000.0
-
-    @property
-    def reserve_watts(self) -> float:
-        return self.reserve_kw * 1000.0
-
     @field_validator("metrics_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -147,61 +173,42 @@ class SiteConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> SiteConfig:
-        if self.reserve_kw >= self.budget_kw:
-            raise ValueError(f"reserve_kw ({self.reserve_kw}) must be below budget_kw ({self.budget_kw})")
-        names = [SITE_CIRCUIT]
-        for top in self.circuits:
-            names += [c.name for c, _ in top.walk(SITE_CIRCUIT)]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"circuit names must be unique ('site' is the root): {duplicates}")
-        seen: dict[str, int] = {}
+    def _devices(self) -> SiteConfig:
+        """Every device on a known circuit, listed once, under a name nothing else has."""
+        seen: dict[str, str] = {}
+
+        def once(name: str, key: str) -> None:
+            if name in seen:
+                raise ValueError(f"{key}: {name} is already listed as {seen[name]}")
+            seen[name] = key
+
         for index, group in enumerate(self.miners):
-            if group.circuit not in names:
-                raise ValueError(f"miners[{index}].circuit {group.circuit!r} is not a circuit (known: {names})")
-            if group.credentials and group.credentials not in self.credentials:
-                raise ValueError(
-                    f"miners[{index}].credentials {group.credentials!r} is not in the secrets file "
-                    f"({self.secrets_file or 'none given'})"
-                )
+            self.on_a_circuit(f"miners[{index}]", group.circuit)
             for host in group.hosts():
-                if host in seen:
-                    raise ValueError(f"miner {host} is listed twice: miners[{seen[host]}] and miners[{index}]")
-                seen[host] = index
+                once(host, f"miners[{index}]")
+        for index, node in enumerate(self.gpu_nodes):
+            self.on_a_circuit(f"gpu_nodes[{index}]", node.circuit)
+            once(node.name, f"gpu_nodes[{index}]")
         if self.policy_file is not None and self.policy != PolicyChoice():
             raise ValueError("give either policy (inline) or policy_file, not both")
-        if self.mqtt is not None and self.mqtt.credentials and self.mqtt.credentials not in self.credentials:
-            raise ValueError(f"mqtt.credentials {self.mqtt.credentials!r} is not in the secrets file "
-                             f"({self.secrets_file or 'none given'})")
-        for key, name in self.prices.secret_names().items():
-            if name not in self.credentials:
-                raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")
         for index, job_class in enumerate(self.jobs.classes):
             if job_class.market is not None and job_class.market not in self.prices.gpu_rates_usd_per_gpu_hour:
                 known = sorted(self.prices.gpu_rates_usd_per_gpu_hour) or "none"
                 raise ValueError(f"jobs.classes[{index}].market {job_class.market!r} has no rate in "
                                  f"prices.gpu_rates_usd_per_gpu_hour (known: {known})")
-        for index, node in enumerate(self.gpu_nodes):
-            if node.circuit not in names:
-                raise ValueError(f"gpu_nodes[{index}].circuit {node.circuit!r} is not a circuit (known: {names})")
-            if node.name in seen:
-                raise ValueError(f"gpu_nodes[{index}].name {node.name!r} is already a device name")
-            seen[node.name] = index
         return self
 
-    def circuit_parents(self) -> dict[str, str | None]:
-        """Every circuit's parent; the site is the root."""
-        parents: dict[str, str | None] = {SITE_CIRCUIT: None}
-        for top in self.circuits:
-            parents.update({c.name: parent for c, parent in top.walk(SITE_CIRCUIT)})
-        return parents
-
-    def circuit_limits(self) -> dict[str, float]:
-        limits = {SITE_CIRCUIT: self.budget_watts}
-        for top in self.circuits:
-            limits.update({c.name: c.limit_watts for c, _ in top.walk(SITE_CIRCUIT)})
-        return limits
+    @model_validator(mode="after")
+    def _secrets(self) -> SiteConfig:
+        """Every credential named is in the secrets file (or the environment)."""
+        named = {f"miners[{i}].credentials": g.credentials for i, g in enumerate(self.miners) if g.credentials}
+        if self.mqtt is not None and self.mqtt.credentials:
+            named["mqtt.credentials"] = self.mqtt.credentials
+        named |= self.prices.secret_names()
+        for key, name in named.items():
+            if name not in self.credentials:
+                raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")
+        return self
 
 
 def expand_addresses(entry: str) -> Iterator[str]:

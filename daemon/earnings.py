@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wattshift.policies.ladders import GPU_CAP_EXPONENT
+from wattshift.policies.ladders import revenue_usd_per_hour
 
 from .model import DeviceClass, GpuNodeState, Load, SiteSnapshot
 
@@ -26,11 +26,10 @@ class ClassEarnings:
 
 def earning_usd_per_hour(load: Load, hashprice_usd_per_ph_day: float) -> float:
     if isinstance(load, GpuNodeState):
-        job = load.job
-        if not load.reads_on or job is None or job.value_usd_per_hour is None:
+        if not load.reads_on:
             return 0.0
-        share = min((load.cap_watts or load.cap_max_watts) / load.cap_max_watts, 1.0) ** (1 / GPU_CAP_EXPONENT)
-        return job.value_usd_per_hour * share
+        return revenue_usd_per_hour(load, load.limit_watts or load.max_watts, hashprice_usd_per_ph_day)
+    # A miner earns by the hashrate it reports, not by its curve.
     ths = load.reading.hashrate_ths if load.reading is not None else None
     return hashprice_usd_per_ph_day * (ths or 0.0) / 1000 / 24
 

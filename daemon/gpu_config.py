@@ -11,31 +11,22 @@ from __future__ import annotations
 import fnmatch
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from pydantic import Field, field_validator, model_validator
 from wattshift.drivers.jobs import FlexTier, SwitchingCost
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+from .config_types import SITE_CIRCUIT, Name, Strict
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class GpuHost(Strict):
+    """The draw of a GPU server that is not its cards' (CPUs, fans, NICs: NVML cannot see it),
+    and an idle card's. The site file's nodes and the back-test's node counts share it."""
 
-
-class GpuNodeConfig(Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    circuit: str = "site"
-    driver: Literal["nvml"] = "nvml"
-    # "all", an index range "0-7", or a list of indices or UUIDs on that driver's host.
-    gpus: str | list[str] = "all"
-    gpu_count: int = Field(default=8, ge=1, le=64)  # what the node must show: fewer is a lost card
     host_idle_kw: float = Field(default=0.8, gt=0, le=50)
     host_max_kw: float = Field(default=1.5, gt=0, le=50)
     gpu_idle_watts: float = Field(default=70.0, ge=0, le=2000)
-    scheduler_node: str | None = None  # the node's name in the scheduler, if not ``name``
 
     @model_validator(mode="after")
-    def _host_range(self) -> GpuNodeConfig:
+    def _host_range(self) -> GpuHost:
         if self.host_max_kw < self.host_idle_kw:
             raise ValueError(f"host_max_kw ({self.host_max_kw}) is below host_idle_kw ({self.host_idle_kw})")
         return self
@@ -47,6 +38,16 @@ class GpuNodeConfig(Strict):
     @property
     def host_max_watts(self) -> float:
         return self.host_max_kw * 1000.0
+
+
+class GpuNodeConfig(GpuHost):
+    name: Name
+    circuit: Name = SITE_CIRCUIT
+    driver: Literal["nvml"] = "nvml"
+    # "all", an index range "0-7", or a list of indices or UUIDs on that driver's host.
+    gpus: str | list[str] = "all"
+    gpu_count: int = Field(default=8, ge=1, le=64)  # what the node must show: fewer is a lost card
+    scheduler_node: str | None = None  # the node's name in the scheduler, if not ``name``
 
     @property
     def scheduler_name(self) -> str:

@@ -209,6 +209,9 @@ class GpuNodeState:
 
     @property
     def idle_watts(self) -> float:
+        """What it draws with no job running: as measured when idle now, else the estimate."""
+        if not self.is_on and self.measured_watts is not None:
+            return self.measured_watts
         return self.host_idle_watts + self.gpu_count * self.gpu_idle_watts
 
     @property

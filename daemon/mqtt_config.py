@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from .config_types import Strict
 
 # A topic we publish to or subscribe to literally: MQTT wildcards would make a publish fail
 # and a subscription mean something else than the operator wrote.
@@ -29,10 +36,6 @@ def check_topic(value: str, *, what: str = "topic") -> str:
 
 
 Topic = Annotated[str, Field(min_length=1, max_length=1024)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TlsConfig(Strict):

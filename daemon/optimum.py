@@ -181,8 +181,8 @@ def solve_optimum(site: BacktestSite, trace: Trace, *, integer: bool = False, ti
     first = 0
     for group in site.gpu_nodes:
         n, G = group.count, group.gpus
-        idle = group.host_idle_kw * 1000 + G * group.gpu_idle_w
-        host = group.host_max_kw * 1000
+        idle = group.host_idle_watts + G * group.gpu_idle_watts
+        host = group.host_max_watts
         qmin, qmax = host + G * group.cap_min_w, host + G * group.cap_max_w
         avail = np.clip(demand - first, 0, n).astype(float)
         first += n
@@ -273,5 +273,5 @@ def _idle_by_circuit(site: BacktestSite, paths: dict[str, list[str]]) -> dict[st
             idle[c] += group.count * spec_for(group.model).spec.sleep_watts
     for g in site.gpu_nodes:
         for c in paths[g.circuit]:
-            idle[c] += g.count * (g.host_idle_kw * 1000 + g.gpus * g.gpu_idle_w)
+            idle[c] += g.count * (g.host_idle_watts + g.gpus * g.gpu_idle_watts)
     return idle

@@ -16,24 +16,36 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    Field,
+    HttpUrl,
+    field_validator,
+    model_validator,
+)
+from wattshift.drivers.power_prices import (
+    TouPeriod,
+    TouSchedule,
+    parse_clock,
+    parse_days,
+)
+from wattshift.drivers.price_checks import (
+    GPU_RATE_LIMITS,
+    HASHPRICE_LIMITS,
+    POWER_LIMITS,
+    SanityLimits,
+)
 
-from wattshift.drivers.price_checks import GPU_RATE_LIMITS, HASHPRICE_LIMITS, POWER_LIMITS, SanityLimits
-from wattshift.drivers.power_prices import TouPeriod, TouSchedule, parse_clock, parse_days
+from .config_types import Strict, one_or_many
 
 Timeout = Annotated[float, Field(gt=0, le=60)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FixedPrice(_Strict):
+class FixedPrice(Strict):
     source: Literal["fixed"] = "fixed"
     value: float = Field(ge=0)
 
 
-class TracePrice(_Strict):
+class TracePrice(Strict):
     """A CSV of ``timestamp,value`` replayed against the clock (demo, back-tests)."""
 
     source: Literal["trace"]
@@ -42,7 +54,7 @@ class TracePrice(_Strict):
     speedup: float = Field(default=1.0, gt=0, le=1e9)
 
 
-class MempoolSource(_Strict):
+class MempoolSource(Strict):
     """Hashprice computed from a mempool.space-style API (DESIGN.md §4); no key needed."""
 
     source: Literal["mempool"]
@@ -51,7 +63,7 @@ class MempoolSource(_Strict):
     timeout_seconds: Timeout = 5.0
 
 
-class LuxorSource(_Strict):
+class LuxorSource(Strict):
     """Luxor's Hashrate Index; ``api_key`` is the name of a secrets-file entry, not the key."""
 
     source: Literal["luxor"]
@@ -63,7 +75,7 @@ class LuxorSource(_Strict):
     timeout_seconds: Timeout = 5.0
 
 
-class TouPeriodConfig(_Strict):
+class TouPeriodConfig(Strict):
     """``{name: peak, days: mon-fri, start: "14:00", end: "19:00", usd_per_mwh: 95}``."""
 
     name: str = Field(min_length=1, max_length=40)
@@ -75,7 +87,7 @@ class TouPeriodConfig(_Strict):
     @field_validator("days", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        return one_or_many(value)
 
     @field_validator("days")
     @classmethod
@@ -100,7 +112,7 @@ class TouPeriodConfig(_Strict):
                          parse_clock(self.end, end=True), self.usd_per_mwh)
 
 
-class TimeOfUseSource(_Strict):
+class TimeOfUseSource(Strict):
     """A tariff: periods that cover the week exactly once, in the utility's time zone."""
 
     source: Literal["time_of_use"]
@@ -125,7 +137,7 @@ class TimeOfUseSource(_Strict):
         return TouSchedule([p.period() for p in self.periods])
 
 
-class HttpPowerSource(_Strict):
+class HttpPowerSource(Strict):
     """A real-time price over HTTP: JSON with a dotted ``field``, or CSV with a ``column``."""
 
     source: Literal["http"]
@@ -145,7 +157,7 @@ class HttpPowerSource(_Strict):
         return self
 
 
-class VastSource(_Strict):
+class VastSource(Strict):
     """The median $/GPU-hour of a Vast.ai-style marketplace's offers for ``gpu_name``."""
 
     source: Literal["vast"]
@@ -167,7 +179,7 @@ GpuRateSource = Annotated[FixedPrice | TracePrice | VastSource, Field(discrimina
 GpuModel = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.+-]*$")]
 
 
-class SanityRule(_Strict):
+class SanityRule(Strict):
     """The plausible band of one quantity and the largest believable move (price_checks.py)."""
 
     minimum: float
@@ -190,7 +202,7 @@ class SanityRule(_Strict):
         return SanityLimits(unit, self.minimum, self.maximum, self.max_jump_factor, self.jump_window_seconds)
 
 
-class SanityConfig(_Strict):
+class SanityConfig(Strict):
     # Power has no jump rule by default: real-time prices really do go from $30 to $3,000.
     # Power may go negative (nodal prices do); a site that never sees it may raise power.minimum to 0.
     hashprice: SanityRule = SanityRule.of(HASHPRICE_LIMITS)
@@ -198,7 +210,7 @@ class SanityConfig(_Strict):
     gpu_rate: SanityRule = SanityRule.of(GPU_RATE_LIMITS)
 
 
-class PricesConfig(_Strict):
+class PricesConfig(Strict):
     hashprice_usd_per_ph_day: HashpriceSource = FixedPrice(value=45.0)
     power_usd_per_mwh: PowerPriceSource = FixedPrice(value=40.0)
     gpu_rates_usd_per_gpu_hour: dict[GpuModel, GpuRateSource] = {}

@@ -20,11 +20,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 
 from wattshift.policies.base import Allocation, Policy
-from wattshift.policies.ladders import GPU_CAP_EXPONENT
+from wattshift.policies.ladders import revenue_usd_per_hour
 
 from .journal import AsyncJournal
 from .journal_entries import EntryKind
-from .model import GpuNodeState, Load, Prices, SiteSnapshot
+from .model import Load, Prices, SiteSnapshot
 from .policy_file import load_policy_file
 from .recorder import NullRecorder
 from .sequencer import Plan
@@ -40,15 +40,7 @@ def value_usd_per_hour(load: Load, watts: float, prices: Prices) -> float:
     if watts <= 0:
         return 0.0
     cost = watts / 1e6 * (prices.power_usd_per_mwh or 0.0)
-    if isinstance(load, GpuNodeState):
-        job = load.job
-        rate = job.value_usd_per_hour if job is not None and not job.state.finished else None
-        if rate is None:
-            return -cost
-        cap = min(max(load.cap_for(watts), load.cap_min_watts), load.cap_max_watts)
-        return rate * (cap / load.cap_max_watts) ** (1 / GPU_CAP_EXPONENT) - cost
-    hashprice = prices.hashprice_usd_per_ph_day or 0.0
-    return hashprice * load.curve.ths_at(watts) / 1000 / 24 - cost
+    return revenue_usd_per_hour(load, watts, prices.hashprice_usd_per_ph_day or 0.0) - cost
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from wattshift.daemon.model import GpuNodeState, SiteSnapshot
 from wattshift.drivers.jobs import FlexTier
 
 from .base import Allocation, Policy, parse_options
-from .fill import Fill, fixed, resting_watts
+from .fill import Fill, fixed
 from .merit_order import MeritOrderPolicy
 from .strike_price import gpu_full_caps
 
@@ -75,7 +75,7 @@ class AiFirstPolicy:
         # off every circuit on their path; the reserve for arrivals comes off the site.
         held = {t.device_id: t.watts for t in gpu_targets}
         gpu_draw = fill.tree.loads(
-            (n.circuit, n.worst_case_watts if fixed(n) else (held.get(n.device_id) or resting_watts(n)))
+            (n.circuit, n.worst_case_watts if fixed(n) else (held.get(n.device_id) or n.idle_watts))
             for n in snapshot.gpu_nodes
         )
         limits = {c: max(0.0, limit - gpu_draw[c]) for c, limit in fill.tree.limits.items()}

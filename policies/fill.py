@@ -34,14 +34,6 @@ def gpu_settings(n: GpuNodeState) -> tuple[float, float, None]:
     return n.watts_at_cap(n.cap_min_watts), n.max_watts, None
 
 
-def resting_watts(load: Load) -> float:
-    """What a device we turn off (or leave off) is counted at until it is read again."""
-    if load.is_on:
-        return load.idle_watts
-    measured = load.measured_watts
-    return measured if measured is not None else load.idle_watts
-
-
 @dataclass
 class Fill:
     snapshot: SiteSnapshot
@@ -53,7 +45,7 @@ class Fill:
         draws = []
         for load in s.loads:
             if not fixed(load):
-                draws.append((load.circuit, resting_watts(load)))
+                draws.append((load.circuit, load.idle_watts))
             else:
                 draws.append((load.circuit, load.worst_case_watts))
                 self.targets[load.device_id] = Target(load.device_id, load.worst_case_watts, _uncontrolled(load))
@@ -64,7 +56,7 @@ class Fill:
 
     def grant(self, load: Load, lowest: float, highest: float, steps: tuple[float, ...] | None) -> float:
         """The highest setting in [lowest, highest] that fits, taken; 0 if none fits."""
-        room = self.headroom(load) + resting_watts(load)
+        room = self.headroom(load) + load.idle_watts
         if steps is not None:
             fitting = [w for w in steps if lowest <= w <= min(highest, room) + 1e-9]
             watts = max(fitting, default=0.0)
@@ -72,7 +64,7 @@ class Fill:
             watts = min(highest, room)
             watts = watts if watts >= lowest - 1e-9 else 0.0
         if watts > 0:
-            self.tree.add(load.circuit, watts - resting_watts(load), self.loads)
+            self.tree.add(load.circuit, watts - load.idle_watts, self.loads)
         return watts
 
     def tightest(self, load: Load) -> str:

@@ -48,6 +48,25 @@ class Ladder:
         return value + (self.first_rung_bonus_usd_per_mwh if index == 0 else 0.0)
 
 
+def gpu_speed_share(cap_watts: float, cap_max_watts: float) -> float:
+    """Share of full speed a GPU keeps at a power cap."""
+    return max(0.0, min(1.0, cap_watts / cap_max_watts)) ** (1 / GPU_CAP_EXPONENT)
+
+
+def revenue_usd_per_hour(load: Load, watts: float, hashprice_usd_per_ph_day: float) -> float:
+    """What ``load`` earns held at ``watts`` (0 W: nothing). The one rule every valuation uses:
+    the merit order, shadow mode, the live metrics and the back-test."""
+    if watts <= 0:
+        return 0.0
+    if isinstance(load, GpuNodeState):
+        job = load.job
+        if job is None or job.state.finished or job.value_usd_per_hour is None:
+            return 0.0
+        cap = max(load.cap_for(watts), load.cap_min_watts)
+        return job.value_usd_per_hour * gpu_speed_share(cap, load.cap_max_watts)
+    return hashprice_usd_per_ph_day * load.curve.ths_at(watts) / 1000 / 24
+
+
 def ladder_for(load: Load, *, hashprice: float, step_watts: float, horizon_seconds: float) -> Ladder:
     if isinstance(load, GpuNodeState):
         return gpu_ladder(load, horizon_seconds=horizon_seconds)
@@ -56,7 +75,7 @@ def ladder_for(load: Load, *, hashprice: float, step_watts: float, horizon_secon
 
 def miner_ladder(m: MinerState, *, hashprice: float, step_watts: float) -> Ladder:
     levels = tuple(miner_levels(m, step_watts))
-    revenue = tuple(hashprice * m.curve.ths_at(w) / 1000 / 24 for w in levels)
+    revenue = tuple(revenue_usd_per_hour(m, w, hashprice) for w in levels)
     return Ladder(m, levels, m.idle_watts, revenue)
 
 
@@ -78,7 +97,7 @@ def miner_levels(m: MinerState, step: float) -> list[float]:
 
 def gpu_ladder(node: GpuNodeState, *, horizon_seconds: float) -> Ladder:
     job = node.job
-    off = node.measured_watts if not node.is_on and node.measured_watts is not None else node.idle_watts
+    off = node.idle_watts
     if job is None or job.state.finished:
         return Ladder(node, (), off, ())
     if node.firm:  # a contract buys the cards as they are: full caps, always, whatever they earn
@@ -92,7 +111,7 @@ def gpu_ladder(node: GpuNodeState, *, horizon_seconds: float) -> Ladder:
         caps.append(node.cap_max_watts)
     levels = tuple(node.watts_at_cap(c) for c in caps)
     rate = job.value_usd_per_hour
-    revenue = tuple(rate * (c / node.cap_max_watts) ** (1 / GPU_CAP_EXPONENT) for c in caps)
+    revenue = tuple(rate * gpu_speed_share(c, node.cap_max_watts) for c in caps)
     mwh_over_horizon = (levels[0] - off) / 1e6 * horizon_seconds / 3600
     if node.is_on:
         bonus = job.interruption_usd / max(mwh_over_horizon, 1e-9)

@@ -35,18 +35,13 @@ from wattshift.daemon.sequencer import Step
 from wattshift.drivers.base import MinerCapability, MinerReading, PowerControl
 from wattshift.drivers.gpu import GpuLimits, GpuReading
 from wattshift.drivers.jobs import FlexTier, JobState
-from wattshift.policies.ladders import GPU_CAP_EXPONENT
+from wattshift.policies.ladders import gpu_speed_share
 
 RAMP_WATTS_PER_S = 600.0  # the miner simulator's default ramp
 
 # Step actions by what they do to a load; the sequencer may name GPU actions its own way.
 _OFF = {"sleep", "suspend", "requeue", "stop"}
 _ON = {"wake", "resume", "start"}
-
-
-def gpu_share(cap_watts: float, cap_max_watts: float) -> float:
-    """Share of full speed at a cap: the back-test pays out as the merit order values it."""
-    return max(0.0, min(1.0, cap_watts / cap_max_watts)) ** (1.0 / GPU_CAP_EXPONENT)
 
 
 @dataclass(slots=True)
@@ -82,12 +77,12 @@ class SimGpuNode:
     @property
     def idle_watts(self) -> float:
         k = self.kind
-        return k.host_idle_kw * 1000 + k.gpus * k.gpu_idle_w
+        return k.host_idle_watts + k.gpus * k.gpu_idle_watts
 
     def draw(self) -> float:
         if not self.running:
             return self.idle_watts
-        return self.kind.host_max_kw * 1000 + self.kind.gpus * self.cap
+        return self.kind.host_max_watts + self.kind.gpus * self.cap
 
 
 @dataclass(slots=True)
@@ -197,7 +192,7 @@ class SiteModel:
     def _node_state(self, node: SimGpuNode) -> GpuNodeState:
         k = node.kind
         running = node.running
-        card = node.cap if running else k.gpu_idle_w
+        card = node.cap if running else k.gpu_idle_watts
         limits = GpuLimits(k.cap_min_w, k.cap_max_w, k.cap_max_w)
         readings = tuple(
             GpuReading(f"{node.device_id}-gpu{i}", i, k.gpu_model, card, node.cap, node.cap, limits,
@@ -206,8 +201,8 @@ class SiteModel:
         )
         return GpuNodeState(
             device_id=node.device_id, circuit=node.circuit, gpu_model=k.gpu_model, gpu_count=k.gpus,
-            host_idle_watts=k.host_idle_kw * 1000, host_max_watts=k.host_max_kw * 1000,
-            gpu_idle_watts=k.gpu_idle_w, cap_min_watts=k.cap_min_w, cap_max_watts=k.cap_max_w,
+            host_idle_watts=k.host_idle_watts, host_max_watts=k.host_max_watts,
+            gpu_idle_watts=k.gpu_idle_watts, cap_min_watts=k.cap_min_w, cap_max_watts=k.cap_max_w,
             readings=readings, failure=None, job=node.job, state_since=node.state_since,
         )
 
@@ -250,7 +245,7 @@ class SiteModel:
                 node.state_since = clock
             return
         if watts > 0:
-            node.cap = min(max((watts - k.host_max_kw * 1000) / k.gpus, k.cap_min_w), k.cap_max_w)
+            node.cap = min(max((watts - k.host_max_watts) / k.gpus, k.cap_min_w), k.cap_max_w)
         if action in _ON and job is not None and not node.running:
             node.job = _with(job, state=JobState.RUNNING)
             node.state_since = clock
@@ -292,7 +287,7 @@ class SiteModel:
                 peak[node] += watts
             if n.running and n.job is not None:
                 rate = n.job.value_usd_per_hour or 0.0
-                ai += rate * gpu_share(n.cap, n.kind.cap_max_w) * seconds / 3600
+                ai += rate * gpu_speed_share(n.cap, n.kind.cap_max_w) * seconds / 3600
         out.miner_wh = joules / 3600
         out.gpu_wh = gpu_joules / 3600
         out.mining_usd = hashprice * ths_seconds / 3600 / 1000 / 24

@@ -11,7 +11,7 @@ import dataclasses
 from wattshift.daemon.model import GpuJob, GpuNodeState, SiteSnapshot
 from wattshift.drivers.base import Failure
 from wattshift.drivers.gpu import GpuLimits, GpuReading
-from wattshift.drivers.jobs import FlexTier, JobState
+from wattshift.drivers.jobs import FlexTier, JobState, SwitchingCost
 
 H100_FULL_NODE_WATTS = 1500 + 8 * 700
 
@@ -23,8 +23,13 @@ def job(
     state: JobState = JobState.RUNNING,
     gpus: int = 8,
     usd_per_gpu_hour: float | None = 2.35,
+    stale: bool = False,
+    penalty: float = 0.0,
+    restart_seconds: float = 0.0,
+    min_run_seconds: float = 0.0,
 ) -> GpuJob:
-    return GpuJob(f"j-{name}", name, state, tier, gpus, usd_per_gpu_hour)
+    switching = SwitchingCost(restart_seconds=restart_seconds, penalty_usd=penalty)
+    return GpuJob(f"j-{name}", name, state, tier, gpus, usd_per_gpu_hour, stale, switching, min_run_seconds)
 
 
 def gpu_node(
@@ -36,8 +41,10 @@ def gpu_node(
     card_watts: float | None = None,
     gpus: int = 8,
     failure: Failure | None = None,
+    lost: int = 0,
     state_since: float | None = None,
 ) -> GpuNodeState:
+    """``lost``: cards gone from the bus (the node then reads as failed)."""
     running = job is not None and job.state is JobState.RUNNING
     watts = card_watts if card_watts is not None else (cap if running else 80.0)
     readings = tuple(
@@ -46,8 +53,10 @@ def gpu_node(
             enforced_limit_watts=cap, limits=GpuLimits(200.0, 700.0, 700.0), energy_joules=None,
             utilisation_pct=100.0 if running else 0.0, temperature_c=50.0,
         )
-        for i in range(gpus)
+        for i in range(gpus - lost)
     )
+    if lost:
+        failure = failure or Failure.NO_ANSWER
     return GpuNodeState(
         device_id=device_id, circuit=circuit, gpu_model="H100", gpu_count=gpus,
         host_idle_watts=500.0, host_max_watts=1500.0, gpu_idle_watts=80.0,

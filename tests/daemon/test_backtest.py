@@ -61,13 +61,13 @@ def test_the_model_reports_true_draw_over_a_limit() -> None:
 def test_a_gpu_job_earns_its_rate_at_its_cap_and_pays_for_starts_and_interruptions() -> None:
     model = SiteModel(site(miners=[], gpu_nodes=[gpu_node(restart_seconds=600, checkpoint_seconds=300, penalty_usd=7)]))
     model.set_gpu_work(1, 2.0)
-    model.apply([Step("g0-0", "site", Action.WAKE, 1600 + 8 * 350, 1360, 4400, "test")], 0.0)
+    model.apply([Step("g0-0", "site", Action.WAKE, 1500 + 8 * 350, 1360, 4300, "test")], 0.0)
     running = model.advance(3600, hashprice=45, power_price=30, limits={"site": 1e9})
     assert running.gpu_starts == 1
     assert running.ai_usd == pytest.approx(16 * 0.5 ** (1 / 3))
     assert running.switching_usd == pytest.approx(16 * 600 / 3600)
-    assert running.gpu_wh == pytest.approx(4400)
-    model.apply([Step("g0-0", "site", Action.SLEEP, 0, 4400, 1360, "test")], 3600.0)
+    assert running.gpu_wh == pytest.approx(4300)
+    model.apply([Step("g0-0", "site", Action.SLEEP, 0, 4300, 1360, "test")], 3600.0)
     stopped = model.advance(3600, hashprice=45, power_price=30, limits={"site": 1e9})
     assert stopped.job_interruptions == 1
     assert stopped.switching_usd == pytest.approx(7 + 16 * 300 / 3600)

@@ -22,8 +22,8 @@ def node_usd_per_hour(rate: float, cap: float) -> float:
 
 
 NODE_IDLE_W = 800 + 8 * 70
-NODE_FULL_W = 1600 + 8 * 700
-NODE_MIN_W = 1600 + 8 * 200
+NODE_FULL_W = 1500 + 8 * 700  # host_max_kw 1.5 (the default)
+NODE_MIN_W = 1500 + 8 * 200
 
 
 @pytest.mark.parametrize("integer", [False, True])

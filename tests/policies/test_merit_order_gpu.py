@@ -1,18 +1,19 @@
 """One merit order over miners and GPU nodes: known answers from DESIGN.md section 4 numbers.
 
-An 8x H100 node (host 1.5 kW busy, 8 x 700 W cards) running a job worth $2.35/GPU-hour earns
+An 8x H100 node (host 1.5 kW busy, 8 x 700 W cards: 7.1 kW) running a job worth $2.35/GPU-hour earns
 $18.80/h at full caps on 7.1 kW: about $2,650/MWh, against $65-300/MWh for mining. So GPU work
 comes first, miners absorb the rest, and a short budget sheds miners before it touches a cap.
 """
 
-from factories import gpu_node, job, miner, snapshot
+from factories import miner, snapshot
+from gpu_factories import H100_FULL_NODE_WATTS as NODE_FULL
+from gpu_factories import gpu_node, job
 
 from wattshift.daemon.sequencer import Action, plan_transition
 from wattshift.drivers.jobs import FlexTier, JobState
 from wattshift.policies.merit_order import MeritOrderOptions, MeritOrderPolicy
 
 POLICY = MeritOrderPolicy(MeritOrderOptions(min_dwell_seconds=0, hysteresis_usd_per_mwh=0))
-NODE_FULL = 1500 + 8 * 700  # 7,100 W at full caps
 
 
 def test_a_waiting_job_takes_power_from_the_miners():
