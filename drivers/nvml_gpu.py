@@ -35,6 +35,7 @@ import pynvml
 
 from .base import DeviceError, Failure
 from .gpu import GpuLimits, GpuReading
+from .nvml_calls import probe, read_fields, set_and_read_back
 from .nvml_failures import Remedy, describe, failure_for, remedy_for
 from .nvml_worker import BlockingWorker, CallTimeout
 
@@ -78,18 +79,6 @@ class _Card:
     down: DeviceError | None = None  # quarantined or backing off: the answer until retry_at
     retry_at: float = 0.0
     backoff_s: float = 0.0
-
-
-@dataclass
-class _Read:
-    """What one job on the worker brings back: values, plus fields found unsupported."""
-
-    values: dict[str, Any]
-    unsupported: set[str]
-
-
-def _nvml_str(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class NvmlGpus:
@@ -182,7 +171,7 @@ class NvmlGpus:
         if isinstance(item, str) and item in self._cards:
             return
         try:
-            found = await self._worker.call(lambda: _probe(item), f"probe GPU {item}")
+            found = await self._worker.call(lambda: probe(item), f"probe GPU {item}")
         except (pynvml.NVMLError, CallTimeout) as exc:
             if isinstance(item, int):
                 if item not in self._pending:
@@ -227,7 +216,7 @@ class NvmlGpus:
         uuid = card.uuid
         try:
             if handle is None:  # re-probe a quarantined card by its UUID
-                found = await self._worker.call(lambda: _probe(uuid), f"re-probe GPU {uuid}")
+                found = await self._worker.call(lambda: probe(uuid), f"re-probe GPU {uuid}")
                 card.index, card.model, card.handle = (
                     found["index"],
                     found["model"],
@@ -236,7 +225,7 @@ class NvmlGpus:
                 card.limits = card.limits or found["limits"]
                 card.unsupported |= found["unsupported"]
                 handle, skip = card.handle, frozenset(card.unsupported)
-            read = await self._worker.call(lambda: _read_fields(handle, skip), f"read GPU {uuid}")
+            read = await self._worker.call(lambda: read_fields(handle, skip), f"read GPU {uuid}")
         except (pynvml.NVMLError, CallTimeout) as exc:
             return self._fail(card, exc)
         self._recovered(card)
@@ -285,7 +274,7 @@ class NvmlGpus:
         handle = card.handle
         try:
             held_mw, enforced_mw = await self._worker.call(
-                lambda: _set_and_read_back(handle, milliwatts), f"set the limit of GPU {uuid}"
+                lambda: set_and_read_back(handle, milliwatts), f"set the limit of GPU {uuid}"
             )
         except (pynvml.NVMLError, CallTimeout) as exc:
             raise self._set_failed(card, watts, exc) from exc
@@ -389,111 +378,3 @@ def _why(exc: BaseException) -> str:
 
 def _watts(milli: int | None) -> float | None:
     return None if milli is None else milli / 1000
-
-
-def _optional(name: str, skip: frozenset[str], unsupported: set[str], fn: Callable[[], Any]) -> Any:
-    """One field: ``None`` if the card cannot give it (and remember that). GpuIsLost,
-    Unknown and the rest propagate: they are about the card, not the field."""
-    if name in skip:
-        return None
-    try:
-        return fn()
-    except pynvml.NVMLError as exc:
-        if remedy_for(exc) is not Remedy.DISABLE_FIELD:
-            raise
-    except pynvml.NVMLLibraryMismatchError:
-        pass
-    unsupported.add(name)
-    return None
-
-
-def _limits(handle: Any, skip: frozenset[str], unsupported: set[str]) -> GpuLimits | None:
-    low_high = _optional(
-        "limits",
-        skip,
-        unsupported,
-        lambda: pynvml.nvmlDeviceGetPowerManagementLimitConstraints(handle),
-    )
-    if low_high is None:
-        return None
-    default = _optional(
-        "default_limit",
-        skip,
-        unsupported,
-        lambda: pynvml.nvmlDeviceGetPowerManagementDefaultLimit(handle),
-    )
-    low, high = low_high
-    return GpuLimits(low / 1000, high / 1000, (default if default is not None else high) / 1000)
-
-
-def _probe(item: int | str) -> dict[str, Any]:
-    """Handle, UUID, index, model and constraints of one GPU, by index or by UUID."""
-    if isinstance(item, int):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(item)
-    else:
-        handle = pynvml.nvmlDeviceGetHandleByUUID(item)
-    unsupported: set[str] = set()
-    skip: frozenset[str] = frozenset()
-    uuid = _nvml_str(pynvml.nvmlDeviceGetUUID(handle))
-    index = _optional("index", skip, unsupported, lambda: pynvml.nvmlDeviceGetIndex(handle))
-    model = _optional("model", skip, unsupported, lambda: pynvml.nvmlDeviceGetName(handle))
-    return {
-        "uuid": uuid,
-        "handle": handle,
-        "index": item if isinstance(item, int) else (index if index is not None else -1),
-        "model": None if model is None else _nvml_str(model),
-        "limits": _limits(handle, skip, unsupported),
-        "unsupported": unsupported,
-    }
-
-
-def _temperature(handle: Any, skip: frozenset[str], unsupported: set[str]) -> float | None:
-    # nvmlDeviceGetTemperature is deprecated; the V form is missing from older bindings and
-    # drivers, so fall back to the old one rather than lose the reading.
-    if hasattr(pynvml, "nvmlDeviceGetTemperatureV"):
-        value = _optional(
-            "temperature_v",
-            skip,
-            unsupported,
-            lambda: pynvml.nvmlDeviceGetTemperatureV(handle, pynvml.NVML_TEMPERATURE_GPU),
-        )
-        if value is not None:
-            return float(value)
-    else:
-        unsupported.add("temperature_v")
-    value = _optional(
-        "temperature",
-        skip,
-        unsupported,
-        lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
-    )
-    return None if value is None else float(value)
-
-
-def _read_fields(handle: Any, skip: frozenset[str]) -> _Read:
-    unsupported: set[str] = set()
-
-    def get(name: str, fn: Callable[[], Any]) -> Any:
-        return _optional(name, skip, unsupported, fn)
-
-    values: dict[str, Any] = {
-        "watts": get("watts", lambda: pynvml.nvmlDeviceGetPowerUsage(handle)),
-        "limit": get("limit", lambda: pynvml.nvmlDeviceGetPowerManagementLimit(handle)),
-        "enforced_limit": get(
-            "enforced_limit", lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
-        ),
-        "energy": get("energy", lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)),
-    }
-    util = get("utilisation", lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
-    values["utilisation"] = None if util is None else float(util.gpu)
-    values["temperature"] = _temperature(handle, skip, unsupported)
-    procs = get("processes", lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
-    values["processes"] = () if procs is None else tuple(int(p.pid) for p in procs)
-    return _Read(values, unsupported)
-
-
-def _set_and_read_back(handle: Any, milliwatts: int) -> tuple[int, int]:
-    pynvml.nvmlDeviceSetPowerManagementLimit(handle, milliwatts)
-    held = pynvml.nvmlDeviceGetPowerManagementLimit(handle)
-    enforced = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
-    return int(held), int(enforced)
