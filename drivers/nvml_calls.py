@@ -30,8 +30,6 @@ def nvml_str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-
-
 def optional(name: str, skip: frozenset[str], unsupported: set[str], fn: Callable[[], Any]) -> Any:
     """One field: ``None`` if the card cannot give it (and remember that). GpuIsLost,
     Unknown and the rest propagate: they are about the card, not the field."""
