@@ -8,7 +8,8 @@ topic (and the site meter's), and publishes:
 
 - state (site, circuits, classes, devices) as retained JSON, each topic at most once per
   ``publish_min_interval_seconds`` and only when it changed; the latest value always goes out;
-- decisions and events, not retained, in order, from a queue that drops the oldest when full.
+- decisions and events, not retained, in order, from a queue that drops the oldest when full
+  (what goes out when is :class:`~wattshift.daemon.mqtt_outbox.Outbox`'s job).
 
 When the broker goes away the task reconnects with exponential backoff (with jitter); after a
 reconnect every state topic is published again. Commands are validated
@@ -19,7 +20,6 @@ journaled through the controller's recorder, and answered on the reply topic.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
@@ -43,6 +43,7 @@ from .model import SiteSnapshot
 from .mqtt_commands import Rejection, parse_command
 from .mqtt_config import Login, MqttConfig
 from .mqtt_handler import BudgetWatch, CommandHandler, Outcome, PolicySwitcher
+from .mqtt_outbox import Outbox
 from .mqtt_state import SiteContext, all_state, decision_json, discovery_configs, event_message
 from .mqtt_topics import Topics
 from .sequencer import Plan, Step
@@ -56,13 +57,6 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 CALL_TIMEOUT_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    topic: str
-    payload: bytes
-    properties: Properties | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +104,8 @@ class MqttBridge:
         self._wall = wall
         self._report: TickReport | None = None
         self._state_dirty = False
-        self._pending_state: dict[str, bytes] = {}
-        self._sent_state: dict[str, tuple[bytes, float]] = {}
-        self._queue: collections.deque[_Outgoing] = collections.deque(maxlen=config.queue_limit)
+        self.outbox = Outbox(queue_limit=config.queue_limit,
+                             min_interval_seconds=config.publish_min_interval_seconds, clock=clock)
         self._watches: list[_Pending] = []
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
@@ -120,7 +113,6 @@ class MqttBridge:
         self._serving = False
         self.connected = asyncio.Event()
         self.connections = 0  # successful connects, for operators and tests
-        self.dropped = 0  # queued messages lost to a full queue while offline
         self.commands_handled = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -173,10 +165,13 @@ class MqttBridge:
     async def event(self, summary: str, data: dict[str, object]) -> None:
         self._enqueue(self.topics.events, _json(event_message(summary, data, self._wall())))
 
+    @property
+    def dropped(self) -> int:
+        """Queued messages lost to a full queue while the broker was away."""
+        return self.outbox.dropped
+
     def _enqueue(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
-        self._queue.append(_Outgoing(topic, payload, properties))
+        self.outbox.enqueue(topic, payload, properties)
         self._wake.set()
 
     # -- state -----------------------------------------------------------------------------------
@@ -203,27 +198,8 @@ class MqttBridge:
         if not self._state_dirty or self._report is None:
             return
         self._state_dirty = False
-        for topic, payload in all_state(self._report, self.context(), self.topics).items():
-            data = _json(payload)
-            sent = self._sent_state.get(topic)
-            if sent is None or sent[0] != data:
-                self._pending_state[topic] = data
-            else:
-                self._pending_state.pop(topic, None)
-
-    def _due_state(self) -> tuple[list[tuple[str, bytes]], float | None]:
-        """The state topics that may go now, and how long until the next one may."""
-        now = self._clock()
-        interval = self.config.publish_min_interval_seconds
-        due, wait = [], None
-        for topic, data in self._pending_state.items():
-            sent = self._sent_state.get(topic)
-            ready_at = sent[1] + interval if sent is not None else now
-            if ready_at <= now:
-                due.append((topic, data))
-            else:
-                wait = min(wait, ready_at - now) if wait is not None else ready_at - now
-        return due, wait
+        state = all_state(self._report, self.context(), self.topics)
+        self.outbox.offer_state({topic: _json(payload) for topic, payload in state.items()})
 
     # -- budget follow-ups -----------------------------------------------------------------------
 
@@ -377,7 +353,7 @@ class MqttBridge:
                                                    node).items():
                 await client.publish(topic, _json(config), qos=qos, retain=True)
         # The broker may have lost our retained state (restarted without persistence): say it all again.
-        self._sent_state.clear()
+        self.outbox.forget_sent()
         self._state_dirty = self._report is not None
         self.connections += 1
         self.connected.set()
@@ -425,21 +401,8 @@ class MqttBridge:
                     await self._wake.wait()
 
     async def _publish_some(self, client: aiomqtt.Client) -> float | None:
-        qos = self.config.qos
-        while self._queue:
-            item = self._queue[0]
-            await client.publish(item.topic, item.payload, qos=qos, retain=False, properties=item.properties)
-            self._queue.popleft()  # only once sent: a message in flight at a disconnect is tried again
         self._render_state()
-        due, wait = self._due_state()
-        if due:
-            await asyncio.gather(*(client.publish(t, d, qos=qos, retain=self.config.retain) for t, d in due))
-            now = self._clock()
-            for topic, data in due:
-                self._sent_state[topic] = (data, now)
-                if self._pending_state.get(topic) == data:
-                    del self._pending_state[topic]
-        return wait
+        return await self.outbox.send(client, qos=self.config.qos, retain=self.config.retain)
 
     async def _flush(self, client: aiomqtt.Client) -> None:
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
