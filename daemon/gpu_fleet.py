@@ -121,9 +121,13 @@ class GpuFleet:
         return by_node, None
 
     def driver(self, name: str) -> GpuNodeDriver | None:
-        if name not in self.nodes or name not in self._drivers:
+        node, cards = self.nodes.get(name), self._drivers.get(name)
+        if node is None or cards is None:
             return None
-        return GpuNodeDriver(self, name)
+        last = self._last.get(name)
+        job = last.job if last is not None else None
+        tier = self.tier_of(job) if job is not None else None
+        return GpuNodeDriver(node, cards, self._uuids.get(name, []), self.card_limits(name), self.runner, job, tier)
 
     def last(self, name: str) -> NodeReading | None:
         return self._last.get(name)
@@ -139,39 +143,47 @@ def _rank(status: JobStatus) -> int:
 
 
 class GpuNodeDriver:
-    """The miner-shaped handle the actuator drives: set a node limit, sleep, wake."""
+    """The miner-shaped handle the actuator drives for one node: set a node limit, sleep, wake.
+    Made per command from the fleet's last reading, so it acts on the job it was planned for."""
 
-    def __init__(self, fleet: GpuFleet, name: str) -> None:
-        self._fleet = fleet
-        self.device_id = name
-        self._config = fleet.nodes[name]
-        self._gpus = fleet._drivers[name]
+    def __init__(
+        self,
+        node: GpuNodeConfig,
+        cards: GpuDriver,
+        uuids: list[str],
+        limits: GpuLimits,
+        runner: JobRunner | None,
+        job: JobStatus | None,
+        tier: FlexTier | None,
+    ) -> None:
+        self.device_id = node.name
+        self._node = node
+        self._cards = cards
+        self._uuids = uuids
+        self._limits = limits
+        self._runner = runner
+        self._job = job
+        self._tier = tier
 
     async def set_power_limit(self, watts: float) -> float:
-        limits = self._fleet.card_limits(self.device_id)
-        uuids = self._fleet._uuids.get(self.device_id, [])
-        if not uuids:
+        if not self._uuids:
             raise DeviceError(self.device_id, Failure.NO_ANSWER, "no GPUs found on this node")
-        cap = (watts - self._config.host_max_watts) / len(uuids)
-        cap = min(max(cap, limits.min_watts), limits.max_watts)
-        held = await asyncio.gather(*(self._gpus.set_power_limit(u, cap) for u in uuids))
-        return self._config.host_max_watts + sum(held)
+        cap = (watts - self._node.host_max_watts) / len(self._uuids)
+        cap = min(max(cap, self._limits.min_watts), self._limits.max_watts)
+        held = await asyncio.gather(*(self._cards.set_power_limit(u, cap) for u in self._uuids))
+        return self._node.host_max_watts + sum(held)
 
-    def _job(self, action: str) -> tuple[JobRunner, JobStatus]:
-        runner = self._fleet.runner
-        last = self._fleet.last(self.device_id)
-        job = last.job if last is not None else None
-        if runner is None or job is None:
+    def _job_or_refuse(self, action: str) -> tuple[JobRunner, JobStatus]:
+        if self._runner is None or self._job is None:
             raise DeviceError(self.device_id, Failure.UNSUPPORTED, f"cannot {action}: no job on this node")
-        return runner, job
+        return self._runner, self._job
 
     async def sleep(self) -> None:
-        runner, job = self._job("sleep")
-        tier = self._fleet.tier_of(job)
+        runner, job = self._job_or_refuse("sleep")
         try:
-            if tier is FlexTier.SUSPENDABLE:
+            if self._tier is FlexTier.SUSPENDABLE:
                 await runner.suspend(job.job_id)
-            elif tier is FlexTier.PREEMPTIBLE:
+            elif self._tier is FlexTier.PREEMPTIBLE:
                 await runner.requeue(job.job_id)
             else:
                 raise DeviceError(self.device_id, Failure.REFUSED, f"job {job.job_id} is firm: never curtailed")
@@ -179,7 +191,7 @@ class GpuNodeDriver:
             raise DeviceError(self.device_id, Failure.REFUSED, str(err)) from None
 
     async def wake(self) -> None:
-        runner, job = self._job("wake")
+        runner, job = self._job_or_refuse("wake")
         try:
             if job.state is JobState.SUSPENDED:
                 await runner.resume(job.job_id)
