@@ -24,6 +24,7 @@ from .config import SiteConfig
 
 HASHPRICE_TRACE = "hashprice_2025_daily.csv"
 GPU_RATE_TRACE = "gpu_rate_h100_2025.csv"
+POLICY_FILE = "policy.yaml"
 GPU_NODE_KW = 1.5 + 8 * 0.7  # an 8x H100 server at full caps
 SECONDS_PER_TRACE_YEAR = 365 * 86400
 
@@ -107,16 +108,16 @@ class Scenario:
                 },
                 "stale_after_seconds": 60,
             },
-            policy_file=str(self.policy_file(state_dir)),
+            policy_file=str(state_dir / POLICY_FILE),
             drivers={"call_timeout_seconds": 5, "concurrency": 100, "confirm_timeout_seconds": 15},
             state_dir=str(state_dir),
             metrics_listen=metrics_listen,
         )
 
-    def policy_file(self, state_dir: Path) -> Path:
+    def write_policy_file(self, state_dir: Path) -> Path:
         """The demo's policy, as an operator's file: edit it while the demo runs and the next
-        tick uses it (or a bad edit is refused and journaled)."""
-        path = state_dir / "policy.yaml"
+        tick uses it (or a bad edit is refused and journaled). An existing one is kept."""
+        path = state_dir / POLICY_FILE
         if not path.exists():
             state_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(
