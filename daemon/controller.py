@@ -17,19 +17,36 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from wattshift.drivers.base import DeviceError, MinerCapability, MinerDriver, MinerReading
+from wattshift.drivers.base import (
+    DeviceError,
+    MinerCapability,
+    MinerDriver,
+    MinerReading,
+)
 from wattshift.drivers.mqtt_meter import MeterReading, SiteMeter
 from wattshift.drivers.prices import PriceError, PriceFeed
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
 from .budget import BudgetEvent, BudgetSchedule
-from .meter_checks import OverheadEstimate, hold_increases, increases_allowed, shed_confirmed
 from .config import SiteConfig
 from .gpu_config import GpuNodeConfig
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
+from .meter_checks import (
+    OverheadEstimate,
+    hold_increases,
+    increases_allowed,
+    shed_confirmed,
+)
 from .model import GpuNodeState, Load, Prices, SiteSnapshot
-from .observe import MinerSlot, build_snapshot, gpu_node_state, miner_slots, miner_state, quote_prices
+from .observe import (
+    MinerSlot,
+    build_snapshot,
+    gpu_node_state,
+    miner_slots,
+    miner_state,
+    quote_prices,
+)
 from .recorder import NullRecorder, Recorder
 from .sequencer import Action, Plan, Step, plan_transition
 
