@@ -343,10 +343,11 @@ class MqttBridge:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         qos = self.config.qos
-        await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         await client.subscribe(self.topics.command, qos=qos)
         if self.meter is not None:
             await client.subscribe(self.meter.topic, qos=qos)
+        # Online only once subscribed: a command sent on seeing "online" must not be lost.
+        await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         if self.config.homeassistant.enabled:
             node = f"wattshift_{self.site_name}".replace("-", "_").replace(".", "_")
             for topic, config in discovery_configs(self.topics, self.config.homeassistant.prefix, self.site_name,

@@ -3,6 +3,7 @@ loopback in their own process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -104,3 +105,37 @@ def test_plan_follows_the_site_policy_file_and_refuses_a_bad_one(simulators, tmp
     bad = subprocess.run([*CLI, "plan", "--config", str(path)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "policy.yaml:3: options.strike_usd_per_mwh" in bad.stderr, bad.stderr
+
+
+def test_run_speaks_mqtt_when_the_site_file_has_an_mqtt_section(simulators, tmp_path):
+    import aiomqtt  # noqa: PLC0415 - only this test needs a client
+    from mosquitto import Broker  # noqa: PLC0415
+
+    async def talk(broker: Broker) -> tuple[bytes, dict]:
+        async with aiomqtt.Client("127.0.21.40", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe("wattshift/cli-test/#")
+            online = b""
+            async with asyncio.timeout(20):
+                async for message in client.messages:
+                    if message.topic.matches("wattshift/cli-test/availability") and message.payload == b"online":
+                        online = message.payload
+                        break
+                command = {"command": "budget", "id": "cut-1", "limit_kw": 8, "duration_seconds": 600}
+                await client.publish("wattshift/cli-test/cmd", json.dumps(command).encode())
+                async for message in client.messages:
+                    if message.topic.matches("wattshift/cli-test/reply/cut-1"):
+                        return online, json.loads(message.payload)
+        raise AssertionError("no reply")
+
+    with Broker(tmp_path / "broker", "127.0.21.40") as broker:
+        path = site_file(tmp_path, simulators, budget_kw=9)
+        path.write_text(path.read_text() + f"mqtt: {{host: 127.0.21.40, port: {broker.port}}}\n")
+        daemon = subprocess.Popen([*CLI, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+        try:
+            online, reply = asyncio.run(talk(broker))
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert online == b"online"
+    assert reply["status"] == "accepted", reply
