@@ -86,8 +86,11 @@ class PolicyReloader:
     async def watch(self, stop: asyncio.Event) -> None:
         """Poll the file until ``stop`` is set; reload when its mtime, size or inode change."""
         while not stop.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
+            # that ends this watcher when it lands as the wait completes.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await stop.wait()
             if stop.is_set():
                 return
             if _stamp(self.path) != self._stamp:
