@@ -21,19 +21,16 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from wattshift.daemon.config_types import Name, Strict
 from wattshift.daemon.model import SiteSnapshot
 
 from .base import Allocation, Policy, is_stateful
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
-
-class Window(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=NAME_PATTERN)
+class Window(Strict):
+    name: Name
     cron: str
     duration_minutes: float = Field(gt=0, le=31 * 24 * 60)
     timezone: str = "UTC"
