@@ -20,6 +20,10 @@ from typing import Protocol
 
 from paho.mqtt.properties import Properties
 
+# State publishes awaiting their acknowledgement at once. A site has hundreds of device topics;
+# all at once would only queue in paho, and aiomqtt warns past 10 pending calls.
+PUBLISH_WINDOW = 8
+
 
 class Publisher(Protocol):
     async def publish(
@@ -81,10 +85,11 @@ class Outbox:
             await client.publish(item.topic, item.payload, qos=qos, retain=False, properties=item.properties)
             self._queue.popleft()  # only once sent: a message in flight at a disconnect is tried again
         due, wait = self.due_state()
-        if due:
-            await asyncio.gather(*(client.publish(t, d, qos=qos, retain=retain) for t, d in due))
+        for start in range(0, len(due), PUBLISH_WINDOW):
+            batch = due[start : start + PUBLISH_WINDOW]
+            await asyncio.gather(*(client.publish(t, d, qos=qos, retain=retain) for t, d in batch))
             now = self._clock()
-            for topic, data in due:
+            for topic, data in batch:
                 self._sent_state[topic] = (data, now)
                 if self._pending_state.get(topic) == data:
                     del self._pending_state[topic]
