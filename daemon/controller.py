@@ -23,16 +23,17 @@ from wattshift.drivers.base import (
     MinerDriver,
     MinerReading,
 )
-from wattshift.drivers.mqtt_meter import MeterReading, SiteMeter
+from wattshift.drivers.mqtt_meter import SiteMeter
 from wattshift.drivers.prices import PriceError, PriceFeed
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
 from .budget import BudgetEvent, BudgetSchedule
-from .config import SiteConfig
+from .config import SITE_CIRCUIT, SiteConfig
 from .gpu_config import GpuNodeConfig
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
 from .meter_checks import (
+    MeterRoom,
     OverheadEstimate,
     hold_increases,
     increases_allowed,
@@ -133,6 +134,7 @@ class Controller:
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
         self.meter = meter
         self.overhead = OverheadEstimate()
+        self._overhead_planned = 0.0  # the overhead taken off the budget in the last snapshot
         self._feeds = {"hashprice": hashprice, "power": power_price}
         self._rate_feeds = dict(gpu_rates or {})
         self._quotes: dict[str, tuple[float, float]] = {}
@@ -199,11 +201,14 @@ class Controller:
             meter_before = self.meter.latest() if self.meter is not None else None
             results += await self._send(plan.now)
             if plan.deferred:
-                # Shed before grant: believe the released power only once telemetry shows it.
-                expected_drop = sum(
-                    max(0.0, (snapshot.load(s.device_id).measured_watts or 0.0) - s.worst_after) for s in plan.sheds
+                # Shed before grant: believe the released power only once telemetry shows it,
+                # and the meter (the breaker's view) leaves room for what waits on it.
+                room = MeterRoom(
+                    meter_before,
+                    grants_watts=sum(max(0.0, s.worst_after - s.worst_before) for s in plan.deferred),
+                    limit_watts=snapshot.effective_limits()[SITE_CIRCUIT] + self._overhead_planned,
                 )
-                confirmed = await self._confirm_released(plan.sheds, meter_before, expected_drop)
+                confirmed = await self._confirm_released(plan.sheds, room)
                 if not confirmed:
                     notes.append("sheds not confirmed in time: their miners stay at worst case")
                 failed = {r.step.device_id for r in results if not r.ok}
@@ -249,6 +254,7 @@ class Controller:
         self.budget.expire(now)
         # What the devices cannot see (cooling, transformer losses) comes off the budget.
         overhead = self.overhead.watts if self.meter is not None else 0.0
+        self._overhead_planned = overhead
         snapshot = build_snapshot(
             self.site,
             miners,
@@ -349,18 +355,16 @@ class Controller:
         notes.append("site meter stale: increases held")
         return hold_increases(plan)
 
-    async def _confirm_released(
-        self, sheds: tuple[Step, ...], meter_before: MeterReading | None = None, expected_drop: float = 0.0
-    ) -> bool:
+    async def _confirm_released(self, sheds: tuple[Step, ...], room: MeterRoom | None = None) -> bool:
         """Poll the shed devices until each draws no more than its new setting, and the site
-        meter (where there is one) shows the drop, or time runs out."""
+        meter (where there is one) leaves room for the grants, or time runs out."""
         pending = {s.device_id: s for s in sheds}
         deadline = self._clock() + self.site.drivers.confirm_timeout_seconds
 
         def metered() -> bool:
-            if self.meter is None or expected_drop <= 0:
+            if self.meter is None or room is None:
                 return True
-            return shed_confirmed(meter_before, self.meter.latest(), expected_drop)
+            return shed_confirmed(room, self.meter.latest())
 
         while (pending or not metered()) and self._clock() < deadline:
             await asyncio.sleep(CONFIRM_POLL_SECONDS)

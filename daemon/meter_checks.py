@@ -1,8 +1,8 @@
 """What the site meter tells the control loop (pure: readings in, answers out).
 
-- :func:`shed_confirmed` -- did the meter really fall by what the shed miners released? The
-  miners' own readings can lie (a PDU sees what a miner's firmware does not); the meter is
-  the breaker's view.
+- :func:`shed_confirmed` -- after the sheds, does the meter leave room for the grants waiting
+  on them? The devices' own readings can lie (a PDU sees what a miner's firmware does not);
+  the meter is the breaker's view.
 - :class:`OverheadEstimate` -- meter minus the sum of device readings, smoothed: cooling,
   transformer and cable losses, the controller itself. Added to the site's worst case so that
   the budget the policy hands out is what is left after the overheads.
@@ -17,22 +17,32 @@ from wattshift.drivers.mqtt_meter import MeterReading
 
 from .sequencer import Plan
 
-SHED_TOLERANCE_WATTS = 200.0  # meter resolution and the other loads' noise
+@dataclass(frozen=True)
+class MeterRoom:
+    """What grants deferred behind sheds need from the meter: a fresh reading newer than
+    ``sent`` (the latest when the sheds went out) with ``grants_watts`` of room under
+    ``limit_watts`` (the site limit the plan used, plus the overhead taken off it: the meter
+    sees the overhead too)."""
+
+    sent: MeterReading | None
+    grants_watts: float
+    limit_watts: float
 
 
-def shed_confirmed(
-    before: MeterReading | None,
-    after: MeterReading | None,
-    expected_drop_watts: float,
-    *,
-    tolerance_watts: float = SHED_TOLERANCE_WATTS,
-) -> bool:
-    """True when a meter reading taken after the shed is at least ``expected_drop_watts``
-    (less the tolerance) below the one taken before it. No reading, a stale one, or no
-    newer reading since the shed: not confirmed (the caller keeps the worst case)."""
-    if before is None or after is None or after.stale or after.at <= before.at:
+def shed_confirmed(room: MeterRoom, after: MeterReading | None) -> bool:
+    """True when ``after`` leaves room for the grants.
+
+    The meter is the breaker's view: a miner whose firmware says it slept while it still draws
+    shows here. It is checked against room, not against the drop the devices report, because
+    the meter sums the whole site: loads granted a tick ago are still ramping up, hundreds of
+    miners wander by a percent each, so a drop of one miner's worth cannot be told from noise
+    on a large site, while "is there room for what we are about to grant" always can. Power
+    that does not go away (a liar, an unmetered load) shows up in the overhead estimate next
+    and comes off the budget from then on.
+    """
+    if after is None or after.stale or (room.sent is not None and after.at <= room.sent.at):
         return False
-    return before.watts - after.watts >= expected_drop_watts - tolerance_watts
+    return after.watts + room.grants_watts <= room.limit_watts
 
 
 @dataclass

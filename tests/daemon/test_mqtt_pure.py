@@ -11,7 +11,13 @@ from factories import miner, snapshot
 from pydantic import ValidationError
 
 from wattshift.daemon.budget import BudgetEvent, BudgetSchedule
-from wattshift.daemon.meter_checks import OverheadEstimate, hold_increases, increases_allowed, shed_confirmed
+from wattshift.daemon.meter_checks import (
+    MeterRoom,
+    OverheadEstimate,
+    hold_increases,
+    increases_allowed,
+    shed_confirmed,
+)
 from wattshift.daemon.model import DeviceClass
 from wattshift.daemon.mqtt_commands import BudgetCommand, ForceCommand, Rejection, parse_command
 from wattshift.daemon.mqtt_config import MqttConfig, broker_login
@@ -190,11 +196,14 @@ def test_meter_keeps_the_last_good_reading_and_goes_stale():
 
 
 def test_meter_checks():
-    before = MeterReading(20_000, 1.0, 0.0, False)
-    assert shed_confirmed(before, MeterReading(16_100, 2.0, 0.0, False), 4000)
-    assert not shed_confirmed(before, MeterReading(18_000, 2.0, 0.0, False), 4000)
-    assert not shed_confirmed(before, MeterReading(10_000, 1.0, 0.0, False), 4000)  # no newer reading
-    assert not shed_confirmed(before, MeterReading(10_000, 2.0, 30.0, True), 4000)  # stale
+    # 4 kW of grants wait on the sheds; the site may draw 20 kW on the meter.
+    room = MeterRoom(MeterReading(19_000, 1.0, 0.0, False), grants_watts=4000, limit_watts=20_000)
+    assert shed_confirmed(room, MeterReading(16_000, 2.0, 0.0, False))  # exactly room for them
+    assert not shed_confirmed(room, MeterReading(16_001, 2.0, 0.0, False))  # a watt short: wait
+    assert not shed_confirmed(room, MeterReading(10_000, 1.0, 0.0, False))  # not newer than the sheds
+    assert not shed_confirmed(room, MeterReading(10_000, 2.0, 30.0, True))  # stale
+    assert not shed_confirmed(room, None)
+    assert shed_confirmed(MeterRoom(None, 4000, 20_000), MeterReading(15_000, 2.0, 0.0, False))
     estimate = OverheadEstimate(alpha=0.5)
     estimate.update(MeterReading(11_000, 1.0, 0, False), 10_000, all_devices_read=True)
     estimate.update(MeterReading(12_000, 2.0, 0, False), 10_000, all_devices_read=True)
