@@ -21,6 +21,7 @@ from .gpu_fleet import GpuFleet
 from .journal import AsyncJournal, journal_path
 from .journal_entries import EntryKind
 from .metrics import MetricsRecorder
+from .mqtt_metrics import MeterCollector
 from .policy_file import policy_for_site, resolve
 from .shadow import ShadowRecorder
 from .recorder import FanOut, JournalRecorder, Recorder
@@ -107,6 +108,8 @@ async def open_daemon(
             meter=meter,
             clock=clock,
         )
+        if meter is not None:
+            metrics.registry.register(MeterCollector(meter, lambda: controller.overhead.watts))
         if opened is not None:
             await opened.record(EntryKind.EVENT, f"started{' (dry run)' if dry_run else ''}: site {site.name}",
                                 data={"budget_watts": site.budget_watts, "miners": len(controller.miner_ids)})

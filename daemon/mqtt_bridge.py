@@ -20,6 +20,7 @@ journaled through the controller's recorder, and answered on the reply topic.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -113,7 +114,7 @@ class MqttBridge:
         self._serving = False
         self.connected = asyncio.Event()
         self.connections = 0  # successful connects, for operators and tests
-        self.commands_handled = 0
+        self.verdicts: collections.Counter[str] = collections.Counter()  # "accepted"/"rejected" -> commands
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -164,6 +165,10 @@ class MqttBridge:
 
     async def event(self, summary: str, data: dict[str, object]) -> None:
         self._enqueue(self.topics.events, _json(event_message(summary, data, self._wall())))
+
+    @property
+    def commands_handled(self) -> int:
+        return self.verdicts.total()
 
     @property
     def dropped(self) -> int:
@@ -230,7 +235,6 @@ class MqttBridge:
 
     async def on_command(self, payload: bytes, properties: Properties | None = None) -> Outcome:
         """Validate, apply, journal and answer one command message."""
-        self.commands_handled += 1
         parsed = parse_command(payload)
         if isinstance(parsed, Rejection):
             request_id, name, reply_to = parsed.request_id, parsed.command, parsed.reply_to
@@ -247,6 +251,7 @@ class MqttBridge:
         reply = self._reply_target(request_id, reply_to, properties)
         await self._journal(outcome, name, request_id)
         status = "accepted" if outcome.accepted else "rejected"
+        self.verdicts[status] += 1
         rejection = outcome.rejection
         self._reply(reply, request_id, name, status,
                     reason=None if outcome.accepted else (rejection.reason if rejection else outcome.summary),

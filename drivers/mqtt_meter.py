@@ -65,8 +65,8 @@ class SiteMeter:
         self.stale_after = stale_after_seconds
         self._clock = clock
         self._last: tuple[float, float] | None = None  # (watts, clock)
-        self.messages = 0
-        self.errors = 0
+        self.readings = 0  # messages that gave a good reading
+        self.errors = 0  # messages refused
         self.last_error: str | None = None
 
     @classmethod
@@ -77,7 +77,6 @@ class SiteMeter:
 
     def feed(self, payload: bytes) -> float | None:
         """Take one message; the watts it gave, or None if it was bad."""
-        self.messages += 1
         try:
             watts = extract(payload, self.field, self.units)
         except MeterError as err:
@@ -85,6 +84,7 @@ class SiteMeter:
             self.last_error = str(err)
             return None
         self._last = (watts, self._clock())
+        self.readings += 1
         return watts
 
     def latest(self) -> MeterReading | None:

@@ -16,13 +16,15 @@ import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from mosquitto import Broker, site_acl
+from prometheus_client import CollectorRegistry
+from mosquitto import Broker, make_tls, site_acl
 from mqtt_harness import PREFIX, operator, settled, site_with_bridge
 from simsite import assert_never_over
 
 from wattshift.daemon.budget import BudgetEvent
 from wattshift.daemon.journal_entries import EntryKind
 from wattshift.daemon.mqtt_config import Login
+from wattshift.daemon.mqtt_metrics import MqttCollector
 from wattshift.daemon.policy_reload import PolicyReloader
 from wattshift.policies.overrides import InnerPolicy
 from wattshift.simulators.site import MinerBatch
@@ -262,7 +264,9 @@ async def test_an_unauthorised_command_is_dropped_by_the_broker(tmp_path):
 # behaviour); only the deliberately refused client below makes one.
 @pytest.mark.filterwarnings("ignore:Exception ignored in.*SSLSocket:pytest.PytestUnraisableExceptionWarning")
 async def test_tls_and_password(tmp_path):
-    with Broker(tmp_path / "broker", "127.0.21.3", users={"wattshift": "s3cret", "ops": "ops"}, tls=True) as broker:
+    tls = make_tls(tmp_path / "tls", "127.0.21.3")
+    with Broker(tmp_path / "broker", "127.0.21.3", users={"wattshift": "s3cret", "ops": "ops"},
+                tls_files=tls) as broker:
         async with site_with_bridge(tmp_path, broker, "127.0.24.51",
                                     login=Login(username="wattshift", password="s3cret")) as setup:
             await setup.controller.run_once()
@@ -300,6 +304,10 @@ async def test_a_budget_command_brings_the_true_draw_under_it_and_the_broker_may
                 assert sim.true_watts() <= 9_000  # the true draw, not the model's belief
 
             # The broker dies mid-run; the loop keeps controlling the site.
+            registry = CollectorRegistry()
+            registry.register(MqttCollector(setup.bridge))
+            assert registry.get_sample_value("wattshift_mqtt_connected") == 1
+            assert registry.get_sample_value("wattshift_mqtt_commands_total", {"verdict": "accepted"}) == 1
             connections = setup.bridge.connections
             broker.stop()
             last = controller.last_report
@@ -310,11 +318,14 @@ async def test_a_budget_command_brings_the_true_draw_under_it_and_the_broker_may
                 last = controller.last_report
                 ticks.append(last.seconds)
             assert not setup.bridge.connected.is_set()
+            assert registry.get_sample_value("wattshift_mqtt_connected") == 0  # what the alert rule watches
             assert last.snapshot.budget_watts == 9_000
             broker.start()  # same port, empty: persistence is off, every retained message is gone
             async with asyncio.timeout(15):
                 while setup.bridge.connections == connections:
                     await asyncio.sleep(0.05)
+            assert registry.get_sample_value("wattshift_mqtt_connected") == 1
+            assert registry.get_sample_value("wattshift_mqtt_connections_total") == connections + 1
             async with operator(broker, f"{PREFIX}/state/site", f"{PREFIX}/availability") as fresh:
                 await fresh.wait_raw(f"{PREFIX}/availability", b"online")
                 site = await fresh.wait_for(f"{PREFIX}/state/site")
