@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
 from pathlib import Path
 from typing import Any
 
-from wattshift.policies.overrides import InnerPolicy, OverridePolicy, Overrides
-
 from .app import open_daemon
 from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
+from .controls import operator_controls
 from .policy_file import load_policy_file, resolve, site_policy_path
-from .mqtt_bridge import MqttBridge
-from .mqtt_config import broker_login
-from .policy_reload import policy_reloading
-from .recorder import FanOut
 from .service import supervised_site
 from .summary import plan_table
 from .yamlfile import FileInvalid
@@ -66,31 +60,12 @@ async def _serve(site: Any, base: Path, dry_run: bool) -> int:
     async with open_daemon(site, base_dir=base, dry_run=dry_run, serve_metrics=True) as daemon:
         log.info("running site %s: %d miners, metrics on http://%s/metrics%s", site.name,
                  len(daemon.controller.miner_ids), site.metrics_listen, " (dry run)" if dry_run else "")
-        controller = daemon.controller
-        overrides = Overrides()  # maintenance: devices or classes forced on or off over MQTT
-        controller.policy = OverridePolicy(controller.policy, overrides)
         async with (
-            supervised_site(controller, site),  # READY=1, watchdog, STOPPING=1
-            # InnerPolicy: a reload replaces the policy under the overrides, not the overrides
-            policy_reloading(InnerPolicy(controller), site, base, daemon.metrics.registry) as reloader,
-            _mqtt(site, controller, overrides, reloader),
+            supervised_site(daemon.controller, site),  # READY=1, watchdog, STOPPING=1
+            operator_controls(daemon, site, base),  # overrides, policy reloads, MQTT
         ):
-            await controller.run(stop)
+            await daemon.controller.run(stop)
     return 0
-
-
-def _mqtt(site: Any, controller: Any, overrides: Overrides, reloader: Any) -> contextlib.AbstractAsyncContextManager[Any]:
-    """The MQTT bridge, when the site file has an ``mqtt`` section: state out, commands in."""
-    if site.mqtt is None:
-        return contextlib.nullcontext()
-    bridge = MqttBridge(
-        site.mqtt, controller, login=broker_login(site.mqtt, site.credentials), overrides=overrides,
-        meter=controller.meter,
-        policy_switcher=(lambda p: reloader.switch_policy(p, reason="mqtt command")) if reloader else None,
-        overhead=lambda: controller.overhead.watts if controller.meter is not None else None,
-    )
-    controller.recorder = FanOut(controller.recorder, bridge)
-    return bridge
 
 
 def _plan(args: argparse.Namespace) -> int:
