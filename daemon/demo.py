@@ -40,6 +40,10 @@ class Scenario:
     notice_s: float = 10.0  # how long before the cut the daemon plans against it
     first_address: str = "127.1.0.1"
     gpu_nodes: int = 4
+    # Cooling and transformer losses, as a fraction of the contract budget: the site meter
+    # sees them, no device reports them. Only a site with a meter (the demo with MQTT) has
+    # them, since only a meter lets the daemon learn them.
+    unmetered_fraction: float = 0.02
 
     def gpu_specs(self) -> list[GpuNodeSpec]:
         return [GpuNodeSpec(f"gpu-{i + 1:02d}", "gpu-hall") for i in range(self.gpu_nodes)]
@@ -72,7 +76,12 @@ class Scenario:
         ]
 
     def site_file(
-        self, site: SimulatedSite, state_dir: Path, metrics_listen: str, gpus: SimulatedGpuSite | None = None
+        self,
+        site: SimulatedSite,
+        state_dir: Path,
+        metrics_listen: str,
+        gpus: SimulatedGpuSite | None = None,
+        mqtt: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         nominal = {b.circuit: b.count * _nominal_kw(b) for b in self.batches()}
         total = sum(nominal.values())
@@ -112,7 +121,11 @@ class Scenario:
             drivers={"call_timeout_seconds": 5, "concurrency": 100, "confirm_timeout_seconds": 15},
             state_dir=str(state_dir),
             metrics_listen=metrics_listen,
+            **({"mqtt": mqtt} if mqtt is not None else {}),
         )
+
+    def unmetered_watts(self, site: SiteConfig, metered: bool) -> float:
+        return site.budget_watts * self.unmetered_fraction if metered else 0.0
 
     def write_policy_file(self, state_dir: Path) -> Path:
         """The demo's policy, as an operator's file: edit it while the demo runs and the next
@@ -151,6 +164,7 @@ class Ledger:
 
     site: SimulatedSite
     gpus: SimulatedGpuSite | None = None
+    unmetered_watts: float = 0.0  # cooling and losses: in the peak, in neither class's energy
     hashprice: float = 0.0  # $/PH/day, updated by the caller from the daemon's snapshot
     power_price: float = 0.0  # $/MWh
     ai_usd_per_hour: float = 0.0  # what the running jobs earn, updated by the caller
@@ -171,7 +185,7 @@ class Ledger:
         if self.gpus is not None:
             self.gpus.advance()
             ai = self.gpus.true_watts()
-        watts = miners + ai
+        watts = miners + ai + self.unmetered_watts
         ths = sum(m.physics.hashrate_ths() for m in self.site.miners)
         self.peak_watts = max(self.peak_watts, watts)
         self.peak_over_budget_watts = max(self.peak_over_budget_watts, watts - budget_watts)

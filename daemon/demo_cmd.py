@@ -13,16 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from wattshift.simulators.broker import BrokerUnavailable
 from wattshift.simulators.gpu_site import SimulatedGpuSite
 from wattshift.simulators.site import SimulatedSite, TruthMonitor
+from wattshift.simulators.site_meter import SimulatedMeter
 
 from .app import open_daemon
 from .config import SiteConfig
-from .controller import TickReport
+from .controller import Controller, TickReport
+from .controls import Controls, operator_controls
 from .demo import Ledger, Scenario, sample_forever
+from .demo_mqtt import BROKER_HOST, MqttMode, demo_broker, instructions, mqtt_block
 from .earnings import class_earnings
 from .model import DeviceClass
-from .policy_reload import policy_reloading
 
 
 def register(commands: Any) -> None:
@@ -37,6 +40,9 @@ def register(commands: Any) -> None:
     demo.add_argument("--state-dir", type=Path, default=None, help="journal location (default: a temp dir)")
     demo.add_argument("--first-address", default=Scenario.first_address,
                       help=f"loopback address of the first simulated miner (default {Scenario.first_address})")
+    demo.add_argument("--mqtt", choices=("auto", "on", "off"), default="auto",
+                      help="a private Mosquitto, the daemon on it and a simulated site meter: "
+                           "auto (default) when mosquitto is installed, on, or off")
     demo.set_defaults(func=_demo)
 
 
@@ -54,13 +60,16 @@ def _demo(args: argparse.Namespace) -> int:
         state_dir = args.state_dir or Path(tmp)
         try:
             return asyncio.run(run_demo(scenario, state_dir, args.metrics_listen, sys.stdout,
-                                        until_interrupted=args.duration is None))
+                                        until_interrupted=args.duration is None, mqtt=args.mqtt))
         except KeyboardInterrupt:
             return 130
+        except BrokerUnavailable as err:
+            print(err, file=sys.stderr)
+            return 2
 
 
 async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out: TextIO,
-                   *, until_interrupted: bool = False) -> int:
+                   *, until_interrupted: bool = False, mqtt: MqttMode = "off", mqtt_host: str = BROKER_HOST) -> int:
     # A cold start (say, after a grid outage): every miner idle until the daemon wakes it.
     sim = SimulatedSite(scenario.batches(), first_address=scenario.first_address, seed=7, start_asleep=True)
     print(f"starting {len(sim.miners)} simulated miners on {scenario.first_address} and up ...", file=out, flush=True)
@@ -72,22 +81,30 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
             gpus.follow(runner)
             print(f"starting {len(gpus.nodes)} simulated 8x H100 nodes under the simulated NVML library; "
                   f"{len(scenario.jobs())} AI jobs will arrive", file=out, flush=True)
+        broker = stack.enter_context(demo_broker(mqtt, mqtt_host, out))
         scenario.write_policy_file(state_dir)
-        site = SiteConfig.model_validate(scenario.site_file(sim, state_dir, metrics_listen, gpus))
+        site = SiteConfig.model_validate(scenario.site_file(
+            sim, state_dir, metrics_listen, gpus, mqtt=mqtt_block(broker, scenario.tick_s) if broker else None))
         started_wall = datetime.now(UTC)
         budget = scenario.budget(site, started_wall)
-        ledger = Ledger(sim, gpus)
+        unmetered = scenario.unmetered_watts(site, metered=broker is not None)
+        ledger = Ledger(sim, gpus, unmetered_watts=unmetered)
         limits = site.circuit_limits()
         truth = TruthMonitor(sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)),
-                             gpus=gpus)
+                             gpus=gpus, unmetered_watts=unmetered)
+        if broker is not None and site.mqtt is not None and site.mqtt.meter is not None:
+            meter = SimulatedMeter(lambda: truth.true_watts_by_circuit()["site"], broker.host, broker.port,
+                                   site.mqtt.meter.topic, interval=min(1.0, scenario.tick_s))
+            await stack.enter_async_context(meter)
+            print(instructions(broker, unmetered / 1000, site.budget_watts * 0.5 / 1000), file=out, flush=True)
         async with (
             open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True, runner=runner) as daemon,
-            policy_reloading(daemon.controller, site, state_dir, daemon.metrics.registry) as reloading,
+            operator_controls(daemon, site, state_dir) as controls,
         ):
             print(f"identified miners; metrics on http://{metrics_listen}/metrics; journal in {state_dir}",
                   file=out, flush=True)
-            if reloading is not None:
-                print(f"policy file {reloading.path}: edit it, or `kill -HUP {os.getpid()}`, to reload",
+            if controls.reloader is not None:
+                print(f"policy file {controls.reloader.path}: edit it, or `kill -HUP {os.getpid()}`, to reload",
                       file=out, flush=True)
             stop = asyncio.Event()
             loop_task = asyncio.create_task(daemon.controller.run(stop))
@@ -102,7 +119,8 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
                             ledger.hashprice = report.snapshot.prices.hashprice_usd_per_ph_day or 0.0
                             ledger.power_price = report.snapshot.prices.power_usd_per_mwh or 0.0
                             ledger.ai_usd_per_hour = class_earnings(report.snapshot)[DeviceClass.GPU].usd_per_hour
-                        _draw(out, sim, site, budget, ledger, report, time.monotonic() - started, scenario)
+                        _draw(out, truth, site, budget, ledger, report, time.monotonic() - started, scenario,
+                              _link_line(daemon.controller, controls))
             finally:
                 stop.set()
                 sampler.cancel()
@@ -110,19 +128,44 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
                     await sampler
                 await loop_task
             commands, failures = daemon.controller.commands_sent, daemon.controller.command_failures
-    print(_summary(ledger, truth, site, commands, failures, time.monotonic() - started), file=out, flush=True)
+            link = _link_summary(daemon.controller, controls, unmetered)
+    print(_summary(ledger, truth, site, commands, failures, time.monotonic() - started, link), file=out, flush=True)
     over = truth.excursions
     return 0 if not over or until_interrupted else 1
 
 
-def _draw(out: TextIO, sim: SimulatedSite, site: SiteConfig, budget: Any, ledger: Ledger,
-          report: TickReport | None, elapsed: float, scenario: Scenario) -> None:
+def _link_line(controller: Controller, controls: Controls) -> str | None:
+    """The MQTT link and the site meter, for the status view."""
+    bridge = controls.bridge
+    if bridge is None:
+        return None
+    parts = [f"MQTT {'connected' if bridge.connected.is_set() else 'DISCONNECTED'}, "
+             f"{bridge.verdicts['accepted']} commands accepted, {bridge.verdicts['rejected']} rejected"]
+    reading = controller.meter.latest() if controller.meter is not None else None
+    if reading is not None:
+        parts.append(f"meter {reading.watts / 1000:.1f} kW{' (STALE)' if reading.stale else ''}, "
+                     f"overhead learned {controller.overhead.watts / 1000:.1f} kW")
+    return "   ".join(parts)
+
+
+def _link_summary(controller: Controller, controls: Controls, unmetered_watts: float) -> str | None:
+    bridge = controls.bridge
+    if bridge is None:
+        return None
+    return (f"  MQTT: {bridge.connections} connection(s), commands {bridge.verdicts['accepted']} accepted and "
+            f"{bridge.verdicts['rejected']} rejected; site meter overhead learned "
+            f"{controller.overhead.watts / 1000:.1f} kW (true {unmetered_watts / 1000:.1f} kW)")
+
+
+def _draw(out: TextIO, truth: TruthMonitor, site: SiteConfig, budget: Any, ledger: Ledger,
+          report: TickReport | None, elapsed: float, scenario: Scenario, link: str | None) -> None:
     now = datetime.now(UTC)
     in_force = budget.at(now)
     planning = budget.in_force(now)
-    truths = sim.true_watts_by_circuit(site.circuit_parents())
-    on = sum(1 for m in sim.miners if m.physics.mining)
-    ths = sum(m.physics.hashrate_ths() for m in sim.miners)
+    truths = truth.true_watts_by_circuit()
+    miners = truth.site.miners
+    on = sum(1 for m in miners if m.physics.mining)
+    ths = sum(m.physics.hashrate_ths() for m in miners)
     lines = [
         f"wattshift demo  t={elapsed:5.1f}/{scenario.duration_s:g} s   budget {in_force / 1000:7.1f} kW"
         + (f"  (planning for {planning / 1000:.1f} kW: curtailment ahead)" if planning < in_force else ""),
@@ -132,7 +175,7 @@ def _draw(out: TextIO, sim: SimulatedSite, site: SiteConfig, budget: Any, ledger
     for circuit, limit in site.circuit_limits().items():
         if circuit != "site":
             lines.append(f"  {circuit:<14} {truths[circuit] / 1000:7.1f} of {limit / 1000:7.1f} kW")
-    lines.append(f"miners on {on}/{len(sim.miners)}   hashrate {ths / 1000:6.2f} PH/s   "
+    lines.append(f"miners on {on}/{len(miners)}   hashrate {ths / 1000:6.2f} PH/s   "
                  f"earning ${ths / 1000 * ledger.hashprice:,.0f}/day at ${ledger.hashprice:.2f}/PH/day")
     if report is not None and report.snapshot.gpu_nodes:
         earned = class_earnings(report.snapshot)
@@ -144,6 +187,8 @@ def _draw(out: TextIO, sim: SimulatedSite, site: SiteConfig, budget: Any, ledger
                          f"${e.usd_per_mwh or 0:7,.0f}/MWh")
         lines.append(f"GPU nodes running a job {running}/{len(report.snapshot.gpu_nodes)}; "
                      f"H100 market ${rate:.2f}/GPU-h")
+    if link is not None:
+        lines.append(link)
     if report is not None:
         lines.append(f"last tick {report.seconds:4.1f} s: {len(report.results)} commands, "
                      f"{len(report.failures)} failed; {report.allocation.summary}")
@@ -156,7 +201,7 @@ def _draw(out: TextIO, sim: SimulatedSite, site: SiteConfig, budget: Any, ledger
 
 
 def _summary(ledger: Ledger, truth: TruthMonitor, site: SiteConfig, commands: int, failures: int,
-             seconds: float) -> str:
+             seconds: float, link: str | None) -> str:
     worst = max(truth.excursions, key=lambda e: e.watts - e.limit, default=None)
     verdict = (
         "never over any limit"
@@ -176,5 +221,6 @@ def _summary(ledger: Ledger, truth: TruthMonitor, site: SiteConfig, commands: in
         f"  highest true site draw {ledger.peak_watts / 1000:.1f} kW; contract budget "
         f"{site.budget_watts / 1000:.1f} kW; least headroom to the budget in force: "
         f"{-ledger.peak_over_budget_watts / 1000:.1f} kW",
+        *([link] if link else []),
         f"  verdict: {verdict}",
     ])

@@ -169,9 +169,11 @@ class TruthMonitor:
         interval: float = 0.05,
         clock: Clock = time.monotonic,
         gpus: SimulatedGpuSite | None = None,
+        unmetered_watts: float = 0.0,
     ) -> None:
         self.site = site
         self.gpus = gpus
+        self.unmetered_watts = unmetered_watts  # cooling, losses: on the site's meter, on no device
         self.parents = dict(parents)
         self.limits = limits
         self.interval = interval
@@ -181,12 +183,18 @@ class TruthMonitor:
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
 
-    def sample(self) -> None:
+    def true_watts_by_circuit(self) -> dict[str, float]:
+        """What each breaker carries now: miners, GPU nodes, and at the site the unmetered load."""
         totals = self.site.true_watts_by_circuit(self.parents)
         if self.gpus is not None:
             self.gpus.advance()
         for node in self.gpus or ():
             add_up(totals, self.parents, node.spec.circuit, node.true_watts())
+        totals["site"] += self.unmetered_watts
+        return totals
+
+    def sample(self) -> None:
+        totals = self.true_watts_by_circuit()
         self.samples += 1
         self.peak_watts = max(self.peak_watts, totals["site"])
         for circuit, limit in self.limits().items():

@@ -1,11 +1,11 @@
 """The Grafana dashboards: their structure, and every query they run, against a real Prometheus
 (Debian's package) scraping a real `wattshift demo` once a second.
 
-Each panel target (one test each) is evaluated as Grafana would for a time-series panel (a range query over the
-demo's run, template variables at "All", $__rate_interval a few scrapes wide); a panel whose
-query returns nothing fails the test. Targets on metrics the daemon does not produce yet are
-listed in AWAITING_METRICS and reported as skipped: empty it as the metrics land
-(test_awaiting_metrics_are_really_missing says when).
+The demo runs with its MQTT side (a private Mosquitto and a simulated site meter), so the
+panels on the broker link and the meter have data too. Each panel target (one test each) is
+evaluated as Grafana would for a time-series panel (a range query over the demo's run, template
+variables at "All", $__rate_interval a few scrapes wide); a panel whose query returns nothing
+fails the test.
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "wattshift-alerts.yml"
-
-_METER = "the site-meter / MQTT helper adds it (issue 5 item 2)"
-AWAITING_METRICS: dict[str, str] = {
-    "wattshift_meter_power_watts": _METER,
-    "wattshift_meter_stale": _METER,
-    "wattshift_mqtt_connected": _METER,
-}
 
 # Grafana's $__rate_interval is max(4 x scrape interval, $__interval + scrape interval).
 SCRAPE_S = 1
@@ -201,7 +194,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             demo = subprocess.Popen(
                 [sys.executable, "-m", "wattshift.daemon.cli", "demo", "--miners", "8", "--tick", "1",
                  "--duration", str(DEMO_SECONDS), "--metrics-listen", metrics,
-                 "--first-address", "127.0.26.1", "--state-dir", str(tmp / "state")],
+                 "--first-address", "127.0.26.1", "--state-dir", str(tmp / "state"), "--mqtt", "on"],
                 stdout=dlog, stderr=subprocess.STDOUT,
             )
             # Half way, an operator edits the demo's policy file: the reload panels need one.
@@ -223,15 +216,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             stop(prometheus)
 
 
-def _awaiting(expr: str) -> list[str]:
-    return [name for name in AWAITING_METRICS if re.search(rf"\b{name}\b", expr)]
-
-
 @pytest.mark.parametrize("name, expr, variables", queries(), ids=[q[0] for q in queries()])
 def test_every_panel_query_returns_data(scraped, name, expr, variables):
-    missing = _awaiting(expr)
-    if missing:
-        pytest.skip("AWAITING_METRICS: " + "; ".join(f"{m}: {AWAITING_METRICS[m]}" for m in missing))
     assert scraped.query_range(expand(expr, variables)), f"{name}: returned nothing from the demo: {expr}"
 
 
@@ -245,17 +231,6 @@ def test_every_template_variable_has_values(scraped, path):
         selector = expand(match.group(1), names)
         values = {s.get(match.group(2)) for s in scraped.series(selector)} - {None}
         assert values, f"{path.name}: ${variable['name']} has no values ({selector})"
-
-
-def test_awaiting_metrics_are_really_missing(scraped):
-    """Fails as soon as the demo produces a listed metric: take it off AWAITING_METRICS."""
-    landed = [name for name in AWAITING_METRICS if scraped.query_range(f"count({name})")]
-    assert landed == [], f"now produced by the demo, remove from AWAITING_METRICS: {landed}"
-
-
-def test_every_awaited_metric_is_used_by_a_panel():
-    used = " ".join(expr for _, expr, _ in queries())
-    assert [m for m in AWAITING_METRICS if m not in used] == []
 
 
 def test_the_shipped_alert_rules_load_and_evaluate_in_prometheus(scraped):

@@ -1,6 +1,11 @@
 """The README's demo, small and short: it must finish with a summary and stay under budget."""
 
+import asyncio
 import io
+import json
+import re
+
+import aiomqtt
 
 from wattshift.daemon.demo import Scenario
 from wattshift.daemon.demo_cmd import run_demo
@@ -15,3 +20,30 @@ async def test_the_demo_runs_a_cut_and_ends_with_a_truthful_summary(tmp_path):
     assert "summary after" in text and "verdict: never over any limit" in text
     assert "commands 0," not in text  # the cold site was woken, the cut was shed
     assert "failures 0" in text
+
+
+async def test_the_demo_on_mqtt_takes_the_command_it_prints_and_learns_the_unmetered_load(tmp_path):
+    """`wattshift demo` with its private Mosquitto: the command line it prints is one an operator
+    can send, the site meter shows load no device reports, and the daemon learns it."""
+    out = io.StringIO()
+    scenario = Scenario(miners=8, duration_s=14, tick_s=1, notice_s=3, first_address="127.0.16.20")
+    demo = asyncio.create_task(run_demo(scenario, tmp_path, "127.0.16.19:19470", out, mqtt="on",
+                                        mqtt_host="127.0.16.18"))
+    async with asyncio.timeout(20):
+        while (printed := re.search(r"mosquitto_pub -h (\S+) -p (\d+) -t (\S+) -m '(.+)'", out.getvalue())) is None:
+            await asyncio.sleep(0.1)
+    host, port, topic, command = printed.groups()
+    request = json.loads(command)
+    async with aiomqtt.Client(host, int(port)) as client:
+        await client.subscribe(f"{topic.removesuffix('/cmd')}/reply/{request['id']}")
+        await client.publish(topic, command.encode())
+        async with asyncio.timeout(20):
+            reply = json.loads((await anext(client.messages)).payload)
+    assert reply["status"] == "accepted", reply
+    code = await demo
+    text = out.getvalue()
+    assert code == 0, text
+    assert "verdict: never over any limit" in text
+    assert "commands 1 accepted and 0 rejected" in text
+    learned, true = map(float, re.search(r"overhead learned ([\d.]+) kW \(true ([\d.]+) kW\)", text).groups())
+    assert true > 0 and 0.5 * true <= learned <= 1.5 * true, text
