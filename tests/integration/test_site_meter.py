@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from simsite import assert_never_over, running_site
 
 from wattshift.daemon.sequencer import Action
@@ -49,4 +51,52 @@ async def test_a_stale_meter_holds_increases_and_a_fresh_one_releases_them(tmp_p
         assert "site meter stale: increases held" in silent.notes
         assert grants(silent) == []
         await asyncio.sleep(0.5)  # let the true-draw monitor see the settled site
+    assert_never_over(truth)
+
+
+async def metered(sim, meter, hidden_watts: float) -> None:
+    """A gateway publishing the site's meter every 0.2 s: the miners' true draw and a load no
+    device reports."""
+    while True:
+        meter.feed(str(sim.true_watts() + hidden_watts).encode())
+        await asyncio.sleep(0.2)
+
+
+# An S19 XP at 2 kW and an idle S21 under a 4.2 kW budget: the S21 earns more per watt, so
+# power moves from the XP to it, the S21's wake deferred behind the XP's shed.
+SWAP = [MinerBatch("braiins", 1, "site", "Antminer S19 XP"), MinerBatch("luxos", 1, "site", "Antminer S21")]
+
+
+@pytest.mark.parametrize("hidden_watts, address", [(0.0, "127.0.19.11"), (1_500.0, "127.0.19.21")])
+async def test_a_grant_behind_a_shed_waits_for_room_on_the_meter(tmp_path, hidden_watts, address):
+    async with running_site(SWAP, tmp_path, first_address=address, budget_kw=4.2) as (sim, daemon, _budget, truth):
+        xp, s21 = sim.miners
+        s21.physics.sleep()
+        xp.physics.set_target(2000)
+        await asyncio.sleep(1.5)  # the starting state, set by hand, settles
+        truth.excursions.clear()  # (on the way there it was over: not the daemon's doing)
+        truth.unmetered_watts = hidden_watts  # a heater on the site's feed: over is over, seen or not
+        controller = daemon.controller
+        controller.meter = SiteMeter("site/meter", stale_after_seconds=5)
+        feeder = asyncio.create_task(metered(sim, controller.meter, hidden_watts))
+        try:
+            await asyncio.sleep(0.5)
+            report = await controller.run_once()
+            first = report.plans[0]
+            assert [s.device_id for s in first.sheds] == [xp.host]
+            assert [s.device_id for s in first.deferred] == [s21.host]
+            woken = [r.step.device_id for r in report.results if r.step.action is Action.WAKE]
+            if hidden_watts:
+                # The devices say the XP's power is free; the meter says the site has no room
+                # for the S21 (awake, it would take the site to 4.7 kW): it stays asleep, and
+                # the load comes off the budget from now on.
+                assert "sheds not confirmed in time: their miners stay at worst case" in report.notes
+                assert woken == []
+                assert controller.overhead.watts == pytest.approx(hidden_watts, rel=0.2)
+            else:
+                assert report.notes == ()
+                assert woken == [s21.host]
+            await asyncio.sleep(0.5)
+        finally:
+            feeder.cancel()
     assert_never_over(truth)
