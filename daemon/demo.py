@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -200,7 +201,39 @@ class Ledger:
         self._last = now
 
 
-async def sample_forever(ledger: Ledger, budget: BudgetSchedule, interval: float = 0.1) -> None:
+class LimitsToMeet:
+    """The circuit limits the demo judges the true draw against, as of now.
+
+    The scenario's own events, known from the start, count from their start: the daemon has
+    their notice. An event that arrives while the demo runs (an MQTT budget command) counts
+    from its start or ``response_seconds`` after it arrived, whichever is later: a cut that
+    takes effect the moment it is sent leaves the site the time any controller needs to see it
+    and ramp miners down, and the command's ``reached`` reply says how long it really took.
+    An event arrives when this is first called after it was added: the demo calls it many times
+    a second.
+    """
+
+    def __init__(self, budget: BudgetSchedule, circuit_limits: Mapping[str, float], response_seconds: float,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.budget = budget
+        self.circuit_limits = dict(circuit_limits)
+        self.response = timedelta(seconds=response_seconds)
+        self._clock = clock
+        long_ago = datetime.min.replace(tzinfo=UTC)
+        self._seen: dict[BudgetEvent, datetime] = dict.fromkeys(budget.events(), long_ago)
+
+    def __call__(self) -> dict[str, float]:
+        now = self._clock()
+        judged = BudgetSchedule(self.budget.contract_watts, lead_seconds=0)
+        for event in self.budget.events():
+            seen = self._seen.setdefault(event, now)
+            start = max(event.start, seen + self.response)
+            if event.end is None or start < event.end:
+                judged.add(replace(event, start=start))
+        return judged.limits_at(self.circuit_limits, now)
+
+
+async def sample_forever(ledger: Ledger, limits: Callable[[], Mapping[str, float]], interval: float = 0.1) -> None:
     while True:
-        ledger.sample(budget.at(datetime.now(UTC)))
+        ledger.sample(limits()["site"])
         await asyncio.sleep(interval)

@@ -22,7 +22,7 @@ from .app import open_daemon
 from .config import SiteConfig
 from .controller import Controller, TickReport
 from .controls import Controls, operator_controls
-from .demo import Ledger, Scenario, sample_forever
+from .demo import Ledger, LimitsToMeet, Scenario, sample_forever
 from .demo_mqtt import BROKER_HOST, MqttMode, demo_broker, instructions, mqtt_block
 from .earnings import class_earnings
 from .model import DeviceClass
@@ -89,9 +89,9 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
         budget = scenario.budget(site, started_wall)
         unmetered = scenario.unmetered_watts(site, metered=broker is not None)
         ledger = Ledger(sim, gpus, unmetered_watts=unmetered)
-        limits = site.circuit_limits()
-        truth = TruthMonitor(sim, site.circuit_parents(), lambda: budget.limits_at(limits, datetime.now(UTC)),
-                             gpus=gpus, unmetered_watts=unmetered)
+        # Two ticks to see a cut and act on it, ten seconds for miners to ramp down.
+        to_meet = LimitsToMeet(budget, site.circuit_limits(), response_seconds=2 * scenario.tick_s + 10)
+        truth = TruthMonitor(sim, site.circuit_parents(), to_meet, gpus=gpus, unmetered_watts=unmetered)
         if broker is not None and site.mqtt is not None and site.mqtt.meter is not None:
             meter = SimulatedMeter(lambda: truth.true_watts_by_circuit()["site"], broker.host, broker.port,
                                    site.mqtt.meter.topic, interval=min(1.0, scenario.tick_s))
@@ -108,7 +108,7 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
                       file=out, flush=True)
             stop = asyncio.Event()
             loop_task = asyncio.create_task(daemon.controller.run(stop))
-            sampler = asyncio.create_task(sample_forever(ledger, budget))
+            sampler = asyncio.create_task(sample_forever(ledger, to_meet))
             started = time.monotonic()
             try:
                 async with truth:
@@ -219,7 +219,7 @@ def _summary(ledger: Ledger, truth: TruthMonitor, site: SiteConfig, commands: in
         f"{ledger.ai_revenue_usd - ledger.ai_power_cost_usd:8.2f}",
         f"  commands {commands}, failures {failures}",
         f"  highest true site draw {ledger.peak_watts / 1000:.1f} kW; contract budget "
-        f"{site.budget_watts / 1000:.1f} kW; least headroom to the budget in force: "
+        f"{site.budget_watts / 1000:.1f} kW; least headroom to the budget it had to meet: "
         f"{-ledger.peak_over_budget_watts / 1000:.1f} kW",
         *([link] if link else []),
         f"  verdict: {verdict}",

@@ -26,7 +26,7 @@ async def test_the_demo_on_mqtt_takes_the_command_it_prints_and_learns_the_unmet
     """`wattshift demo` with its private Mosquitto: the command line it prints is one an operator
     can send, the site meter shows load no device reports, and the daemon learns it."""
     out = io.StringIO()
-    scenario = Scenario(miners=8, duration_s=14, tick_s=1, notice_s=3, first_address="127.0.16.20")
+    scenario = Scenario(miners=8, duration_s=20, tick_s=1, notice_s=3, first_address="127.0.16.20")
     demo = asyncio.create_task(run_demo(scenario, tmp_path, "127.0.16.19:19470", out, mqtt="on",
                                         mqtt_host="127.0.16.18"))
     async with asyncio.timeout(20):
@@ -38,8 +38,13 @@ async def test_the_demo_on_mqtt_takes_the_command_it_prints_and_learns_the_unmet
         await client.subscribe(f"{topic.removesuffix('/cmd')}/reply/{request['id']}")
         await client.publish(topic, command.encode())
         async with asyncio.timeout(20):
-            reply = json.loads((await anext(client.messages)).payload)
-    assert reply["status"] == "accepted", reply
+            accepted = json.loads((await anext(client.messages)).payload)
+            assert accepted["status"] == "accepted", accepted
+            # The cut takes effect at once: the site gets two ticks and 10 s to meet it.
+            reached = json.loads((await anext(client.messages)).payload)
+    assert reached["status"] == "reached", reached
+    assert reached["data"]["worst_case_watts"] <= request["limit_kw"] * 1000
+    assert reached["data"]["seconds"] < 2 * scenario.tick_s + 10
     code = await demo
     text = out.getvalue()
     assert code == 0, text
