@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,6 +78,8 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
     gpus = SimulatedGpuSite(scenario.gpu_specs(), seed=7) if scenario.gpu_nodes else None
     runner = scenario.runner() if gpus is not None else None
     async with sim, contextlib.AsyncExitStack() as stack:
+        # Ctrl-C or SIGTERM, even during start-up, ends the run with its summary and its clean-up.
+        interrupted = await stack.enter_async_context(_until_signalled())
         if gpus is not None and runner is not None:
             stack.enter_context(gpus)
             gpus.follow(runner)
@@ -112,8 +116,10 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
             started = time.monotonic()
             try:
                 async with truth:
-                    while time.monotonic() - started < scenario.duration_s:
-                        await asyncio.sleep(1.0)
+                    while time.monotonic() - started < scenario.duration_s and not interrupted.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1.0):
+                                await interrupted.wait()
                         report = daemon.controller.last_report
                         if report is not None:
                             ledger.hashprice = report.snapshot.prices.hashprice_usd_per_ph_day or 0.0
@@ -132,6 +138,21 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
     print(_summary(ledger, truth, site, commands, failures, time.monotonic() - started, link), file=out, flush=True)
     over = truth.excursions
     return 0 if not over or until_interrupted else 1
+
+
+@contextlib.asynccontextmanager
+async def _until_signalled() -> AsyncIterator[asyncio.Event]:
+    """An event set by Ctrl-C or SIGTERM: the demo then stops as if its time were up, prints
+    its summary, and takes down what it started (the simulators, the private broker)."""
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        yield interrupted
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _link_line(controller: Controller, controls: Controls) -> str | None:

@@ -4,8 +4,13 @@ import asyncio
 import io
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
 
 import aiomqtt
+import pytest
 
 from wattshift.daemon.demo import Scenario
 from wattshift.daemon.demo_cmd import run_demo
@@ -52,3 +57,29 @@ async def test_the_demo_on_mqtt_takes_the_command_it_prints_and_learns_the_unmet
     assert "commands 1 accepted and 0 rejected" in text
     learned, true = map(float, re.search(r"overhead learned ([\d.]+) kW \(true ([\d.]+) kW\)", text).groups())
     assert true > 0 and 0.5 * true <= learned <= 1.5 * true, text
+
+
+def test_sigterm_ends_the_demo_with_its_summary_and_takes_its_broker_down(tmp_path):
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "wattshift.daemon.cli", "demo", "--miners", "8", "--tick", "1", "--mqtt", "on",
+         "--metrics-listen", "127.0.16.39:19471", "--first-address", "127.0.16.40", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = []
+        for line in demo.stdout:  # until the loop runs
+            lines.append(line)
+            if line.startswith("identified miners"):
+                break
+        broker = re.search(r"private Mosquitto on ([\d.]+):(\d+)", "".join(lines))
+        assert broker, "".join(lines)
+        demo.send_signal(signal.SIGTERM)
+        rest, _ = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 0, rest
+    assert "verdict: never over any limit" in rest
+    with pytest.raises(OSError):  # the broker went with the demo
+        socket.create_connection((broker.group(1), int(broker.group(2))), timeout=1).close()
