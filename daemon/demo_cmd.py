@@ -85,7 +85,7 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
             gpus.follow(runner)
             print(f"starting {len(gpus.nodes)} simulated 8x H100 nodes under the simulated NVML library; "
                   f"{len(scenario.jobs())} AI jobs will arrive", file=out, flush=True)
-        broker = stack.enter_context(demo_broker(mqtt, mqtt_host, out))
+        broker = await stack.enter_async_context(demo_broker(mqtt, mqtt_host, out))
         scenario.write_policy_file(state_dir)
         site = SiteConfig.model_validate(scenario.site_file(
             sim, state_dir, metrics_listen, gpus, mqtt=mqtt_block(broker, scenario.tick_s) if broker else None))

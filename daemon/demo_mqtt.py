@@ -7,10 +7,11 @@ it when not; ``on`` insists; ``off`` runs without.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -23,9 +24,10 @@ PREFIX = "wattshift/demo"  # the default for a site named "demo"
 METER_TOPIC = "demo/site-meter/SENSOR"
 
 
-@contextlib.contextmanager
-def demo_broker(mode: MqttMode, host: str, out: TextIO) -> Iterator[PrivateBroker | None]:
-    """A private Mosquitto on ``host`` and a free port, or None (and why, on ``out``)."""
+@contextlib.asynccontextmanager
+async def demo_broker(mode: MqttMode, host: str, out: TextIO) -> AsyncIterator[PrivateBroker | None]:
+    """A private Mosquitto on ``host`` and a free port, or None (and why, on ``out``). Started
+    and stopped on a worker thread: waiting for its port must not stall the simulators."""
     if mode == "off":
         yield None
         return
@@ -35,9 +37,13 @@ def demo_broker(mode: MqttMode, host: str, out: TextIO) -> Iterator[PrivateBroke
         print(f"MQTT off: mosquitto is not installed ({INSTALL_HINT} to see the site on MQTT)", file=out, flush=True)
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="wattshift-demo-mosquitto-") as folder, \
-            PrivateBroker(Path(folder), host) as broker:
-        yield broker
+    with tempfile.TemporaryDirectory(prefix="wattshift-demo-mosquitto-") as folder:
+        broker = PrivateBroker(Path(folder), host)
+        await asyncio.to_thread(broker.start)
+        try:
+            yield broker
+        finally:
+            await asyncio.to_thread(broker.stop)
 
 
 def mqtt_block(broker: PrivateBroker, tick_s: float) -> dict[str, Any]:

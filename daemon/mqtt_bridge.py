@@ -167,10 +167,6 @@ class MqttBridge:
         self._enqueue(self.topics.events, _json(event_message(summary, data, self._wall())))
 
     @property
-    def commands_handled(self) -> int:
-        return self.verdicts.total()
-
-    @property
     def dropped(self) -> int:
         """Queued messages lost to a full queue while the broker was away."""
         return self.outbox.dropped

@@ -60,10 +60,6 @@ class Optimum:
     miner_watts: tuple[float, ...]  # mean draw per step, for the plot
     gpu_watts: tuple[float, ...]
 
-    @property
-    def upper_bound(self) -> bool:
-        return not self.integer  # both are bounds without dwell times; the LP is the looser one
-
     def summary(self) -> dict[str, object]:
         return {
             "margin_usd": round(self.margin_usd, 2),

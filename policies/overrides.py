@@ -69,13 +69,6 @@ class Overrides:
         self.devices = {d: o for d, o in self.devices.items() if o.active(now)}
         self.classes = {c: o for c, o in self.classes.items() if o.active(now)}
 
-    def as_dict(self) -> dict[str, dict[str, dict[str, str | None]]]:
-        def show(o: Override) -> dict[str, str | None]:
-            return {"state": o.state.value, "until": o.until.isoformat() if o.until else None}
-
-        return {"devices": {d: show(o) for d, o in self.devices.items()},
-                "classes": {c.value: show(o) for c, o in self.classes.items()}}
-
     def __bool__(self) -> bool:
         return bool(self.devices or self.classes)
 

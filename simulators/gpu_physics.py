@@ -128,10 +128,6 @@ class SimulatedGpu:
             self._load = float(load)
             self._pids = tuple(int(p) for p in pids)
 
-    def set_load(self, load: float) -> None:
-        """Change the load and keep the PIDs (a job's phase changes, not the job)."""
-        self.set_job(load, self._pids)
-
     def set_system_cap(self, watts: float | None) -> None:
         """A cap below the management limit (thermal or system brake): the enforced limit."""
         with self._lock:

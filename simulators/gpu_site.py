@@ -36,10 +36,6 @@ class SimulatedGpuNode:
         self.first_index = first_index
         self.load = 0.0
 
-    @property
-    def indices(self) -> list[int]:
-        return list(range(self.first_index, self.first_index + len(self.gpus)))
-
     def run(self, load: float, pids: tuple[int, ...]) -> None:
         self.load = load
         for gpu in self.gpus:

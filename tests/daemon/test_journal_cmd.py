@@ -7,7 +7,6 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,17 +17,12 @@ from wattshift.daemon.journal import (
 )
 from wattshift.daemon.journal_cmd import parse_time, register
 
-T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "journal.sqlite3"
-
-
-def summaries(journal: Journal, **filters: Any) -> list[str]:
-    return [entry.summary for entry in journal.query(**filters)]
 
 
 # --- CLI ---------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ async def test_an_unauthorised_command_is_dropped_by_the_broker(tmp_path):
                     assert ops.on(f"{PREFIX}/reply/v1") == [] and ops.on(f"{PREFIX}/reply/v2") == []
             assert [e.name for e in controller.budget.events()] == ["mqtt-o1"]
             assert controller.dry_run is False
-            assert setup.bridge.commands_handled == 1
+            assert setup.bridge.verdicts.total() == 1
 
 
 # paho leaves the socket of a refused TLS handshake for the garbage collector (upstream
