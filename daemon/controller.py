@@ -50,6 +50,7 @@ from .observe import (
 )
 from .recorder import NullRecorder, Recorder
 from .sequencer import Action, Plan, Step, plan_transition
+from .ticks import TickSchedule
 
 log = logging.getLogger(__name__)
 
@@ -170,23 +171,31 @@ class Controller:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every ``tick_seconds`` from a fixed schedule (no drift), or earlier on request."""
-        interval = self.site.tick_seconds
-        next_tick = self._clock()
+        """Tick every ``tick_seconds`` from a fixed schedule (no drift), and in between on request.
+
+        An early tick never delays the regular one, and requests that arrive while a tick runs
+        or within the schedule's gap are served together by one early tick (see ``ticks``)."""
+        schedule = TickSchedule.starting(self._clock(), self.site.tick_seconds)
         while not stop.is_set():
+            schedule.start(self._clock())
+            self._wake.clear()  # a request from here on is served by the next tick: none is lost
             try:
                 await self.run_once()
             except Exception:  # one bad tick must not stop the control of the site
                 log.exception("tick failed; the next tick starts from fresh readings")
-            next_tick += interval
-            delay = max(0.0, next_tick - self._clock())
-            if delay == 0.0:
-                next_tick = self._clock()  # overran: start the schedule again from now
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await self._until_next_tick(schedule, stop)
+
+    async def _until_next_tick(self, schedule: TickSchedule, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            timeout = schedule.wait(self._clock(), requested=False)
+            await asyncio.wait([stopping, woken], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if woken.done() and not stopping.done():
+                await asyncio.wait([stopping], timeout=schedule.wait(self._clock(), requested=True))
+        finally:
+            stopping.cancel()
+            woken.cancel()
 
     async def run_once(self) -> TickReport:
         started = self._clock()
