@@ -168,9 +168,9 @@ class GatedFleet:
         self.open = asyncio.Event()
         self.open.set()
 
-    async def read_all(self) -> Any:
+    async def read_all(self, **options: Any) -> Any:
         await self.open.wait()
-        return await self._fleet.read_all()
+        return await self._fleet.read_all(**options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fleet, name)
