@@ -188,7 +188,7 @@ async def test_a_shed_miner_that_goes_dark_while_confirmed_is_planned_for_at_onc
     batches = [MinerBatch("braiins", 1, "pdu", "Antminer S19 XP"), MinerBatch("luxos", 1, "pdu", "Antminer S21")]
     async with running_site(batches, tmp_path, first_address="127.0.143.1", budget_kw=50,
                             circuits=[{"name": "pdu", "limit_kw": 4.2}],
-                            drivers={"confirm_timeout_seconds": confirm_s}) as (sim, daemon, budget, truth):
+                            drivers={"confirm_timeout_seconds": confirm_s}) as (sim, daemon, _, truth):
         xp, s21 = sim.miners
         s21.physics.sleep()
         xp.physics.set_target(3600)
@@ -221,7 +221,7 @@ async def test_a_driver_dropped_between_ticks_is_planned_for_at_once(tmp_path):
     an unidentified miner may draw, a worst case that rises with no command sent."""
     batches = [MinerBatch("whatsminer", 2, "site", "Whatsminer M60S")]
     async with running_site(batches, tmp_path, first_address="127.0.144.1", budget_kw=7.8,
-                            identify=True) as (sim, daemon, budget, truth):
+                            identify=True) as (sim, daemon, _, truth):
         controller = daemon.controller
         assert controller.site.tick_seconds == 15  # far longer than this test waits
         stop = asyncio.Event()
