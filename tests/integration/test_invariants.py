@@ -164,15 +164,15 @@ async def test_one_hung_miner_does_not_hold_back_the_sheds_to_the_others(tmp_pat
         hung.set_fault(Fault.HANG)
         cut(budget, 9, in_seconds=12)
         report, changed = await shed_times(controller, healthy)
-        assert changed, "the cut should call for sheds"
-        # Well before the hung miner's read deadline, not after it.
+        shed = {s.device_id for s in report.plans[0].sheds}
+        assert shed, "the cut should call for sheds"
+        assert hung.host not in shed
+        # Each shed reached its miner well before the hung miner's read deadline, not after it.
         print(f"sheds reached the miners {sorted(changed.values())} s into the tick; read deadline {call_s} s")
-        assert max(changed.values()) < call_s / 2, changed
+        assert all(changed.get(host, call_s) < call_s / 2 for host in shed), (shed, changed)
         states = {m.device_id: m for m in report.snapshot.miners}
         assert states[hung.host].failure is Failure.TIMEOUT
         assert states[hung.host].worst_case_watts == states[hung.host].max_watts
-        shed = {s.device_id for s in report.plans[0].sheds}
-        assert hung.host not in shed and set(changed) <= shed
         # The plan fits the cut with the hung miner counted at its most.
         steps = {s.device_id: s for s in report.plans[-1].now}
         worst_after = sum(steps[m.device_id].worst_after if m.device_id in steps else m.worst_case_watts
