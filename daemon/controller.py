@@ -416,8 +416,8 @@ class Controller:
                     self._worst_case_rose(device_id, f"read lost ({reading.failure})")
         if nodes and self.gpus is not None:
             configs = {n.name: n for n in self.site.gpu_nodes}
-            for name, reading in (await self.gpus.read(nodes)).items():
-                state = gpu_node_state(configs[name], reading, self.gpus.card_limits(name), self.site.jobs,
+            for name, node_reading in (await self.gpus.read(nodes)).items():
+                state = gpu_node_state(configs[name], node_reading, self.gpus.card_limits(name), self.site.jobs,
                                        Prices(None, None), state_since=None)
                 watts[name] = state.measured_watts
                 if state.failure is not None:
