@@ -138,12 +138,15 @@ class MinerFleet:
     ) -> dict[str, MinerReading | DeviceError]:
         """Poll the given miners (identifying any not yet known), each under its own deadline.
 
-        With ``answer_gap_s``, return once no miner has answered for that long: a miner still
-        being read is reported as TIMEOUT, and its read lands for the next call."""
+        With ``answer_gap_s``, return once some miner has answered and none has for that long
+        since: a miner still being read is reported as TIMEOUT, and its read lands for the next
+        call. Until the first answer there is nothing to act on, so nothing is cut short (a
+        large fleet's first answers may take a while when the CPU is busy)."""
         reads = {d: self._read_task(d) for d in device_ids}
         pending = {task for task in reads.values() if not task.done()}
         while pending:
-            done, pending = await asyncio.wait(pending, timeout=answer_gap_s, return_when=asyncio.FIRST_COMPLETED)
+            gap = answer_gap_s if len(pending) < len(reads) else None
+            done, pending = await asyncio.wait(pending, timeout=gap, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 break  # nobody answered for the whole gap: the rest are late
         results: dict[str, MinerReading | DeviceError] = {}

@@ -83,20 +83,25 @@ async def test_a_slow_miner_is_late_for_this_read_and_its_answer_lands_for_the_n
         await collect_pyasic_leftovers()
 
 
-async def test_close_stops_the_reads_in_flight():
-    hung = miner(3)
-    await hung.start()
-    fleet = MinerFleet([MinerTarget(hung.host, firmware="luxos")], FleetSettings(deadlines=DEADLINES))
+async def test_with_no_answer_at_all_nothing_is_cut_short_and_close_stops_the_reads_in_flight():
+    hung, well = miner(3), miner(5)
+    await asyncio.gather(hung.start(), well.start())
+    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (hung, well)], FleetSettings(deadlines=DEADLINES))
     try:
         await fleet.discover()
         hung.set_fault(Fault.HANG)
-        result = (await fleet.read_all(answer_gap_s=GAP_S))[hung.host]
-        assert isinstance(result, DeviceError) and result.failure is Failure.TIMEOUT
+        # Alone, the hung miner is waited for to its own deadline: there is nothing else to act on.
+        alone = (await fleet.read([hung.host], answer_gap_s=GAP_S))[hung.host]
+        assert isinstance(alone, DeviceError) and alone.failure is Failure.TIMEOUT
+        assert "still being read" not in alone.detail
+        # Beside a miner that answers, it is late, and its read goes on.
+        late = (await fleet.read_all(answer_gap_s=GAP_S))[hung.host]
+        assert isinstance(late, DeviceError) and "still being read" in late.detail
         assert any(t.get_name() == f"read {hung.host}" for t in asyncio.all_tasks())
         await fleet.close()
         assert not any(t.get_name() == f"read {hung.host}" for t in asyncio.all_tasks())
     finally:
-        await hung.stop()
+        await asyncio.gather(hung.stop(), well.stop())
         await collect_pyasic_leftovers()
 
 
