@@ -144,11 +144,12 @@ class MinerFleet:
         large fleet's first answers may take a while when the CPU is busy)."""
         reads = {d: self._read_task(d) for d in device_ids}
         pending = {task for task in reads.values() if not task.done()}
+        gap: float | None = None  # until this call's first answer
         while pending:
-            gap = answer_gap_s if len(pending) < len(reads) else None
             done, pending = await asyncio.wait(pending, timeout=gap, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 break  # nobody answered for the whole gap: the rest are late
+            gap = answer_gap_s
         results: dict[str, MinerReading | DeviceError] = {}
         for device_id, task in reads.items():
             if not task.done():

@@ -105,6 +105,28 @@ async def test_with_no_answer_at_all_nothing_is_cut_short_and_close_stops_the_re
         await collect_pyasic_leftovers()
 
 
+async def test_an_answer_that_landed_earlier_does_not_start_the_gap():
+    hung, slow = miner(6), miner(7)
+    await asyncio.gather(hung.start(), slow.start())
+    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (hung, slow)], FleetSettings(deadlines=DEADLINES))
+    try:
+        await fleet.discover()
+        Requests(slow, delay_s=GAP_S * 3)
+        hung.set_fault(Fault.HANG)
+        first = await fleet.read_all(answer_gap_s=GAP_S)
+        assert isinstance(first[slow.host], MinerReading)  # the first answer, however slow
+        assert isinstance(first[hung.host], DeviceError)
+        await asyncio.sleep(DEADLINES.call_s + 0.5)  # the hung miner's timeout lands meanwhile
+        second = await fleet.read_all(answer_gap_s=GAP_S)
+        # The landed timeout is no answer of this call: the slow miner is still waited for.
+        assert isinstance(second[slow.host], MinerReading)
+        assert isinstance(second[hung.host], DeviceError) and second[hung.host].failure is Failure.TIMEOUT
+    finally:
+        await fleet.close()
+        await asyncio.gather(hung.stop(), slow.stop())
+        await collect_pyasic_leftovers()
+
+
 async def test_a_dropped_driver_is_announced_once():
     gone = miner(4)
     await gone.start()
