@@ -10,10 +10,14 @@ replaced). An operator who names the firmware skips identification altogether.
 
 A read may outlive the call that asked for it. A miner that hangs costs its whole read deadline,
 and the control loop must not make every other miner's shed wait that long; so a caller may ask
-for the answers that came in until no miner has answered for a short gap (``answer_gap_s``). A
-miner still being read then is reported as a timeout for now (the loop counts it at its worst
-case), its read goes on, and its answer is what the next read of it returns. Each miner has at
-most one read in flight, so a hung one is never asked twice at once.
+for the answers that came in until, after the first, none has come for a short gap
+(``answer_gap_s``). A gap rather than a fixed window, because a large fleet read through the
+concurrency bound keeps answering for longer than any fixed window would allow. A miner still
+being read then is reported as a timeout for now (the loop counts it at its worst case), its
+read goes on, and its answer is what the next read of it returns: a miner slower than the gap is
+then known every other plan rather than never. That answer is safe to use because a miner
+counted at its worst case is sent no command, so none came between its read and that plan.
+Each miner has at most one read in flight, so a hung one is never asked twice at once.
 """
 
 from __future__ import annotations
