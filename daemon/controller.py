@@ -128,7 +128,10 @@ class Controller:
         self.policy = policy
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
-        self.dry_run = dry_run
+        # Told of manual mode (pause/resume: dry_run) before it changes; wattshift.daemon.site_state
+        # persists it. A listener that raises stops the change.
+        self.mode_listener: Callable[[bool], None] | None = None
+        self._dry_run = dry_run
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -151,6 +154,29 @@ class Controller:
     @property
     def miner_ids(self) -> list[str]:
         return list(self._slots)
+
+    @property
+    def dry_run(self) -> bool:
+        """Decide and journal, send nothing: ``--dry-run``, or manual mode (an operator's pause)."""
+        return self._dry_run
+
+    @dry_run.setter
+    def dry_run(self, paused: bool) -> None:
+        if self.mode_listener is not None:
+            self.mode_listener(paused)
+        self._dry_run = paused
+
+    def distrust(self, device_ids: list[str], *, waking: frozenset[str] = frozenset()) -> None:
+        """Devices whose last command has no known outcome (it was open when the daemon died):
+        treated as after a command that timed out, counted at worst case and sent nothing for
+        DISTRUST_SECONDS; those told to wake count as waking (on, at their limit) until seen running."""
+        until = self._clock() + DISTRUST_SECONDS
+        for device_id in device_ids:
+            if device_id in self._memory:
+                self._memory[device_id].distrusted_until = until
+        for device_id in waking:
+            if device_id in self._memory:
+                self._memory[device_id].waking = True
 
     # -- the loop -------------------------------------------------------------------------------
 
