@@ -166,17 +166,12 @@ class Controller:
             self.mode_listener(paused)
         self._dry_run = paused
 
-    def distrust(self, device_ids: list[str], *, waking: frozenset[str] = frozenset()) -> None:
-        """Devices whose last command has no known outcome (it was open when the daemon died):
-        treated as after a command that timed out, counted at worst case and sent nothing for
-        DISTRUST_SECONDS; those told to wake count as waking (on, at their limit) until seen running."""
-        until = self._clock() + DISTRUST_SECONDS
-        for device_id in device_ids:
-            if device_id in self._memory:
-                self._memory[device_id].distrusted_until = until
-        for device_id in waking:
-            if device_id in self._memory:
-                self._memory[device_id].waking = True
+    def assume_waking(self, device_ids: frozenset[str]) -> None:
+        """Devices told to wake by a command whose outcome is unknown (it was open when the last
+        run died): counted as waking, on and at their limit, until seen running, as after a
+        wake that timed out."""
+        for device_id in device_ids & self._memory.keys():
+            self._memory[device_id].waking = True
 
     # -- the loop -------------------------------------------------------------------------------
 

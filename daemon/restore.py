@@ -2,9 +2,12 @@
 what the operator had set (DESIGN.md invariant 6: "a restart resumes from the real state").
 
 - Commands journaled but with no result (the daemon died sending them) get the result
-  ``unknown: daemon restarted``, and their devices are treated as after a command that timed
-  out: counted at worst case and sent nothing until read again after a while; one told to wake
-  counts as waking (on, at its limit) until it is seen running.
+  ``unknown: daemon restarted``. Nothing is assumed about what they did: the new run remembers
+  nothing of the old one, and its first observe reads every device before the first decision.
+  A device told to wake counts as waking (on, at its limit) until it is seen running, since a
+  miner that got the wake may still be booting when it is read. It is not distrusted (sent
+  nothing for a while) as after a failed command: a crash mid-shed leaves the shedding miners
+  open, and a restarted daemon must be able to shed them at once.
 - Budget events, maintenance overrides, manual mode and the policy file an operator switched to
   are read from the state file (:mod:`wattshift.daemon.site_state`) and put back; from then on
   every change is written there before it takes effect. An event or override already over is
@@ -41,7 +44,7 @@ Switcher = Callable[[Path], Awaitable[Any]]
 
 
 async def close_open_commands(journal: AsyncJournal, controller: Controller) -> list[str]:
-    """Give each command the last run left open its result, and distrust its device. Call it
+    """Give each command the last run left open its result; a wake counts as waking. Call it
     before this run's own ``started`` event: each start closes everything before it, so only
     the last run's rows need reading. Returns the devices."""
     after = await journal.last_event_id(STARTED)
@@ -58,11 +61,11 @@ async def close_open_commands(journal: AsyncJournal, controller: Controller) -> 
     entries.append(NewEntry(
         EntryKind.EVENT,
         f"restart: {len(commands)} command(s) left open by the last run closed as unknown;"
-        " their devices count at worst case until read again",
+        " their devices are read before the first decision",
         data={"commands": [c.id for c in commands], "devices": devices, "waking": sorted(waking)},
     ))
     await journal.record_many(entries)  # one transaction: every open command closed, or none
-    controller.distrust(devices, waking=waking)
+    controller.assume_waking(waking)
     log.warning("restart: %d command(s) left open by the last run: %s", len(commands), ", ".join(devices))
     return devices
 
