@@ -118,12 +118,13 @@ async def restore_operator_state(
         controller.dry_run = True
         restored["paused"] = True
 
-    if saved.policy is not None:
-        restored["policy"] = await _restore_policy(saved, switch_policy, site_policy, notes)
-
+    # Attached before anything that can fail or wait: no change from here on goes unsaved.
     controller.budget.listener = state
     overrides.listener = state
     controller.mode_listener = state.paused_saved
+
+    if saved.policy is not None:
+        restored["policy"] = await _restore_policy(saved, switch_policy, site_policy, notes)
     await _journal(controller, restored, notes)
     return saved
 
