@@ -151,7 +151,7 @@ async def crash_site(tmp_path: Path, broker: Broker, **site: Any) -> AsyncIterat
 async def test_a_cut_holds_across_a_sigkill_and_every_command_is_accounted_for(tmp_path, broker, moment):
     async with crash_site(tmp_path, broker) as (sim, daemon, journal):
         await daemon.start()
-        await journal.wait_for(lambda es: any(e.kind is EntryKind.DECISION for e in es))
+        await journal.wait_for(lambda es: any(e.kind is EntryKind.DECISION for e in es) and not journal.open_commands())
         assert sim.true_watts() > CUT_KW * 1000 + 3000, "the site should run well above the cut to come"
 
         judged_from = [float("inf")]  # the truth is judged against the cut from then on
