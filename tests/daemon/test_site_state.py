@@ -301,3 +301,30 @@ async def test_a_wake_left_open_counts_at_its_limit_and_manual_mode_is_saved_fir
         with pytest.raises(StateError):
             controller.dry_run = False
         assert controller.dry_run is True  # not saved, not changed
+
+
+async def test_a_policy_switch_is_saved_first_and_a_refused_one_leaves_the_running_file_saved(path, tmp_path):
+    from wattshift.daemon.controls import _saving_switcher
+    from wattshift.daemon.policy_file import load_policy_file
+    from wattshift.daemon.policy_reload import PolicyReloader
+
+    site_file, good, bad = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    site_file.write_text("policy: merit-order\n")
+    good.write_text("policy: strike-price\noptions:\n  strike_usd_per_mwh: 20\n")
+    bad.write_text("policy: strike-price\noptions:\n  strike_usd_per_mwh: 20\n  hysteresis_usd_per_mwh: -1\n")
+
+    class Live:  # what the reloader drives
+        policy = load_policy_file(site_file)
+        recorder = FakeController()
+
+        def request_replan(self, reason: str) -> None:
+            pass
+
+    reloader = PolicyReloader(Live(), site_file)
+    with SiteState(path) as state:
+        switch = _saving_switcher(reloader, state, site_file)
+        assert (await switch(good)).accepted
+        assert state.load().policy.path == str(good)
+        assert not (await switch(bad)).accepted
+        assert state.load().policy.path == str(good)  # what runs is what a restart puts back
+        assert (state.load().policy.site_path, reloader.path) == (str(site_file), good)
