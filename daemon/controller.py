@@ -136,7 +136,10 @@ class Controller:
         self.policy = policy
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
-        self.dry_run = dry_run
+        # Told of manual mode (pause/resume: dry_run) before it changes; wattshift.daemon.site_state
+        # persists it. A listener that raises stops the change.
+        self.mode_listener: Callable[[bool], None] | None = None
+        self._dry_run = dry_run
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -163,6 +166,24 @@ class Controller:
     @property
     def miner_ids(self) -> list[str]:
         return list(self._slots)
+
+    @property
+    def dry_run(self) -> bool:
+        """Decide and journal, send nothing: ``--dry-run``, or manual mode (an operator's pause)."""
+        return self._dry_run
+
+    @dry_run.setter
+    def dry_run(self, paused: bool) -> None:
+        if self.mode_listener is not None:
+            self.mode_listener(paused)
+        self._dry_run = paused
+
+    def assume_waking(self, device_ids: frozenset[str]) -> None:
+        """Devices told to wake by a command whose outcome is unknown (it was open when the last
+        run died): counted as waking, on and at their limit, until seen running, as after a
+        wake that timed out."""
+        for device_id in device_ids & self._memory.keys():
+            self._memory[device_id].waking = True
 
     # -- the loop -------------------------------------------------------------------------------
 
