@@ -130,10 +130,11 @@ async def test_switch_policy_follows_a_new_file_only_when_it_is_valid(tmp_path):
                             dry_run=True) as (sim, daemon, budget, truth):
         controller = daemon.controller
         controller.policy = load_policy_file(live)
-        reloader = PolicyReloader(controller, live)
-        assert not (await reloader.switch_policy(broken)).accepted
+        reloader = PolicyReloader(controller, live)  # the policy directory: the folder of live
+        refused = await reloader.switch_policy("broken.yaml")
+        assert not refused.accepted and "hysteresis_usd_per_mwh" in refused.problems[0]
         assert reloader.path == live and controller.policy.name == "merit-order"
-        assert (await reloader.switch_policy(other)).accepted
+        assert (await reloader.switch_policy("other.yaml")).accepted
         assert reloader.path == other
         report = await controller.run_once()
         assert report.allocation.summary.startswith("strike-price")

@@ -70,9 +70,10 @@ def test_the_documented_example_loads_through_its_entry_point(plugin_dir):
 
 def test_the_example_loads_by_dotted_path_and_reports_its_bad_options(plugin_dir):
     (plugin_dir / "acme_dotted.py").write_text(example_source())
-    assert make_policy("acme_dotted:FlatPolicy", {"watts": 2500}).name == "acme-flat"
+    allowed = ["acme_dotted"]  # the site file's policy_modules
+    assert make_policy("acme_dotted:FlatPolicy", {"watts": 2500}, allowed).name == "acme-flat"
     with pytest.raises(ValueError, match="option watts: must be a positive number"):
-        make_policy("acme_dotted:FlatPolicy", {"watts": -1})
+        make_policy("acme_dotted:FlatPolicy", {"watts": -1}, allowed)
 
 
 def test_an_unknown_name_lists_the_known_ones():
@@ -81,14 +82,15 @@ def test_an_unknown_name_lists_the_known_ones():
 
 
 def test_a_dotted_path_that_does_not_import_is_named_with_the_reason(plugin_dir):
+    allowed = ["acme_missing", "acme_broken", "acme_empty"]
     with pytest.raises(PolicyLoadError, match=r"cannot import 'acme_missing': ModuleNotFoundError"):
-        policy_factory("acme_missing:factory")
+        policy_factory("acme_missing:factory", allowed)
     (plugin_dir / "acme_broken.py").write_text("raise RuntimeError('licence file not found')\n")
     with pytest.raises(PolicyLoadError, match=r"acme_broken.*RuntimeError: licence file not found"):
-        policy_factory("acme_broken:factory")
+        policy_factory("acme_broken:factory", allowed)
     (plugin_dir / "acme_empty.py").write_text("")
     with pytest.raises(PolicyLoadError, match=r"module 'acme_empty' has no 'factory'"):
-        policy_factory("acme_empty:factory")
+        policy_factory("acme_empty:factory", allowed)
 
 
 def test_a_broken_entry_point_is_named(plugin_dir):
@@ -102,6 +104,6 @@ def test_a_factory_that_does_not_return_a_policy_is_refused(plugin_dir):
         "def number(options):\n    return 42\n\ndef crash(options):\n    raise TypeError('boom')\n"
     )
     with pytest.raises(PolicyLoadError, match="factory returned int, not a Policy"):
-        make_policy("acme_wrong:number", {})
+        make_policy("acme_wrong:number", {}, ["acme_wrong"])
     with pytest.raises(PolicyLoadError, match="factory failed: TypeError: boom"):
-        make_policy("acme_wrong:crash", {})
+        make_policy("acme_wrong:crash", {}, ["acme_wrong"])
