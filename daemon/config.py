@@ -16,13 +16,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     Field,
     SecretStr,
     field_validator,
     model_validator,
 )
 
-from wattshift.policies.base import MODULE_NAME
+from wattshift.policies.base import module_name
 
 from .config_types import SITE_CIRCUIT, Kilowatts, Name, Strict, one_or_many
 from .gpu_config import GpuNodeConfig, JobsConfig
@@ -161,7 +162,7 @@ class SiteConfig(SiteLimits):
     # The MQTT ``policy`` command picks a file by name from here only (default: the folder of
     # policy_file); policy_modules are the only modules ``package.module:factory`` may import.
     policy_dir: Path | None = None
-    policy_modules: list[Annotated[str, Field(pattern=rf"^{MODULE_NAME}$")]] = []
+    policy_modules: list[Annotated[str, AfterValidator(module_name)]] = []
     drivers: DriverSettings = DriverSettings()
     mqtt: MqttConfig | None = None
     state_dir: Path = Path("/var/lib/wattshift")

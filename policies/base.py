@@ -124,6 +124,14 @@ class PolicyLoadError(ValueError):
     """A policy name, path or entry point could not give a policy; the message says why."""
 
 
+def module_name(value: str) -> str:
+    """``value`` if it is a module name (``acme_policies``, ``acme.policies``), for the site
+    file's ``policy_modules``; else ValueError."""
+    if re.fullmatch(MODULE_NAME, value) is None:
+        raise ValueError("not a Python module name (like acme_policies or acme.policies)")
+    return value
+
+
 def builtin_policies() -> Registry[PolicyFactory]:
     """The policies wattshift ships, by the names operators write in their files."""
     from .ai_first import AiFirstPolicy
