@@ -22,7 +22,7 @@ from .journal import AsyncJournal, journal_path
 from .journal_entries import EntryKind
 from .metrics import MetricsRecorder
 from .mqtt_metrics import MeterCollector
-from .policy_file import policy_for_site, resolve
+from .policy_file import policy_for_site, resolve, site_policy_modules
 from .recorder import FanOut, JournalRecorder, Recorder
 from .restore import STARTED, close_open_commands
 from .shadow import ShadowRecorder
@@ -93,7 +93,8 @@ async def open_daemon(
         recorders.insert(0, JournalRecorder(opened))
     if site.shadow_policy_file is not None:
         shadow = resolve(site.shadow_policy_file, base_dir)
-        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened))
+        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened,
+                                                  modules=site_policy_modules(site)))
     try:
         controller = Controller(
             site,

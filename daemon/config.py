@@ -12,15 +12,18 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     Field,
     SecretStr,
     field_validator,
     model_validator,
 )
+
+from wattshift.policies.base import module_name
 
 from .config_types import SITE_CIRCUIT, Kilowatts, Name, Strict, one_or_many
 from .gpu_config import GpuNodeConfig, JobsConfig
@@ -156,6 +159,10 @@ class SiteConfig(SiteLimits):
     # SIGHUP. A shadow policy file runs beside the live one and only says what it would do.
     policy_file: Path | None = None
     shadow_policy_file: Path | None = None
+    # The MQTT ``policy`` command picks a file by name from here only (default: the folder of
+    # policy_file); policy_modules are the only modules ``package.module:factory`` may import.
+    policy_dir: Path | None = None
+    policy_modules: list[Annotated[str, AfterValidator(module_name)]] = []
     drivers: DriverSettings = DriverSettings()
     mqtt: MqttConfig | None = None
     state_dir: Path = Path("/var/lib/wattshift")

@@ -13,7 +13,7 @@ from typing import Any
 from .app import open_daemon
 from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
 from .controls import operator_controls
-from .policy_file import load_policy_file, resolve, site_policy_path
+from .policy_file import load_policy_file, resolve, site_policy_modules, site_policy_path
 from .service import supervised_site
 from .summary import plan_table
 from .yamlfile import FileInvalid
@@ -45,7 +45,7 @@ def _policies_valid(site: Any, base: Path) -> bool:
         if path is None:
             continue
         try:
-            load_policy_file(path)
+            load_policy_file(path, site_policy_modules(site))
         except FileInvalid as err:
             explain(path, err)
             return False
