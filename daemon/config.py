@@ -9,27 +9,39 @@ never logged, journaled or exported.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from .config_types import SITE_CIRCUIT, Kilowatts, Name, Strict, one_or_many
 from .gpu_config import GpuNodeConfig, JobsConfig
 from .mqtt_config import MqttConfig
 from .price_config import PricesConfig
-from .yamlfile import FileInvalid, Problem, load_model
+from .yamlfile import (
+    FileInvalid,
+    Location,
+    Problem,
+    ProblemsAt,
+    dotted,
+    read_document,
+    validate,
+)
 
 MAX_MINERS_PER_RANGE = 65_536
+MAX_MINERS = 100_000  # per site: counted before any range is expanded
 SECRET_ENV_PREFIX = "WATTSHIFT_SECRET_"
+
+log = logging.getLogger("wattshift.config")
 
 class CircuitConfig(Strict):
     """A feeder, transformer, container or PDU: a limit that its devices share."""
@@ -42,10 +54,32 @@ class CircuitConfig(Strict):
     def limit_watts(self) -> float:
         return self.limit_kw * 1000.0
 
+    @field_validator("circuits")
+    @classmethod
+    def _within_parent(cls, value: list[CircuitConfig], info: ValidationInfo) -> list[CircuitConfig]:
+        """A circuit carries no more than the one feeding it: a 90 kW PDU under a 60 kW feeder is
+        a typo (the breaker upstream trips first). Children adding up to more is normal: see
+        :meth:`SiteLimits.notices`."""
+        limit = info.data.get("limit_kw")
+        if limit is None:
+            return value
+        above = [(("circuits", index, "limit_kw"),
+                  f"{child.limit_kw:g} kW is above the {limit:g} kW of {info.data.get('name', 'its parent')}"
+                  ) for index, child in enumerate(value) if child.limit_kw > limit]
+        if above:
+            raise ProblemsAt(above, field="circuits")
+        return value
+
     def walk(self, parent: str) -> Iterator[tuple[CircuitConfig, str]]:
         yield self, parent
         for child in self.circuits:
             yield from child.walk(self.name)
+
+    def located(self, loc: Location) -> Iterator[tuple[Location, CircuitConfig]]:
+        """This circuit and those below it, each with its key path in the file."""
+        yield loc, self
+        for index, child in enumerate(self.circuits):
+            yield from child.located((*loc, "circuits", index))
 
 
 Firmware = Literal["auto", "braiins", "luxos", "whatsminer", "vnish", "antminer"]
@@ -69,9 +103,18 @@ class MinerGroup(Strict):
     @field_validator("addresses")
     @classmethod
     def _parseable(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            expand_addresses(entry)  # raises ValueError with the entry in the message
+        bad = []
+        for index, entry in enumerate(value):
+            try:
+                address_count(entry)
+            except ValueError as err:  # names the entry
+                bad.append(((index,), str(err)))
+        if bad:
+            raise ProblemsAt(bad)
         return value
+
+    def count(self) -> int:
+        return sum(address_count(entry) for entry in self.addresses)
 
     def hosts(self) -> Iterator[str]:
         for entry in self.addresses:
@@ -114,17 +157,42 @@ class SiteLimits(Strict):
     def reserve_watts(self) -> float:
         return self.reserve_kw * 1000.0
 
-    @model_validator(mode="after")
-    def _tree(self) -> SiteLimits:
-        if self.reserve_kw >= self.budget_kw:
-            raise ValueError(f"reserve_kw ({self.reserve_kw}) must be below budget_kw ({self.budget_kw})")
-        names = [SITE_CIRCUIT]
-        for top in self.circuits:
-            names += [c.name for c, _ in top.walk(SITE_CIRCUIT)]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"circuit names must be unique ('site' is the root): {duplicates}")
-        return self
+    @field_validator("reserve_kw")
+    @classmethod
+    def _below_budget(cls, value: float, info: ValidationInfo) -> float:
+        budget = info.data.get("budget_kw")
+        if budget is not None and value >= budget:
+            raise ValueError(f"reserve_kw ({value}) must be below budget_kw ({budget})")
+        return value
+
+    @field_validator("circuits")
+    @classmethod
+    def _unique_names(cls, value: list[CircuitConfig]) -> list[CircuitConfig]:
+        first: dict[str, str] = {SITE_CIRCUIT: "the root"}
+        twice: list[tuple[Location, str]] = []
+        for index, top in enumerate(value):
+            for loc, circuit in top.located((index,)):
+                if circuit.name in first:
+                    reason = f"circuit names must be unique ('site' is the root): {circuit.name!r} is already "
+                    twice.append(((*loc, "name"), reason + first[circuit.name]))
+                else:
+                    first[circuit.name] = dotted(("circuits", *loc))
+        if twice:
+            raise ProblemsAt(twice)
+        return value
+
+    def notices(self) -> Iterator[tuple[Location, str]]:
+        """Circuits whose children add up to more than they carry: normal oversubscription (the
+        daemon keeps the children's sum under the parent), worth knowing. The site itself is not
+        checked: a contract below the sum of its transformers is the usual case."""
+        for index, top in enumerate(self.circuits):
+            for loc, circuit in top.located(("circuits", index)):
+                total = sum(child.limit_kw for child in circuit.circuits)
+                if total > circuit.limit_kw:
+                    limit = f"{circuit.limit_kw:g} kW"
+                    reason = (f"the circuits under {circuit.name} add up to {total:g} kW, above its {limit}: "
+                              f"oversubscribed, so the daemon holds their sum to {limit}")
+                    yield (*loc, "circuits"), reason
 
     def on_a_circuit(self, key: str, circuit: str) -> None:
         """Refuse a device placed on a circuit the tree does not have."""
@@ -149,8 +217,8 @@ class SiteLimits(Strict):
 class SiteConfig(SiteLimits):
     miners: list[MinerGroup] = []
     gpu_nodes: list[GpuNodeConfig] = []
+    prices: PricesConfig = PricesConfig()  # before jobs, whose markets it prices
     jobs: JobsConfig = JobsConfig()
-    prices: PricesConfig = PricesConfig()
     policy: PolicyChoice = PolicyChoice()
     # A policy file (relative to the site file) replaces ``policy``; it reloads on change and on
     # SIGHUP. A shadow policy file runs beside the live one and only says what it would do.
@@ -162,74 +230,146 @@ class SiteConfig(SiteLimits):
     metrics_listen: str = "127.0.0.1:9464"
     secrets_file: Path | None = None
     # Filled from the secrets file, never from the site file itself.
-    credentials: dict[str, Credentials] = Field(default={}, exclude=True, repr=False)
+    credentials: dict[str, Credentials] = Field(default={}, exclude=True, repr=False, validate_default=True)
 
     @field_validator("metrics_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError("expected HOST:PORT, for example 127.0.0.1:9464")
         return value
 
-    @model_validator(mode="after")
-    def _devices(self) -> SiteConfig:
-        """Every device on a known circuit, listed once, under a name nothing else has."""
+    @field_validator("miners")
+    @classmethod
+    def _miners_placed(cls, value: list[MinerGroup], info: ValidationInfo) -> list[MinerGroup]:
+        """Every miner on a known circuit, listed once; no more than a site can have, counted
+        before any range is expanded."""
+        problems = _off_the_tree(value, info)
+        total = sum(group.count() for group in value)
+        if total > MAX_MINERS:
+            problems.append(((), f"{total:,} miners: more than {MAX_MINERS:,} on one site"))
+        else:
+            seen: dict[str, str] = {}
+            for index, group in enumerate(value):
+                for host in group.hosts():
+                    if host in seen:
+                        problems.append(((index, "addresses"), f"{host} is already listed as {seen[host]}"))
+                    seen.setdefault(host, f"miners[{index}]")
+        if problems:
+            raise ProblemsAt(problems[:MAX_LISTED])
+        return value
+
+    @field_validator("gpu_nodes")
+    @classmethod
+    def _gpu_nodes_placed(cls, value: list[GpuNodeConfig], info: ValidationInfo) -> list[GpuNodeConfig]:
+        """Every GPU node on a known circuit, under a name no miner or other node has."""
+        problems = _off_the_tree(value, info)
         seen: dict[str, str] = {}
+        miners = info.data.get("miners", [])
+        for index, group in enumerate(miners):
+            seen |= dict.fromkeys(group.hosts(), f"miners[{index}]")
+        for index, node in enumerate(value):
+            if node.name in seen:
+                problems.append(((index, "name"), f"{node.name} is already listed as {seen[node.name]}"))
+            seen.setdefault(node.name, f"gpu_nodes[{index}]")
+        if problems:
+            raise ProblemsAt(problems[:MAX_LISTED])
+        return value
 
-        def once(name: str, key: str) -> None:
-            if name in seen:
-                raise ValueError(f"{key}: {name} is already listed as {seen[name]}")
-            seen[name] = key
+    @field_validator("jobs")
+    @classmethod
+    def _markets_priced(cls, value: JobsConfig, info: ValidationInfo) -> JobsConfig:
+        prices = info.data.get("prices")
+        if prices is None:
+            return value
+        rates = prices.gpu_rates_usd_per_gpu_hour
+        known = sorted(rates) or "none"
+        unpriced = [(("classes", index, "market"),
+                     f"{job_class.market!r} has no rate in prices.gpu_rates_usd_per_gpu_hour (known: {known})")
+                    for index, job_class in enumerate(value.classes)
+                    if job_class.market is not None and job_class.market not in rates]
+        if unpriced:
+            raise ProblemsAt(unpriced)
+        return value
 
-        for index, group in enumerate(self.miners):
-            self.on_a_circuit(f"miners[{index}]", group.circuit)
-            for host in group.hosts():
-                once(host, f"miners[{index}]")
-        for index, node in enumerate(self.gpu_nodes):
-            self.on_a_circuit(f"gpu_nodes[{index}]", node.circuit)
-            once(node.name, f"gpu_nodes[{index}]")
-        if self.policy_file is not None and self.policy != PolicyChoice():
+    @field_validator("policy_file")
+    @classmethod
+    def _one_policy(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("policy", PolicyChoice()) != PolicyChoice():
             raise ValueError("give either policy (inline) or policy_file, not both")
-        for index, job_class in enumerate(self.jobs.classes):
-            if job_class.market is not None and job_class.market not in self.prices.gpu_rates_usd_per_gpu_hour:
-                known = sorted(self.prices.gpu_rates_usd_per_gpu_hour) or "none"
-                raise ValueError(f"jobs.classes[{index}].market {job_class.market!r} has no rate in "
-                                 f"prices.gpu_rates_usd_per_gpu_hour (known: {known})")
-        return self
+        return value
 
-    @model_validator(mode="after")
-    def _secrets(self) -> SiteConfig:
+    @field_validator("credentials")
+    @classmethod
+    def _secrets(cls, value: dict[str, Credentials], info: ValidationInfo) -> dict[str, Credentials]:
         """Every credential named is in the secrets file (or the environment)."""
-        named = {f"miners[{i}].credentials": g.credentials for i, g in enumerate(self.miners) if g.credentials}
-        if self.mqtt is not None and self.mqtt.credentials:
-            named["mqtt.credentials"] = self.mqtt.credentials
-        named |= self.prices.secret_names()
-        for key, name in named.items():
-            if name not in self.credentials:
-                raise ValueError(f"{key} {name!r} is not in the secrets file ({self.secrets_file or 'none given'})")
-        return self
+        named: dict[Location, str] = {("miners", i, "credentials"): g.credentials
+                                      for i, g in enumerate(info.data.get("miners", [])) if g.credentials}
+        mqtt = info.data.get("mqtt")
+        if mqtt is not None and mqtt.credentials:
+            named["mqtt", "credentials"] = mqtt.credentials
+        prices = info.data.get("prices")
+        if prices is not None:
+            named |= {tuple(key.split(".")): name for key, name in prices.secret_names().items()}
+        where = info.data.get("secrets_file") or "none given"
+        missing = [(key, f"{name!r} is not in the secrets file ({where})")
+                   for key, name in named.items() if name not in value]
+        if missing:
+            raise ProblemsAt(missing, field="credentials")
+        return value
+
+
+MAX_LISTED = 100  # problems one check reports (a /16 listed twice is 65,536 of the same mistake)
+
+
+def _off_the_tree(devices: list[Any], info: ValidationInfo) -> list[tuple[Location, str]]:
+    """Devices whose ``circuit`` the tree does not have (unknown when the tree itself is invalid)."""
+    tops = info.data.get("circuits")
+    if tops is None:
+        return []
+    names = [SITE_CIRCUIT, *(c.name for top in tops for c, _ in top.walk(SITE_CIRCUIT))]
+    return [((index, "circuit"), f"{device.circuit!r} is not a circuit (known: {names})")
+            for index, device in enumerate(devices) if device.circuit not in names]
 
 
 def expand_addresses(entry: str) -> Iterator[str]:
     """``10.0.0.5``, ``10.0.0.5-10.0.0.40`` or ``10.0.0.0/28`` (hosts only) as addresses."""
+    first, count = _span(entry)
+    if count == 1:
+        return iter([str(first)])
+    if "/" in entry and count > 2:  # a network's hosts: neither its network nor broadcast address
+        first, count = first + 1, count - 2
+    return (str(first + n) for n in range(count))
+
+
+def address_count(entry: str) -> int:
+    """How many addresses ``entry`` names, without listing them; ValueError if it is not one."""
+    _, count = _span(entry)
+    return count - 2 if "/" in entry and count > 2 else count
+
+
+def _span(entry: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """The first address and how many follow, at most :data:`MAX_MINERS_PER_RANGE`."""
     try:
         if "/" in entry:
-            network = ipaddress.ip_network(entry, strict=False)
-            hosts = list(network.hosts()) or [network.network_address]
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+            first, count = network.network_address, network.num_addresses
         elif "-" in entry:
             first_text, last_text = (part.strip() for part in entry.split("-", 1))
             first, last = ipaddress.ip_address(first_text), ipaddress.ip_address(last_text)
+            if first.version != last.version:
+                raise ValueError("the range mixes IPv4 and IPv6")
             if int(last) < int(first):
                 raise ValueError("the range ends before it starts")
-            if int(last) - int(first) >= MAX_MINERS_PER_RANGE:
-                raise ValueError(f"more than {MAX_MINERS_PER_RANGE} addresses")
-            hosts = [ipaddress.ip_address(n) for n in range(int(first), int(last) + 1)]
+            count = int(last) - int(first) + 1
         else:
-            hosts = [ipaddress.ip_address(entry.strip())]
+            first, count = ipaddress.ip_address(entry.strip()), 1
+        if count > MAX_MINERS_PER_RANGE:
+            raise ValueError(f"{count:,} addresses, more than {MAX_MINERS_PER_RANGE:,} in one entry")
     except ValueError as err:
         raise ValueError(f"address {entry!r}: {err}") from None
-    return (str(h) for h in hosts)
+    return first, count
 
 
 def load_secrets(path: Path | None, environ: Mapping[str, str]) -> dict[str, Credentials]:
@@ -237,15 +377,13 @@ def load_secrets(path: Path | None, environ: Mapping[str, str]) -> dict[str, Cre
     environment, where ``WATTSHIFT_SECRET_<NAME>=password`` adds or overrides one."""
     secrets: dict[str, Credentials] = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise FileInvalid([Problem(str(path), None, "", f"cannot read secrets: {err}")]) from None
+        # Errors name the file, the line and the key, never a value: it may be the secret itself.
+        data = read_document(path).data or {}
+        _warn_if_exposed(path)
         if not isinstance(data, dict):
             raise FileInvalid([Problem(str(path), 1, "", "expected a mapping of credential names")])
         for name, entry in data.items():
             if not isinstance(entry, dict) or "password" not in entry:
-                # Never echo the entry: it may hold the secret itself.
                 raise FileInvalid([Problem(str(path), None, str(name), "expected {username, password}")])
             secrets[str(name)] = Credentials(username=str(entry.get("username", "root")),
                                              password=SecretStr(str(entry["password"])))
@@ -257,24 +395,31 @@ def load_secrets(path: Path | None, environ: Mapping[str, str]) -> dict[str, Cre
     return secrets
 
 
+def _warn_if_exposed(path: Path) -> None:
+    """Say so when others may read the passwords, as ssh does of a private key (it refuses one;
+    a site controller that stops over a mode would strand the site, so this only warns)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # it was just read; a file gone since is not this check's business
+    if mode & 0o077:
+        log.warning("%s: the secrets file is readable by group or others (mode %04o): "
+                    "chmod 600 %s (or pass it with systemd's LoadCredential=)", path, mode, path)
+
+
 def load_site(path: Path, environ: Mapping[str, str] | None = None) -> SiteConfig:
-    """Load and validate a site file with the secrets it names; raises :class:`FileInvalid`."""
+    """Load and validate a site file with the secrets it names; raises :class:`FileInvalid`.
+
+    The file is read and parsed once; nothing is started or written, whatever its content."""
     environ = os.environ if environ is None else environ
-    raw = _peek(path)
+    document = read_document(path)
+    raw = document.data if isinstance(document.data, dict) else {}
     if "credentials" in raw:
-        raise FileInvalid([Problem(str(path), None, "credentials", "passwords go in the secrets file "
-                                   "(secrets_file) or WATTSHIFT_SECRET_<NAME>, never in the site file")])
+        raise FileInvalid([Problem(str(path), document.lines.get(("credentials",)), "credentials",
+                                   "passwords go in the secrets file (secrets_file) or WATTSHIFT_SECRET_<NAME>, "
+                                   "never in the site file")])
     secrets_file = raw.get("secrets_file")
     if isinstance(secrets_file, str) and not Path(secrets_file).is_absolute():
         secrets_file = str(path.parent / secrets_file)
     secrets = load_secrets(Path(secrets_file) if isinstance(secrets_file, str) else None, environ)
-    return load_model(path, SiteConfig, overrides={"credentials": secrets})
-
-
-def _peek(path: Path) -> dict[str, Any]:
-    """The raw mapping, to find the secrets file first; real errors come from load_model."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return validate(document, SiteConfig, overrides={"credentials": secrets})

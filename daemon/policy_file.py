@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from wattshift.policies.base import Policy, PolicyLoadError, build_policy, carried, make_policy, policy_factory
 from wattshift.policies.windows import Window, WindowedPolicy
 
-from .yamlfile import FileInvalid, Location, Problem, key_lines, parse_model, problem_at
+from .yamlfile import FileInvalid, Location, Problem, key_lines, parse_model, problem_at, read_text
 
 # Built-ins (and documented plug-ins) say "... option <key>: <reason>" for a bad option.
 _OPTION_ERROR = re.compile(r"\boption ([A-Za-z0-9_.\[\]]+): (.*)", re.S)
@@ -96,11 +96,7 @@ def parse_policy_file(text: str, file: str) -> LoadedPolicy:
 
 
 def read_policy_file(path: Path) -> LoadedPolicy:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise FileInvalid([Problem(str(path), None, "", f"cannot read: {err.strerror}")]) from None
-    return parse_policy_file(text, str(path))
+    return parse_policy_file(read_text(path), str(path))  # bounded, UTF-8 or FileInvalid
 
 
 def load_policy_file(path: Path) -> Policy:

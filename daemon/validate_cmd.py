@@ -12,12 +12,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
 from .policy_file import LoadedPolicy, looks_like_policy_file, read_policy_file, site_policy_path
 from .summary import site_summary
-from .yamlfile import FileInvalid
+from .yamlfile import FileInvalid, read_document
 
 
 def register(commands: Any) -> None:
@@ -53,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_policy_file(path: Path) -> bool:
     try:
-        return looks_like_policy_file(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return looks_like_policy_file(read_document(path).data)
+    except FileInvalid:
         return False  # the site-file path reports why it cannot be read
 
 
