@@ -162,7 +162,7 @@ class SiteLimits(Strict):
     def _below_budget(cls, value: float, info: ValidationInfo) -> float:
         budget = info.data.get("budget_kw")
         if budget is not None and value >= budget:
-            raise ValueError(f"reserve_kw ({value}) must be below budget_kw ({budget})")
+            raise ValueError(f"must be below budget_kw ({budget:g})")
         return value
 
     @field_validator("circuits")

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -233,12 +234,16 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         # daemon's file.
         target, uri = f"{path.resolve().as_uri()}?mode=ro", True
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The site's history is its owner's alone, also outside systemd (which makes the state
+        # directory 0700): the directory 0700, the file 0600; SQLite gives -wal/-shm its mode.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         target, uri = str(path), False
     try:
+        if not read_only:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         # isolation_level=None: no implicit transactions; _transaction() says where each starts.
         return sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise JournalError(f"journal {path}: cannot open: {exc}") from exc
 
 

@@ -66,11 +66,13 @@ class Problem:
 
 
 class FileInvalid(Exception):
-    """A file was rejected; ``problems`` lists every reason."""
+    """A file was rejected; ``problems`` lists every reason (the first :data:`MAX_PROBLEMS` of
+    ``total``, then a line counting the rest)."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], total: int | None = None) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+        self.total = len(problems) if total is None else total
 
 
 class ProblemsAt(ValueError):
@@ -151,7 +153,7 @@ def parse_document(text: str, file: str) -> Document:
         duplicates: list[Problem] = []
         _walk(node, (), lines, duplicates, file)
         if duplicates:
-            raise FileInvalid(_capped(duplicates, len(duplicates), file))
+            raise _capped(duplicates, len(duplicates), file)
         data = loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -201,24 +203,23 @@ def validate(
     try:
         result = model.model_validate({**data, **(overrides or {})}, context=context)
     except ValidationError as err:
-        raise FileInvalid(_capped(list(islice(_problems(err, file, lines), MAX_PROBLEMS + 1)),
-                                  err.error_count(), file)) from None
+        raise _capped(list(islice(_problems(err, file, lines), MAX_PROBLEMS + 1)), err.error_count(), file) from None
     except RecursionError:  # a recursive anchor (&a [*a]) is refused while parsing; belt and braces
         raise FileInvalid([Problem(file, None, "", "nested too deeply")]) from None
     if isinstance(result, Noticing):
         for loc, reason in result.notices():
-            log.warning("%s", problem_at(file, loc, f"warning: {reason}", lines))
+            log.warning("%s", problem_at(file, loc, reason, lines))
     return result
 
 
-def _capped(problems: list[Problem], total: int, file: str) -> list[Problem]:
+def _capped(problems: list[Problem], total: int, file: str) -> FileInvalid:
     """At most :data:`MAX_PROBLEMS`, then one line counting the rest (a file of junk is not
-    worth a screen per key)."""
+    worth a screen per key). ``total`` is a lower bound: one error may hold several problems."""
+    total = max(total, len(problems))
     if len(problems) <= MAX_PROBLEMS:
-        return problems
-    shown = problems[:MAX_PROBLEMS]
-    more = max(total - MAX_PROBLEMS, len(problems) - MAX_PROBLEMS)
-    return [*shown, Problem(file, None, "", f"... and {more} more problem(s) not shown")]
+        return FileInvalid(problems, total)
+    more = Problem(file, None, "", f"... and {total - MAX_PROBLEMS} more problem(s) not shown")
+    return FileInvalid([*problems[:MAX_PROBLEMS], more], total)
 
 
 def _problems(err: ValidationError, file: str, lines: dict[Location, int]) -> Iterable[Problem]:
@@ -298,7 +299,8 @@ class _LimitedComposer(Composer):
             node: yaml.Node = super().compose_node(parent, index)
         finally:
             self.depth -= 1
-        self.finished.append(node)
+        if not isinstance(node, yaml.ScalarNode):  # a scalar counts 1 and nests nothing
+            self.finished.append(node)
         return node
 
 
@@ -338,15 +340,18 @@ def _check_expansion(root: yaml.Node, finished: list[yaml.Node]) -> None:
     size: dict[int, int] = {}
     height: dict[int, int] = {}
     for node in finished:
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        if any(id(child) not in size for child in children):
-            raise ComposerError(None, None, "an alias (*name) inside its own anchor (&name)", node.start_mark)
-        size[id(node)] = min(1 + sum(size[id(c)] for c in children), MAX_VALUES + 1)
-        height[id(node)] = 1 + max((height[id(c)] for c in children), default=0)
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
+        total, tallest = 1, 1
+        for child in children:
+            if isinstance(child, yaml.ScalarNode):
+                total += 1
+                continue
+            if id(child) not in size:
+                raise ComposerError(None, None, "an alias (*name) inside its own anchor (&name)", node.start_mark)
+            total += size[id(child)]
+            tallest = max(tallest, height[id(child)])
+        size[id(node)] = min(total, MAX_VALUES + 1)
+        height[id(node)] = tallest + 1
         if height[id(node)] > MAX_DEPTH:
             raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels once aliases are expanded",
                                 node.start_mark)

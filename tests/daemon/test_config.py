@@ -71,7 +71,7 @@ def test_every_error_names_file_line_key_and_reason(site_dir, capsys):
     ("change", "message"),
     [
         (("circuit: container-a", "circuit: container-z"), "'container-z' is not a circuit"),
-        (("reserve_kw: 20", "reserve_kw: 2000"), "reserve_kw (2000.0) must be below budget_kw"),
+        (("reserve_kw: 20", "reserve_kw: 2000"), "reserve_kw: must be below budget_kw (1000) (got 2000)"),
         (("10.0.2.9", "10.0.0.7"), "miners[1].addresses: 10.0.0.7 is already listed as miners[0]"),
         (("10.0.2.9", "10.0.2.300"), "address '10.0.2.300'"),
         (("credentials: braiins", "credentials: luxos"), "'luxos' is not in the secrets file"),
