@@ -242,95 +242,79 @@ class SiteConfig(SiteLimits):
 
     @field_validator("miners")
     @classmethod
-    def _miners_placed(cls, value: list[MinerGroup], info: ValidationInfo) -> list[MinerGroup]:
-        """Every miner on a known circuit, listed once; no more than a site can have, counted
-        before any range is expanded."""
-        problems = _off_the_tree(value, info)
+    def _not_too_many(cls, value: list[MinerGroup]) -> list[MinerGroup]:
+        """Counted before any range is expanded (the cross-checks below list every address)."""
         total = sum(group.count() for group in value)
         if total > MAX_MINERS:
-            problems.append(((), f"{total:,} miners: more than {MAX_MINERS:,} on one site"))
-        else:
-            seen: dict[str, str] = {}
-            for index, group in enumerate(value):
-                for host in group.hosts():
-                    if host in seen:
-                        problems.append(((index, "addresses"), f"{host} is already listed as {seen[host]}"))
-                    seen.setdefault(host, f"miners[{index}]")
-        if problems:
-            raise ProblemsAt(problems[:MAX_LISTED])
-        return value
-
-    @field_validator("gpu_nodes")
-    @classmethod
-    def _gpu_nodes_placed(cls, value: list[GpuNodeConfig], info: ValidationInfo) -> list[GpuNodeConfig]:
-        """Every GPU node on a known circuit, under a name no miner or other node has."""
-        problems = _off_the_tree(value, info)
-        seen: dict[str, str] = {}
-        miners = info.data.get("miners", [])
-        for index, group in enumerate(miners):
-            seen |= dict.fromkeys(group.hosts(), f"miners[{index}]")
-        for index, node in enumerate(value):
-            if node.name in seen:
-                problems.append(((index, "name"), f"{node.name} is already listed as {seen[node.name]}"))
-            seen.setdefault(node.name, f"gpu_nodes[{index}]")
-        if problems:
-            raise ProblemsAt(problems[:MAX_LISTED])
-        return value
-
-    @field_validator("jobs")
-    @classmethod
-    def _markets_priced(cls, value: JobsConfig, info: ValidationInfo) -> JobsConfig:
-        prices = info.data.get("prices")
-        if prices is None:
-            return value
-        rates = prices.gpu_rates_usd_per_gpu_hour
-        known = sorted(rates) or "none"
-        unpriced = [(("classes", index, "market"),
-                     f"{job_class.market!r} has no rate in prices.gpu_rates_usd_per_gpu_hour (known: {known})")
-                    for index, job_class in enumerate(value.classes)
-                    if job_class.market is not None and job_class.market not in rates]
-        if unpriced:
-            raise ProblemsAt(unpriced)
-        return value
-
-    @field_validator("policy_file")
-    @classmethod
-    def _one_policy(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and info.data.get("policy", PolicyChoice()) != PolicyChoice():
-            raise ValueError("give either policy (inline) or policy_file, not both")
+            raise ValueError(f"{total:,} miners: more than {MAX_MINERS:,} on one site")
         return value
 
     @field_validator("credentials")
     @classmethod
-    def _secrets(cls, value: dict[str, Credentials], info: ValidationInfo) -> dict[str, Credentials]:
-        """Every credential named is in the secrets file (or the environment)."""
-        named: dict[Location, str] = {("miners", i, "credentials"): g.credentials
-                                      for i, g in enumerate(info.data.get("miners", [])) if g.credentials}
-        mqtt = info.data.get("mqtt")
-        if mqtt is not None and mqtt.credentials:
-            named["mqtt", "credentials"] = mqtt.credentials
-        prices = info.data.get("prices")
-        if prices is not None:
-            named |= {tuple(key.split(".")): name for key, name in prices.secret_names().items()}
-        where = info.data.get("secrets_file") or "none given"
-        missing = [(key, f"{name!r} is not in the secrets file ({where})")
-                   for key, name in named.items() if name not in value]
-        if missing:
-            raise ProblemsAt(missing, field="credentials")
+    def _consistent(cls, value: dict[str, Credentials], info: ValidationInfo) -> dict[str, Credentials]:
+        """Keys checked against each other, each problem at its own key. It runs on the last field
+        (always: ``validate_default``), so it sees every other field that is valid itself, and
+        one wrong key does not hide the problems of another."""
+        data = info.data
+        problems: list[tuple[Location, str]] = []
+        if "circuits" in data:
+            problems += _off_the_tree("miners", data.get("miners", []), data["circuits"])
+            problems += _off_the_tree("gpu_nodes", data.get("gpu_nodes", []), data["circuits"])
+        problems += _listed_twice(data.get("miners", []), data.get("gpu_nodes", []))
+        if "jobs" in data and "prices" in data:
+            problems += _unpriced(data["jobs"], data["prices"])
+        if data.get("policy_file") is not None and data.get("policy", PolicyChoice()) != PolicyChoice():
+            problems.append((("policy_file",), "give either policy (inline) or policy_file, not both"))
+        problems += _missing_secrets(data, value)
+        if problems:
+            raise ProblemsAt(problems[:MAX_LISTED], field="credentials")
         return value
 
 
 MAX_LISTED = 100  # problems one check reports (a /16 listed twice is 65,536 of the same mistake)
 
 
-def _off_the_tree(devices: list[Any], info: ValidationInfo) -> list[tuple[Location, str]]:
-    """Devices whose ``circuit`` the tree does not have (unknown when the tree itself is invalid)."""
-    tops = info.data.get("circuits")
-    if tops is None:
-        return []
+def _off_the_tree(key: str, devices: list[Any], tops: list[CircuitConfig]) -> list[tuple[Location, str]]:
+    """Devices whose ``circuit`` the tree does not have."""
     names = [SITE_CIRCUIT, *(c.name for top in tops for c, _ in top.walk(SITE_CIRCUIT))]
-    return [((index, "circuit"), f"{device.circuit!r} is not a circuit (known: {names})")
+    return [((key, index, "circuit"), f"{device.circuit!r} is not a circuit (known: {names})")
             for index, device in enumerate(devices) if device.circuit not in names]
+
+
+def _listed_twice(miners: list[MinerGroup], gpu_nodes: list[GpuNodeConfig]) -> list[tuple[Location, str]]:
+    """Every device listed once, under a name nothing else has."""
+    seen: dict[str, str] = {}
+    twice: list[tuple[Location, str]] = []
+    devices = [(("miners", i, "addresses"), host) for i, group in enumerate(miners) for host in group.hosts()]
+    devices += [(("gpu_nodes", i, "name"), node.name) for i, node in enumerate(gpu_nodes)]
+    for loc, name in devices:
+        if name in seen:
+            twice.append((loc, f"{name} is already listed as {seen[name]}"))
+        else:
+            seen[name] = dotted(loc[:2])
+    return twice
+
+
+def _unpriced(jobs: JobsConfig, prices: PricesConfig) -> list[tuple[Location, str]]:
+    rates = prices.gpu_rates_usd_per_gpu_hour
+    return [(("jobs", "classes", index, "market"),
+             f"{job_class.market!r} has no rate in prices.gpu_rates_usd_per_gpu_hour (known: {sorted(rates) or 'none'})")
+            for index, job_class in enumerate(jobs.classes)
+            if job_class.market is not None and job_class.market not in rates]
+
+
+def _missing_secrets(data: Mapping[str, Any], credentials: Mapping[str, Credentials]) -> list[tuple[Location, str]]:
+    """Every credential named is in the secrets file (or the environment)."""
+    named: dict[Location, str] = {("miners", i, "credentials"): g.credentials
+                                  for i, g in enumerate(data.get("miners", [])) if g.credentials}
+    mqtt = data.get("mqtt")
+    if mqtt is not None and mqtt.credentials:
+        named["mqtt", "credentials"] = mqtt.credentials
+    if "prices" in data:
+        named |= {tuple(key.split(".")): name for key, name in data["prices"].secret_names().items()}
+    where = data.get("secrets_file") or "none given"
+    return [(key, f"{name!r} is not in the secrets file ({where})") for key, name in named.items()
+            if name not in credentials]
 
 
 def expand_addresses(entry: str) -> Iterator[str]:
