@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from wattshift.daemon.cli import main
 from wattshift.daemon.config import expand_addresses, load_site
 from wattshift.daemon.yamlfile import FileInvalid
