@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import yaml
+import yaml.reader
 from pydantic import BaseModel, ValidationError
 from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -83,9 +84,9 @@ class ProblemsAt(ValueError):
     ``field_validator`` runs on (pydantic reports the error there), None for a model validator.
     """
 
-    def __init__(self, problems: list[tuple[Location, str]], *, field: str | None = None) -> None:
+    def __init__(self, problems: Sequence[tuple[Location, str]], *, field: str | None = None) -> None:
         super().__init__("; ".join(f"{dotted(loc)}: {reason}" for loc, reason in problems))
-        self.problems = problems
+        self.problems = list(problems)
         self.field = field
 
 
@@ -155,6 +156,10 @@ def parse_document(text: str, file: str) -> Document:
         if duplicates:
             raise _capped(duplicates, len(duplicates), file)
         data = loader.construct_document(node)
+    except yaml.reader.ReaderError as err:  # a control character; its str() quotes the text
+        line = text.count("\n", 0, err.position) + 1
+        raise FileInvalid([Problem(file, line, "", f"not valid YAML: character #x{err.character:04x}: "
+                                   f"{err.reason}")]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -291,7 +296,7 @@ class _LimitedComposer(Composer):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
                 raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)", self.peek_event().start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)

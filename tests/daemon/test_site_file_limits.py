@@ -51,6 +51,12 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "lists 5000 deep": ((HEAD + "x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), ":3: (top level): not valid YAML"),
     "lists 100 deep": ((HEAD + "x: " + "[" * 100 + "]" * 100 + "\n").encode(), "nested deeper than 32 levels"),
     "alias bomb": (_alias_bomb().encode(), "the aliases (*name) expand to more than 500,000 values"),
+    "a thousand and one aliases": ((HEAD + "x: &x 1\ny: [" + "*x, " * 1001 + "]\n").encode(),
+                                   ":4: (top level): not valid YAML: more than 1000 aliases (*name)"),
+    "aliases nesting deep": ((HEAD + "a: &a [[[[[[[[1]]]]]]]]\nb: &b [[[[[[[[*a]]]]]]]]\nc: &c [[[[[[[[*b]]]]]]]]\n"
+                              "d: &d [[[[[[[[*c]]]]]]]]\ne: [[[[[[[[*d]]]]]]]]\n").encode(),
+                             "nested deeper than 32 levels once aliases are expanded"),
+    "a control character": ((HEAD + "x: \x07\n").encode(), ":3: (top level): not valid YAML: character #x0007"),
     "alias cycle": ((HEAD + "x: &x [1, *x]\n").encode(), "an alias (*name) inside its own anchor"),
     "a 13th month": ((HEAD + "x: 2024-13-01\n").encode(), "not valid YAML: cannot read this value: month must be in 1..12"),
     "a /8 of miners": ((HEAD + "miners:\n  - addresses: 10.0.0.0/8\n").encode(),
