@@ -14,7 +14,7 @@ import pytest
 from wattshift.daemon.cli import main
 from wattshift.daemon.config import load_site
 from wattshift.daemon.journal import Journal
-from wattshift.daemon.policy_file import parse_policy_file
+from wattshift.daemon.policy_file import parse_policy_file, read_policy_file
 from wattshift.daemon.yamlfile import FileInvalid
 
 HEAD = "name: s\nbudget_kw: 1000\n"
@@ -302,3 +302,16 @@ def test_the_utf8_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_bytes(codecs.BOM_UTF8 + HEAD.encode())
     assert load_site(path, environ={}).budget_kw == 1000
+
+
+@pytest.mark.parametrize("name", ["latin-1", "utf-16", "5000-digit integer", "lists 5000 deep", "alias bomb",
+                                  "a 13th month", "10 MB of unknown keys"])
+def test_a_hostile_policy_file_is_refused_so_a_reload_keeps_the_old_policy(tmp_path, name):
+    # A reload (SIGHUP or a change on disk) reads through read_policy_file and keeps the policy
+    # it has on FileInvalid: any other exception would end the daemon.
+    content, message = HOSTILE[name]
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(content.replace(b"name: s\n", b"policy: merit-order\n", 1) if name != "utf-16" else content)
+    with pytest.raises(FileInvalid) as caught:
+        read_policy_file(path)
+    assert message.split(": ", 1)[-1] in str(caught.value)
