@@ -80,8 +80,9 @@ class ProblemsAt(ValueError):
     """Raised by a validator that checks several keys against each other (a circuit against its
     parent, a device against the tree), so each problem is reported at its own key and line.
 
-    Locations are relative to the model the validator belongs to; ``field`` names the field a
-    ``field_validator`` runs on (pydantic reports the error there), None for a model validator.
+    Locations are relative to where pydantic reports the error (the field a ``field_validator``
+    runs on); with ``field`` (that field's name) they are relative to its model instead, for a
+    validator that points at the field's siblings.
     """
 
     def __init__(self, problems: Sequence[tuple[Location, str]], *, field: str | None = None) -> None:
