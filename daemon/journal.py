@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -257,6 +258,13 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+def create_private(path: Path) -> None:
+    """The site's history and state are their owner's alone, also outside systemd (which makes
+    the state directory 0700): the directory 0700, the file 0600; SQLite gives -wal/-shm its mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     if read_only:
         if not path.is_file():
@@ -265,12 +273,13 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         # daemon's file.
         target, uri = f"{path.resolve().as_uri()}?mode=ro", True
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
         target, uri = str(path), False
     try:
+        if not read_only:
+            create_private(path)
         # isolation_level=None: no implicit transactions; transaction() says where each starts.
         return sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise JournalError(f"journal {path}: cannot open: {exc}") from exc
 
 

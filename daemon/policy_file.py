@@ -99,7 +99,7 @@ def parse_policy_file(text: str, file: str, modules: Collection[str] = ()) -> Lo
         try:
             build(options)
         except ValueError as err:  # PolicyLoadError included
-            problems.append(_option_problem(file, err, where, own, lines))
+            problems.extend(_option_problem(file, line, where, own, lines) for line in str(err).splitlines() or [""])
 
     check(spec.options, ("options",), spec.options)
     for index, window in enumerate(spec.windows):
@@ -234,9 +234,8 @@ def looks_like_policy_file(data: object) -> bool:
 
 
 def _option_problem(
-    file: str, err: ValueError, where: Location, own: Mapping[str, Any], lines: dict[Location, int]
+    file: str, text: str, where: Location, own: Mapping[str, Any], lines: dict[Location, int]
 ) -> Problem:
-    text = str(err)
     match = _OPTION_ERROR.search(text)
     if match is None:
         return problem_at(file, where, text, lines)

@@ -26,7 +26,7 @@ from typing import Any, Self
 from wattshift.policies.overrides import Forced, Override
 
 from .budget import BudgetEvent
-from .journal import BUSY_TIMEOUT_S, transaction
+from .journal import BUSY_TIMEOUT_S, create_private, transaction
 from .journal_entries import from_microseconds, to_microseconds
 
 STATE_FILE_NAME = "state.sqlite3"
@@ -87,7 +87,7 @@ class SiteState:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(path)
             # isolation_level=None: no implicit transactions; transaction() says where each starts.
             self._conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:

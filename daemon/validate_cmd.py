@@ -13,19 +13,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
 from .policy_file import (
     LoadedPolicy,
     looks_like_policy_file,
     read_policy_file,
-    read_policy_text,
     site_policy_modules,
     site_policy_path,
 )
 from .summary import site_summary
-from .yamlfile import FileInvalid
+from .yamlfile import FileInvalid, read_document
 
 
 def register(commands: Any) -> None:
@@ -63,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_policy_file(path: Path) -> bool:
     try:
-        return looks_like_policy_file(yaml.safe_load(read_policy_text(path)))
-    except (FileInvalid, yaml.YAMLError):
+        return looks_like_policy_file(read_document(path).data)
+    except FileInvalid:
         return False  # the site-file path reports why it cannot be read
 
 

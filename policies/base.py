@@ -217,13 +217,14 @@ def make_policy(name: str, options: Mapping[str, Any], modules: Collection[str] 
 
 
 def parse_options(model: type[M], options: Mapping[str, Any], policy: str) -> M:
-    """Validate ``options`` as ``model``; a bad one raises ``ValueError("<policy> option <key>: why")``."""
+    """Validate ``options`` as ``model``; bad ones raise ``ValueError("<policy> option <key>: why")``,
+    one line per bad option."""
     try:
         return model.model_validate(dict(options))
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{policy} option {key}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ValueError("\n".join(
+            f"{policy} option {'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors(include_url=False))) from None
 
 
 def is_stateful(policy: object) -> bool:
