@@ -58,25 +58,42 @@ async def operator_controls(daemon: Daemon, site: SiteConfig, base_dir: Path) ->
             site_policy = site_policy_path(site, base_dir)
             switcher = _saving_switcher(reloader, state, site_policy) if reloader is not None else None
             if state is not None:
-                await restore_operator_state(state, controller, overrides, switch_policy=(
-                    (lambda p: reloader.switch_policy(p, reason="restored after restart")) if reloader else None),
-                    site_policy=site_policy, now=datetime.now(UTC))
+                await restore_operator_state(state, controller, overrides,
+                                             switch_policy=_restoring_switcher(reloader) if reloader else None,
+                                             site_policy=site_policy, now=datetime.now(UTC))
             async with _bridge(daemon, site, overrides, switcher) as bridge:
                 yield Controls(overrides, reloader, bridge)
 
 
 def _saving_switcher(reloader: PolicyReloader, state: SiteState | None, site_policy: Path | None) -> PolicySwitcher:
-    """Switch the policy file on command; the file switched to is saved before it runs, so a
-    restart runs it too (while the site file still names the policy it named then)."""
+    """Switch to the policy file ``name`` (in the policy directory) on command; the file switched
+    to is saved before it runs, so a restart runs it too (while the site file still names the
+    policy it named then)."""
 
-    async def switch(path: Path) -> ReloadResult:
+    async def switch(name: Path) -> ReloadResult:
         previous = reloader.path
         if state is not None:
-            state.policy_saved(path, site_policy)  # a StateError here refuses the switch: nothing changed
-        result = await reloader.switch_policy(path, reason="mqtt command")
+            # A StateError here refuses the switch: nothing changed. A name that the reloader
+            # then refuses (outside the directory, not a policy file) is replaced just below.
+            state.policy_saved(reloader.policy_dir / name, site_policy)
+        result = await reloader.switch_policy(name, reason="mqtt command")
         if not result.accepted and state is not None:
             state.policy_saved(previous, site_policy)  # what runs is what a restart puts back
         return result
+
+    return switch
+
+
+def _restoring_switcher(reloader: PolicyReloader) -> PolicySwitcher:
+    """Put back the policy file saved before the restart, by its name in the policy directory
+    (a file the directory no longer holds is refused like any other)."""
+
+    async def switch(path: Path) -> ReloadResult:
+        try:
+            name = path.relative_to(reloader.policy_dir)
+        except ValueError:
+            return ReloadResult(False, f"policy file {path} is not in the policy directory {reloader.policy_dir}")
+        return await reloader.switch_policy(name, reason="restored after restart")
 
     return switch
 

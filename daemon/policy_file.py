@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from wattshift.policies.base import Policy, PolicyLoadError, carried, make_policy, policy_factory, policy_from
 from wattshift.policies.windows import Window, WindowedPolicy
 
-from .yamlfile import FileInvalid, Location, Problem, key_lines, parse_model, problem_at
+from .yamlfile import FileInvalid, Location, Problem, decode, key_lines, parse_model, problem_at
 
 # Built-ins (and documented plug-ins) say "... option <key>: <reason>" for a bad option.
 _OPTION_ERROR = re.compile(r"\boption ([A-Za-z0-9_.\[\]]+): (.*)", re.DOTALL)
@@ -135,10 +135,7 @@ def read_policy_text(path: Path, *, follow_symlinks: bool = True) -> str:
             raise _unreadable(where, f"cannot read: {err.strerror}") from None
     if len(data) > MAX_POLICY_BYTES:
         raise _unreadable(where, f"larger than {MAX_POLICY_BYTES} bytes, the limit for a policy file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _unreadable(where, f"not UTF-8 text (byte {err.start} is not valid)") from None
+    return decode(data, where)  # UTF-8 or a FileInvalid that says what the bytes look like
 
 
 def _regular(where: str, st: os.stat_result) -> None:

@@ -46,13 +46,14 @@ from wattshift.policies.base import Carried, Policy
 from .policy_file import (
     LoadedPolicy,
     confined_policy_path,
+    looks_like_policy_file,
     parse_policy_file,
     read_policy_text,
     site_policy_dir,
     site_policy_modules,
     site_policy_path,
 )
-from .yamlfile import FileInvalid, Problem
+from .yamlfile import FileInvalid, Problem, parse_document
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,18 @@ def _read_policy(
         path = policy_dir / name
     stamp = _stamp(path)
     text = read_policy_text(real, follow_symlinks=name is None)
+    if name is not None and not _is_policy_text(text, str(path)):
+        # The directory may hold other files (the site file, its secrets): say nothing of them,
+        # not even the names of their keys.
+        raise FileInvalid([Problem(str(path), None, "", "not a policy file (no 'policy:' name, or it does not parse: `wattshift validate` says why)")])
     return path, stamp, parse_policy_file(text, str(path), modules)
+
+
+def _is_policy_text(text: str, file: str) -> bool:
+    try:
+        return looks_like_policy_file(parse_document(text, file).data)
+    except FileInvalid:
+        return False
 
 
 def _without_contents(problem: Problem) -> str:

@@ -286,26 +286,35 @@ async def test_a_symlink_inside_the_directory_is_followed_and_confined_on_every_
 
 
 async def test_refusals_quote_neither_values_nor_lines_of_the_file(policy_dir, journal, caplog):
-    """A file in the directory that is not a policy file (a copy of a shadow file, a site file
-    with a password): each refusal names the line and the reason, never what the file says."""
+    """Files in the directory that are not policy files (a copy of a shadow file, a site file
+    with a password, a secrets file): each is refused as not a policy file, and nothing of what
+    it says comes back, not even the names of its keys."""
     (policy_dir / "shadow.yaml").write_text("root:$6$saltsalt$hashhashhash:19000:0:99999:7:::\n"
                                             "daemon:*:19000:0:99999:7:::\n")
     (policy_dir / "site.yaml").write_text("policy: {name: merit-order, password: hunter2}\n"
                                           "description: [hunter3]\n")
+    (policy_dir / "secrets.yaml").write_text("miners-admin: {username: root, password: hunter4}\n")
     live = policy_dir / "live.yaml"
     site = Site(load_policy_file(live), journal)
     reloader = PolicyReloader(site, live)
-    shadow = await reloader.switch_policy("shadow.yaml")
-    assert not shadow.accepted
-    assert f"{policy_dir}/shadow.yaml:1: (key not shown): Extra inputs are not permitted" in shadow.problems
-    assert f"{policy_dir}/shadow.yaml:2: (key not shown): Extra inputs are not permitted" in shadow.problems
-    other = await reloader.switch_policy("site.yaml")
-    assert not other.accepted
-    assert f"{policy_dir}/site.yaml:1: policy: Input should be a valid string" in other.problems
-    assert f"{policy_dir}/site.yaml:2: description: Input should be a valid string" in other.problems
-    said = repr((shadow, other, [r.data for r in await refusals(journal)])) + caplog.text
-    for secret in ("hashhash", "root:", "daemon:", "hunter2", "hunter3"):
+    answers = [await reloader.switch_policy(name) for name in ("shadow.yaml", "site.yaml", "secrets.yaml")]
+    for name, answer in zip(("shadow.yaml", "site.yaml", "secrets.yaml"), answers, strict=True):
+        assert not answer.accepted
+        assert answer.problems == (f"{policy_dir}/{name}: (top level): not a policy file (no 'policy:' name, or it does not "
+                                   "parse: `wattshift validate` says why)",)
+    assert site.policy.name == "merit-order"
+    said = repr((answers, [r.data for r in await refusals(journal)])) + caplog.text
+    for secret in ("hashhash", "root:", "daemon:", "hunter2", "hunter3", "hunter4", "miners-admin", "password"):
         assert secret not in said
+
+
+async def test_a_policy_file_that_does_not_hold_is_refused_at_its_lines_without_its_values(policy_dir, journal):
+    (policy_dir / "typo.yaml").write_text("policy: merit-order\noptions: {step_watts: lots}\n")
+    site = Site(load_policy_file(policy_dir / "live.yaml"), journal)
+    answer = await PolicyReloader(site, policy_dir / "live.yaml").switch_policy("typo.yaml")
+    assert not answer.accepted
+    assert any(p.startswith(f"{policy_dir}/typo.yaml:2: ") and "step_watts" in p for p in answer.problems)
+    assert "lots" not in repr(answer)
 
 
 # -- item 20: every failure journaled and counted; the watcher carries on ---------------------------
@@ -329,7 +338,7 @@ async def test_a_non_utf8_write_is_journaled_and_counted_and_the_watcher_carries
         stop.set()
         await watcher
     [row] = await refusals(journal)
-    assert row.data["problems"] == [f"{live}: (top level): not UTF-8 text (byte 36 is not valid)"]
+    assert row.data["problems"] == [f"{live}:2: (top level): not UTF-8 text (byte 0xe9 at offset 36): save it as UTF-8"]
 
 
 async def test_a_plugin_that_exits_is_refused_not_fatal_and_the_watcher_carries_on(

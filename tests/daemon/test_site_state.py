@@ -323,8 +323,8 @@ async def test_a_policy_switch_is_saved_first_and_a_refused_one_leaves_the_runni
     reloader = PolicyReloader(Live(), site_file)
     with SiteState(path) as state:
         switch = _saving_switcher(reloader, state, site_file)
-        assert (await switch(good)).accepted
+        assert (await switch(Path(good.name))).accepted
         assert state.load().policy.path == str(good)
-        assert not (await switch(bad)).accepted
+        assert not (await switch(Path(bad.name))).accepted
         assert state.load().policy.path == str(good)  # what runs is what a restart puts back
         assert (state.load().policy.site_path, reloader.path) == (str(site_file), good)

@@ -63,17 +63,24 @@ def test_plan_prints_every_miner_with_its_target_and_reason(simulators, tmp_path
 def test_run_acts_journals_and_stops_cleanly_on_sigterm(simulators, tmp_path):
     path = site_file(tmp_path, simulators, budget_kw=9)
     daemon = subprocess.Popen([*CLI, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+
+    def journaled() -> list[dict]:
+        journal = subprocess.run(
+            [*CLI, "journal", "--state-dir", str(tmp_path / "state"), "--json", "--limit", "1000"],
+            capture_output=True, text=True, timeout=30,
+        )
+        return [json.loads(line) for line in journal.stdout.splitlines()]
+
     try:
-        time.sleep(6)
+        # Until the daemon has acted (a loaded machine may take a while to start it), then stop it.
+        deadline = time.monotonic() + 60
+        while not any(e["kind"] == "result" for e in journaled()) and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err
-    journal = subprocess.run(
-        [*CLI, "journal", "--state-dir", str(tmp_path / "state"), "--json", "--limit", "1000"],
-        capture_output=True, text=True, timeout=30,
-    )
-    entries = [json.loads(line) for line in journal.stdout.splitlines()]
+    entries = journaled()
     kinds = [e["kind"] for e in entries]
     assert kinds[0] == "event" and entries[0]["summary"].startswith("started")
     assert entries[-1]["summary"].startswith("stopped")

@@ -212,7 +212,7 @@ async def test_overrides_manual_mode_and_the_policy_switched_to_survive_a_sigkil
         held = sim.miners[0].host
         async with operator(broker) as op:
             for command in ({"command": "force", "id": "f", "device": held, "state": "off"},
-                            {"command": "policy", "id": "p", "path": str(tmp_path / "strike.yaml")},
+                            {"command": "policy", "id": "p", "path": "strike.yaml"},
                             {"command": "pause", "id": "m"}):
                 await op.send(command)
                 assert (await op.wait_for(f"{PREFIX}/reply/{command['id']}"))["status"] == "accepted"
