@@ -128,7 +128,8 @@ class Controller:
         self.policy = policy
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
-        self.dry_run = dry_run
+        self.dry_run = dry_run  # the process's (--dry-run): fixed for its life, no command changes it
+        self.paused = False  # manual mode (the pause command): observe, decide, journal, send nothing
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -196,8 +197,9 @@ class Controller:
         plan = self._metered(plan_transition(snapshot, allocation), notes)
         plans = [plan]
         results: list[StepResult] = []
-        await self.recorder.decision(snapshot, allocation, plan, dry_run=self.dry_run)
-        if not self.dry_run and not plan.empty:
+        holding = self.dry_run or self.paused
+        await self.recorder.decision(snapshot, allocation, plan, dry_run=holding)
+        if not holding and not plan.empty:
             meter_before = self.meter.latest() if self.meter is not None else None
             results += await self._send(plan.now)
             if plan.deferred:
@@ -218,7 +220,7 @@ class Controller:
                 await self.recorder.decision(snapshot, allocation, again, dry_run=False)
                 results += await self._send(again.now)
         report = TickReport(
-            snapshot, allocation, tuple(plans), tuple(results), self._clock() - started, self.dry_run, tuple(notes)
+            snapshot, allocation, tuple(plans), tuple(results), self._clock() - started, holding, tuple(notes)
         )
         self.last_report = report
         await self.recorder.tick(report)

@@ -106,7 +106,7 @@ class CommandHandler:
                                   "limit_kw", command.limit_kw)
         if end is not None and end <= now:
             which = "duration_seconds" if command.duration_seconds is not None else "end"
-            value = command.duration_seconds if which == "duration_seconds" else end.isoformat()
+            value = command.duration_seconds if which == "duration_seconds" else _iso(end)
             return Outcome.refuse("the event would already be over", which, value)
         name = command.name or f"mqtt-{request_id or int(now.timestamp())}"
         event = BudgetEvent(name, limit, start, end, command.priority)
@@ -133,7 +133,7 @@ class CommandHandler:
                                   "state", command.state)
         now = self._wall()
         if command.until is not None and command.until <= now:
-            return Outcome.refuse("is in the past", "until", command.until.isoformat())
+            return Outcome.refuse("is in the past", "until", _iso(command.until))
         override = None if command.state == "auto" else Override(Forced(command.state), command.until)
         known = self._device_classes()
         if command.device is not None:
@@ -164,22 +164,38 @@ class CommandHandler:
     async def _policy(self, command: PolicyCommand) -> Outcome:
         if self.policy_switcher is None:
             return Outcome.refuse("policy switching not available", "path", command.path)
+        # A refusal names the file and how many problems it has, never what the loader quoted
+        # from it: the path is the sender's to choose, and the file may hold anything (secrets
+        # included). The problems themselves are in the daemon's log and its policy journal row.
         try:
             result = self.policy_switcher(Path(command.path))
             described = await result if inspect.isawaitable(result) else result
-        except Exception as err:  # the loader's refusal, whatever its type, is the reason given
-            return Outcome.refuse(str(err) or type(err).__name__, "path", command.path)
+        except Exception as err:  # the loader's refusal, whatever its type
+            log.warning("mqtt: policy %s refused: %s", command.path, err)
+            return Outcome.refuse(f"refused ({type(err).__name__}); the daemon's log says why", "path", command.path)
         # PolicyReloader.switch_policy answers with a result rather than raising.
         if getattr(described, "accepted", True) is False:
-            problems = "; ".join(getattr(described, "problems", ())) or getattr(described, "message", "refused")
-            return Outcome.refuse(problems, "path", command.path)
+            problems = len(getattr(described, "problems", ()))
+            message = getattr(described, "message", None) or f"refused: {problems} problem(s)"
+            return Outcome.refuse(f"{message}; the daemon's log and journal list the problems", "path",
+                                  command.path)
         described = getattr(described, "message", described)
         self.controller.request_replan("policy switched")
         return Outcome(True, f"policy switched: {described}", {"path": command.path})
 
     def _pause(self, *, paused: bool) -> Outcome:
-        was = self.controller.dry_run
-        self.controller.dry_run = paused
-        self.controller.request_replan("actuation paused" if paused else "actuation resumed")
+        # Manual mode only: --dry-run belongs to the process and no command ends it.
+        controller = self.controller
+        was = controller.paused
+        controller.paused = paused
+        controller.request_replan("actuation paused" if paused else "actuation resumed")
         mode = "manual (actuation paused)" if paused else "auto (actuation resumed)"
-        return Outcome(True, f"mode {mode}" + ("" if was != paused else ", no change"), {"dry_run": paused})
+        if not paused and controller.dry_run:
+            mode = "auto, but the daemon runs with --dry-run: nothing is sent until it is restarted without it"
+        return Outcome(True, f"mode {mode}" + ("" if was != paused else ", no change"),
+                       {"paused": paused, "dry_run": controller.dry_run})
+
+
+def _iso(at: datetime) -> str:
+    """A time as a sender most likely wrote it: UTC as ``Z``."""
+    return at.isoformat().replace("+00:00", "Z")
