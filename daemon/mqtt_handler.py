@@ -170,7 +170,7 @@ class CommandHandler:
         try:
             result = self.policy_switcher(Path(command.path))
             described = await result if inspect.isawaitable(result) else result
-        except Exception as err:  # the loader's refusal, whatever its type
+        except Exception as err:  # noqa: BLE001 -- the loader's refusal, whatever its type
             log.warning("mqtt: policy %s refused: %s", command.path, err)
             return Outcome.refuse(f"refused ({type(err).__name__}); the daemon's log says why", "path", command.path)
         # PolicyReloader.switch_policy answers with a result rather than raising.
