@@ -397,9 +397,12 @@ class MqttBridge:
             message = ("mqtt: the broker accepts anonymous clients: anyone on the network can publish to "
                        f"{self.topics.command}" + ("; every command is refused" if refused else
                                                    "; commands obeyed (mqtt.commands.allow_anonymous_broker)"))
-            log.error("%s", message) if refused else log.warning("%s", message)
-            await self.controller.recorder.event(message, {"source": "mqtt", "anonymous_broker": True,
-                                                           "commands_refused": refused})
+            log.log(logging.ERROR if refused else logging.WARNING, "%s", message)
+            try:
+                await self.controller.recorder.event(message, {"source": "mqtt", "anonymous_broker": True,
+                                                               "commands_refused": refused})
+            except Exception:  # the journal's failure is logged there; the verdict stands
+                log.exception("mqtt: could not journal the anonymous-broker check")
         self.anonymous_broker = accepted
 
     async def _run(self) -> None:
