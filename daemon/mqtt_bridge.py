@@ -477,7 +477,10 @@ class MqttBridge:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             if message.topic.matches(self.topics.command):
-                await self.on_command(payload, message.properties, retained=bool(message.retain))
+                try:
+                    await self.on_command(payload, message.properties, retained=bool(message.retain))
+                except Exception:  # a bug must cost one command, never the link (it did: 47 reconnects)
+                    log.exception("mqtt: a command message could not be handled")
             elif self.meter is not None and message.topic.matches(self.meter.topic):
                 self.meter.feed(payload)
             self._wake.set()
