@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wattshift.drivers.gpu import gpu_drivers
-from wattshift.drivers.mqtt_meter import SiteMeter
 from wattshift.drivers.jobs import JobRunner, job_runners
+from wattshift.drivers.mqtt_meter import SiteMeter
 
 from .budget import BudgetSchedule
 from .config import SiteConfig
@@ -22,9 +22,10 @@ from .journal import AsyncJournal, journal_path
 from .journal_entries import EntryKind
 from .metrics import MetricsRecorder
 from .mqtt_metrics import MeterCollector
-from .policy_file import policy_for_site, resolve
-from .shadow import ShadowRecorder
+from .policy_file import policy_for_site, resolve, site_policy_modules
 from .recorder import FanOut, JournalRecorder, Recorder
+from .restore import STARTED, close_open_commands
+from .shadow import ShadowRecorder
 
 if TYPE_CHECKING:
     from wattshift.drivers.pyasic_fleet import MinerFleet
@@ -92,7 +93,8 @@ async def open_daemon(
         recorders.insert(0, JournalRecorder(opened))
     if site.shadow_policy_file is not None:
         shadow = resolve(site.shadow_policy_file, base_dir)
-        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened))
+        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened,
+                                                  modules=site_policy_modules(site)))
     try:
         controller = Controller(
             site,
@@ -111,7 +113,9 @@ async def open_daemon(
         if meter is not None:
             metrics.registry.register(MeterCollector(meter, lambda: controller.overhead.watts))
         if opened is not None:
-            await opened.record(EntryKind.EVENT, f"started{' (dry run)' if dry_run else ''}: site {site.name}",
+            # Before this run's "started" row: what the last run left open is closed first.
+            await close_open_commands(opened, controller)
+            await opened.record(EntryKind.EVENT, f"{STARTED}{' (dry run)' if dry_run else ''}: site {site.name}",
                                 data={"budget_watts": site.budget_watts, "miners": len(controller.miner_ids)})
         await fleet.discover()
         if gpus is not None:

@@ -13,9 +13,13 @@ never above the contract.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,15 @@ class BudgetEvent:
         return self.start <= finish and (self.end is None or self.end > begin)
 
 
+class BudgetListener(Protocol):
+    """Told of every change before it is made (wattshift.daemon.site_state persists them); a
+    listener that raises stops the change."""
+
+    def event_saved(self, event: BudgetEvent) -> None: ...
+
+    def events_removed(self, names: list[str]) -> None: ...
+
+
 class BudgetSchedule:
     def __init__(self, contract_watts: float, *, lead_seconds: float = 60.0) -> None:
         if contract_watts <= 0:
@@ -37,16 +50,24 @@ class BudgetSchedule:
         self.contract_watts = contract_watts
         self.lead = timedelta(seconds=lead_seconds)
         self._events: dict[str, BudgetEvent] = {}
+        self.listener: BudgetListener | None = None
 
     def add(self, event: BudgetEvent) -> None:
         if event.limit_watts < 0:
             raise ValueError(f"event {event.name!r}: limit {event.limit_watts} W must be >= 0")
         if event.end is not None and event.end <= event.start:
             raise ValueError(f"event {event.name!r}: ends before it starts")
+        if self.listener is not None:
+            self.listener.event_saved(event)
         self._events[event.name] = event
 
     def cancel(self, name: str) -> bool:
-        return self._events.pop(name, None) is not None
+        if name not in self._events:
+            return False
+        if self.listener is not None:
+            self.listener.events_removed([name])
+        del self._events[name]
+        return True
 
     def events(self) -> list[BudgetEvent]:
         return sorted(self._events.values(), key=lambda e: e.start)
@@ -81,4 +102,10 @@ class BudgetSchedule:
         gone = [e for e in self._events.values() if e.end is not None and e.end <= now]
         for event in gone:
             del self._events[event.name]
+        if gone and self.listener is not None:
+            try:
+                self.listener.events_removed([e.name for e in gone])
+            except Exception:  # an ended event left on disk is dropped when read back; the tick goes on
+                log.exception("budget events %s ended but could not be removed from the state file",
+                              [e.name for e in gone])
         return gone

@@ -24,4 +24,4 @@ def explain(path: Path, err: FileInvalid) -> None:
     """Every problem with a refused file, on stderr, then one line saying nothing changed."""
     for problem in err.problems:
         print(problem, file=sys.stderr)
-    print(f"{path}: {len(err.problems)} problem(s); nothing was changed", file=sys.stderr)
+    print(f"{path}: {err.total} problem(s); nothing was changed", file=sys.stderr)

@@ -50,6 +50,7 @@ from .observe import (
 )
 from .recorder import NullRecorder, Recorder
 from .sequencer import Action, Plan, Step, plan_transition
+from .ticks import TickSchedule
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,25 @@ RELEASED_TOLERANCE_WATTS = 50.0
 # A miner that did not carry out a command is not trusted to obey the next one either: it is
 # counted at its worst case and sent nothing until this long has passed, then tried again.
 DISTRUST_SECONDS = 60.0
+# How long a plan waits for the last miners to answer once the others have. A hung miner costs
+# its whole read deadline; every other miner's shed must not wait for it: it is counted at its
+# worst case for this plan, and its read goes on and lands for the next one. Answers that keep
+# coming (a large fleet read through its concurrency bound) keep the window open.
+ANSWER_GAP_SECONDS = 1.0
 
 
 class Fleet(Protocol):
     """What the loop needs from the miner drivers (see wattshift.drivers.pyasic_miner)."""
 
-    async def read_all(self) -> Mapping[str, MinerReading | DeviceError]: ...
+    async def read_all(self, *, answer_gap_s: float | None = None) -> Mapping[str, MinerReading | DeviceError]: ...
 
     async def read(self, device_ids: list[str]) -> Mapping[str, MinerReading | DeviceError]: ...
 
     def driver(self, device_id: str) -> MinerDriver | None: ...
 
     def capability(self, device_id: str) -> MinerCapability | None: ...
+
+    def on_capability_lost(self, callback: Callable[[str], None]) -> None: ...
 
 
 @dataclass
@@ -129,7 +137,10 @@ class Controller:
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
         self.dry_run = dry_run  # the process's (--dry-run): fixed for its life, no command changes it
-        self.paused = False  # manual mode (the pause command): observe, decide, journal, send nothing
+        # Manual mode (pause/resume): observe, decide, journal, send nothing. The listener is told
+        # before it changes (wattshift.daemon.site_state persists it); one that raises stops the change.
+        self.mode_listener: Callable[[bool], None] | None = None
+        self._paused = False
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -145,6 +156,10 @@ class Controller:
         self._memory: dict[str, _Memory] = {d: _Memory() for d in self._slots}
         self._memory.update({n.name: _Memory() for n in site.gpu_nodes})
         self._wake = asyncio.Event()
+        # Set when a device's worst case rose after the snapshot was taken, with no command sent:
+        # the plan no longer holds, so the tick stops waiting for confirmations and plans again.
+        self._worst_rose = False
+        fleet.on_capability_lost(lambda device_id: self._worst_case_rose(device_id, "driver dropped"))
         self.last_report: TickReport | None = None
         self.commands_sent = 0
         self.command_failures = 0
@@ -152,6 +167,24 @@ class Controller:
     @property
     def miner_ids(self) -> list[str]:
         return list(self._slots)
+
+    @property
+    def paused(self) -> bool:
+        """Manual mode: an operator's pause. Sends nothing, like ``--dry-run``, which no command ends."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, paused: bool) -> None:
+        if self.mode_listener is not None:
+            self.mode_listener(paused)
+        self._paused = paused
+
+    def assume_waking(self, device_ids: frozenset[str]) -> None:
+        """Devices told to wake by a command whose outcome is unknown (it was open when the last
+        run died): counted as waking, on and at their limit, until seen running, as after a
+        wake that timed out."""
+        for device_id in device_ids & self._memory.keys():
+            self._memory[device_id].waking = True
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -170,24 +203,38 @@ class Controller:
         log.info("re-plan requested: %s", reason)
         self._wake.set()
 
+    def _worst_case_rose(self, device_id: str, why: str) -> None:
+        """Between a snapshot and the next, a device's worst case rose by itself (its driver was
+        dropped, a read was lost): plan again now rather than at the next tick."""
+        self._worst_rose = True
+        self.request_replan(f"{device_id}: {why}, its worst case rose")
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every ``tick_seconds`` from a fixed schedule (no drift), or earlier on request."""
-        interval = self.site.tick_seconds
-        next_tick = self._clock()
+        """Tick every ``tick_seconds`` from a fixed schedule (no drift), and in between on request.
+
+        An early tick never delays the regular one, and requests that arrive while a tick runs
+        or within the schedule's gap are served together by one early tick (see ``ticks``)."""
+        schedule = TickSchedule.starting(self._clock(), self.site.tick_seconds)
         while not stop.is_set():
+            schedule.start(self._clock())
+            self._wake.clear()  # a request from here on is served by the next tick: none is lost
             try:
                 await self.run_once()
             except Exception:  # one bad tick must not stop the control of the site
                 log.exception("tick failed; the next tick starts from fresh readings")
-            next_tick += interval
-            delay = max(0.0, next_tick - self._clock())
-            if delay == 0.0:
-                next_tick = self._clock()  # overran: start the schedule again from now
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await self._until_next_tick(schedule, stop)
+
+    async def _until_next_tick(self, schedule: TickSchedule, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            timeout = schedule.wait(self._clock(), requested=False)
+            await asyncio.wait([stopping, woken], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if woken.done() and not stopping.done():
+                await asyncio.wait([stopping], timeout=schedule.wait(self._clock(), requested=True))
+        finally:
+            stopping.cancel()
+            woken.cancel()
 
     async def run_once(self) -> TickReport:
         started = self._clock()
@@ -211,7 +258,9 @@ class Controller:
                     limit_watts=snapshot.effective_limits()[SITE_CIRCUIT] + self._overhead_planned,
                 )
                 confirmed = await self._confirm_released(plan.sheds, room)
-                if not confirmed:
+                if self._worst_rose:
+                    notes.append("a worst case rose while the sheds were confirmed: planned again at once")
+                elif not confirmed:
                     notes.append("sheds not confirmed in time: their miners stay at worst case")
                 failed = {r.step.device_id for r in results if not r.ok}
                 snapshot = await self.observe(suspect=failed)
@@ -231,7 +280,11 @@ class Controller:
     async def observe(self, suspect: set[str] | None = None) -> SiteSnapshot:
         """Read every miner and every price feed; build the snapshot."""
         suspect = suspect or set()
-        readings, nodes, prices = await asyncio.gather(self.fleet.read_all(), self._read_nodes(), self._read_prices())
+        gap = min(ANSWER_GAP_SECONDS, self.site.drivers.call_timeout_seconds)
+        readings, nodes, prices = await asyncio.gather(
+            self.fleet.read_all(answer_gap_s=gap), self._read_nodes(), self._read_prices()
+        )
+        self._worst_rose = False  # this snapshot counts everything known so far
         now_clock = self._clock()
         miners = []
         for device_id, slot in self._slots.items():
@@ -368,7 +421,7 @@ class Controller:
                 return True
             return shed_confirmed(room, self.meter.latest())
 
-        while (pending or not metered()) and self._clock() < deadline:
+        while (pending or not metered()) and self._clock() < deadline and not self._worst_rose:
             await asyncio.sleep(CONFIRM_POLL_SECONDS)
             for device_id, watts in (await self._read_watts(list(pending))).items():
                 if watts is not None and watts <= pending[device_id].worst_after + RELEASED_TOLERANCE_WATTS:
@@ -382,10 +435,14 @@ class Controller:
         if miners:
             for device_id, reading in (await self.fleet.read(miners)).items():
                 watts[device_id] = reading.watts if isinstance(reading, MinerReading) else None
+                if isinstance(reading, DeviceError):  # unknown now: counted at its most
+                    self._worst_case_rose(device_id, f"read lost ({reading.failure})")
         if nodes and self.gpus is not None:
             configs = {n.name: n for n in self.site.gpu_nodes}
-            for name, reading in (await self.gpus.read(nodes)).items():
-                state = gpu_node_state(configs[name], reading, self.gpus.card_limits(name), self.site.jobs,
+            for name, node_reading in (await self.gpus.read(nodes)).items():
+                state = gpu_node_state(configs[name], node_reading, self.gpus.card_limits(name), self.site.jobs,
                                        Prices(None, None), state_since=None)
                 watts[name] = state.measured_watts
+                if state.failure is not None:
+                    self._worst_case_rose(name, f"read lost ({state.failure})")
         return watts

@@ -8,6 +8,10 @@
 
 ``wattshift run`` and ``wattshift demo`` open the same controls, so the demo answers the same
 commands an operator would send to a real site.
+
+Budget events, overrides, manual mode and the policy file switched to survive a restart: they
+are put back from the state file before the loop's first decision, and every change is saved
+there before it takes effect (:mod:`wattshift.daemon.restore`, :mod:`wattshift.daemon.site_state`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,9 +27,13 @@ from wattshift.policies.overrides import InnerPolicy, OverridePolicy, Overrides
 
 from .mqtt_bridge import MqttBridge
 from .mqtt_config import broker_login
+from .mqtt_handler import PolicySwitcher
 from .mqtt_metrics import MqttCollector
-from .policy_reload import PolicyReloader, policy_reloading
+from .policy_file import site_policy_path
+from .policy_reload import PolicyReloader, ReloadResult, policy_reloading
 from .recorder import FanOut
+from .restore import restore_operator_state
+from .site_state import SiteState, state_path
 
 if TYPE_CHECKING:
     from .app import Daemon
@@ -43,21 +52,53 @@ async def operator_controls(daemon: Daemon, site: SiteConfig, base_dir: Path) ->
     controller = daemon.controller
     overrides = Overrides()
     controller.policy = OverridePolicy(controller.policy, overrides)
-    async with policy_reloading(InnerPolicy(controller), site, base_dir, daemon.metrics.registry) as reloader:
-        if site.mqtt is None:
-            yield Controls(overrides, reloader, None)
-            return
-        bridge = MqttBridge(
-            site.mqtt, controller, login=broker_login(site.mqtt, site.credentials), overrides=overrides,
-            meter=controller.meter,
-            policy_switcher=(lambda p: reloader.switch_policy(p, reason="mqtt command")) if reloader else None,
-            overhead=lambda: controller.overhead.watts if controller.meter is not None else None,
-        )
-        controller.recorder = FanOut(controller.recorder, bridge)
-        collector = MqttCollector(bridge)
-        daemon.metrics.registry.register(collector)
-        try:
-            async with bridge:
+    with contextlib.ExitStack() as closing:
+        state = closing.enter_context(SiteState(state_path(site.state_dir))) if daemon.journal is not None else None
+        async with policy_reloading(InnerPolicy(controller), site, base_dir, daemon.metrics.registry) as reloader:
+            site_policy = site_policy_path(site, base_dir)
+            switcher = _saving_switcher(reloader, state, site_policy) if reloader is not None else None
+            if state is not None:
+                await restore_operator_state(state, controller, overrides, switch_policy=(
+                    (lambda p: reloader.switch_policy(p, reason="restored after restart")) if reloader else None),
+                    site_policy=site_policy, now=datetime.now(UTC))
+            async with _bridge(daemon, site, overrides, switcher) as bridge:
                 yield Controls(overrides, reloader, bridge)
-        finally:
-            daemon.metrics.registry.unregister(collector)
+
+
+def _saving_switcher(reloader: PolicyReloader, state: SiteState | None, site_policy: Path | None) -> PolicySwitcher:
+    """Switch the policy file on command; the file switched to is saved before it runs, so a
+    restart runs it too (while the site file still names the policy it named then)."""
+
+    async def switch(path: Path) -> ReloadResult:
+        previous = reloader.path
+        if state is not None:
+            state.policy_saved(path, site_policy)  # a StateError here refuses the switch: nothing changed
+        result = await reloader.switch_policy(path, reason="mqtt command")
+        if not result.accepted and state is not None:
+            state.policy_saved(previous, site_policy)  # what runs is what a restart puts back
+        return result
+
+    return switch
+
+
+@contextlib.asynccontextmanager
+async def _bridge(daemon: Daemon, site: SiteConfig, overrides: Overrides,
+                  switcher: PolicySwitcher | None) -> AsyncIterator[MqttBridge | None]:
+    """The MQTT bridge, opened only after the state is restored: no command can race it."""
+    controller = daemon.controller
+    if site.mqtt is None:
+        yield None
+        return
+    bridge = MqttBridge(
+        site.mqtt, controller, login=broker_login(site.mqtt, site.credentials), overrides=overrides,
+        meter=controller.meter, policy_switcher=switcher,
+        overhead=lambda: controller.overhead.watts if controller.meter is not None else None,
+    )
+    controller.recorder = FanOut(controller.recorder, bridge)
+    collector = MqttCollector(bridge)
+    daemon.metrics.registry.register(collector)
+    try:
+        async with bridge:
+            yield bridge
+    finally:
+        daemon.metrics.registry.unregister(collector)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ from wattshift.daemon.journal_entries import (
 
 __all__ = [
     "AsyncJournal", "EntryKind", "Journal", "JournalEntry", "JournalError", "NewEntry",
-    "journal_path", "utc_now",
+    "journal_path", "transaction", "utc_now",
 ]
 
 SCHEMA_VERSION = 1
@@ -118,7 +119,7 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot use WAL mode (got {mode!r})")
         self._conn.execute("PRAGMA synchronous=FULL")
         if version == 0:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 # Re-read under the write lock: another process may have created it meanwhile.
                 if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
                     for statement in _SCHEMA:
@@ -145,7 +146,7 @@ class Journal:
         if not rows:
             return []
         try:
-            with _transaction(self._conn):
+            with transaction(self._conn):
                 return [
                     _lastrowid(self._conn.execute(
                         "INSERT INTO entries (at_us, kind, device, summary, data)"
@@ -189,6 +190,38 @@ class Journal:
             for id_, at_us, kind_, device_, summary, data in rows
         ]
 
+    def last_event_id(self, summary_prefix: str) -> int:
+        """The id of the newest event whose summary starts with ``summary_prefix``; 0 if none.
+        Read from the newest row back, so it costs the rows written since that event."""
+        self._check_open()
+        row = self._conn.execute(
+            "SELECT id FROM entries WHERE kind = ? AND substr(summary, 1, ?) = ? ORDER BY id DESC LIMIT 1",
+            (EntryKind.EVENT.value, len(summary_prefix), summary_prefix),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def open_commands(self, *, after: int = 0) -> list[JournalEntry]:
+        """Commands (with ids above ``after``) that no result follows: what a daemon that died
+        (SIGKILL, power cut) had journaled and was sending. The loop journals a batch of
+        commands, sends it, then journals its results, and never sends a device a second command
+        before the first one's result, so on each device a command's result is the next result."""
+        self._check_open()
+        rows = self._conn.execute(
+            "SELECT id, at_us, kind, device, summary, data FROM entries"
+            " WHERE id > ? AND kind IN (?, ?) ORDER BY id",
+            (after, EntryKind.COMMAND.value, EntryKind.RESULT.value),
+        ).fetchall()
+        pending: dict[str | None, tuple[Any, ...]] = {}
+        for row in rows:
+            if row[2] == EntryKind.COMMAND.value:
+                pending[row[3]] = row
+            else:
+                pending.pop(row[3], None)
+        return [
+            JournalEntry(id_, from_microseconds(at_us), EntryKind(kind_), device_, summary, json.loads(data))
+            for id_, at_us, kind_, device_, summary, data in sorted(pending.values())
+        ]
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -212,7 +245,7 @@ class Journal:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. IMMEDIATE takes the write
     lock up front, so a busy database fails (or waits) before any row is written."""
     conn.execute("BEGIN IMMEDIATE")
@@ -225,6 +258,13 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+def create_private(path: Path) -> None:
+    """The site's history and state are their owner's alone, also outside systemd (which makes
+    the state directory 0700): the directory 0700, the file 0600; SQLite gives -wal/-shm its mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     if read_only:
         if not path.is_file():
@@ -233,12 +273,13 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         # daemon's file.
         target, uri = f"{path.resolve().as_uri()}?mode=ro", True
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
         target, uri = str(path), False
     try:
-        # isolation_level=None: no implicit transactions; _transaction() says where each starts.
+        if not read_only:
+            create_private(path)
+        # isolation_level=None: no implicit transactions; transaction() says where each starts.
         return sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise JournalError(f"journal {path}: cannot open: {exc}") from exc
 
 
@@ -311,6 +352,14 @@ class AsyncJournal:
         return await self._run(functools.partial(
             self._journal.query, since=since, until=until, device=device, kind=kind,
             limit=limit, newest_first=newest_first))
+
+    async def last_event_id(self, summary_prefix: str) -> int:
+        """Like :meth:`Journal.last_event_id`."""
+        return await self._run(functools.partial(self._journal.last_event_id, summary_prefix))
+
+    async def open_commands(self, *, after: int = 0) -> list[JournalEntry]:
+        """Like :meth:`Journal.open_commands`."""
+        return await self._run(functools.partial(self._journal.open_commands, after=after))
 
     async def aclose(self) -> None:
         """Close after every write already submitted has finished."""

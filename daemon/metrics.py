@@ -9,6 +9,7 @@ the process-global one, so tests and the demo can run several side by side.
 from __future__ import annotations
 
 import collections
+import errno
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,18 @@ if TYPE_CHECKING:
 
 MINER = DeviceClass.MINER.value
 GPU = DeviceClass.GPU.value
+
+
+class MetricsUnavailable(Exception):
+    """The /metrics address cannot be listened on; the message names it and what to do."""
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another process holds that port (a second wattshift? `ss -ltnp` shows which): "
+                      "stop it, or set metrics_listen in the site file to a free HOST:PORT",
+    errno.EADDRNOTAVAIL: "that address is not one of this host's: set metrics_listen to one that is",
+    errno.EACCES: "ports below 1024 need privileges the daemon does not have: pick a port above 1024",
+}
 
 
 class MetricsRecorder:
@@ -87,9 +100,15 @@ class MetricsRecorder:
             self.commands_sent.labels(action.value)
 
     def serve(self, listen: str) -> None:
-        """Serve /metrics on HOST:PORT from a background thread (prometheus_client's server)."""
+        """Serve /metrics on HOST:PORT from a background thread (prometheus_client's server);
+        :class:`MetricsUnavailable` says why it cannot, and what to do."""
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        try:
+            start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        except OSError as err:
+            hint = _LISTEN_HINTS.get(err.errno or 0, "check metrics_listen in the site file")
+            raise MetricsUnavailable(f"cannot serve /metrics on {listen} (metrics_listen): "
+                                     f"{err.strerror or err}; {hint}") from None
 
     # -- Recorder -------------------------------------------------------------------------------
 

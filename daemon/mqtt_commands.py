@@ -116,7 +116,8 @@ class ForceCommand(_Command):
 
 
 class PolicyCommand(_Command):
-    """Switch to the policy file at ``path`` (on the daemon's machine)."""
+    """Switch to the policy file ``path`` names inside the site's policy directory (a relative
+    name; the policy reloader refuses an absolute path, ``..`` or a symlink leading out)."""
 
     command: Literal["policy"]
     path: str = Field(min_length=1, max_length=4096)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,21 +165,20 @@ class CommandHandler:
     async def _policy(self, command: PolicyCommand) -> Outcome:
         if self.policy_switcher is None:
             return Outcome.refuse("policy switching not available", "path", command.path)
-        # A refusal names the file and how many problems it has, never what the loader quoted
-        # from it: the path is the sender's to choose, and the file may hold anything (secrets
-        # included). The problems themselves are in the daemon's log and its policy journal row.
+        # The reply carries the loader's problems (key, line, reason) but nothing of the file: the
+        # sender picks the file, and it may hold anything. The loader leaves values out; a quoted
+        # string in a reason (a validator naming what it refused) is cut here as well. An
+        # exception is not the loader's worded refusal: only its kind goes back.
         try:
             result = self.policy_switcher(Path(command.path))
             described = await result if inspect.isawaitable(result) else result
-        except Exception as err:  # noqa: BLE001 -- the loader's refusal, whatever its type
+        except Exception as err:  # noqa: BLE001 -- whatever the switcher raised, the command is refused
             log.warning("mqtt: policy %s refused: %s", command.path, err)
             return Outcome.refuse(f"refused ({type(err).__name__}); the daemon's log says why", "path", command.path)
         # PolicyReloader.switch_policy answers with a result rather than raising.
         if getattr(described, "accepted", True) is False:
-            problems = len(getattr(described, "problems", ()))
-            message = getattr(described, "message", None) or f"refused: {problems} problem(s)"
-            return Outcome.refuse(f"{message}; the daemon's log and journal list the problems", "path",
-                                  command.path)
+            problems = "; ".join(getattr(described, "problems", ())) or getattr(described, "message", "refused")
+            return Outcome.refuse(_QUOTED.sub("(not shown)", problems), "path", command.path)
         described = getattr(described, "message", described)
         self.controller.request_replan("policy switched")
         return Outcome(True, f"policy switched: {described}", {"path": command.path})
@@ -194,6 +194,9 @@ class CommandHandler:
             mode = "auto, but the daemon runs with --dry-run: nothing is sent until it is restarted without it"
         return Outcome(True, f"mode {mode}" + ("" if was != paused else ", no change"),
                        {"paused": paused, "dry_run": controller.dry_run})
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 def _iso(at: datetime) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 from .app import open_daemon
 from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
 from .controls import operator_controls
-from .policy_file import load_policy_file, resolve, site_policy_path
+from .metrics import MetricsUnavailable
+from .policy_file import load_policy_file, resolve, site_policy_modules, site_policy_path
 from .service import supervised_site
 from .summary import plan_table
 from .yamlfile import FileInvalid
@@ -36,7 +37,11 @@ def _run(args: argparse.Namespace) -> int:
     site = load_or_explain(args.config)
     if site is None or not _policies_valid(site, args.config.parent):
         return EXIT_BAD_INPUT
-    return asyncio.run(_serve(site, args.config.parent, args.dry_run))
+    try:
+        return asyncio.run(_serve(site, args.config.parent, args.dry_run))
+    except MetricsUnavailable as err:  # before anything was opened or sent
+        log.error("%s", err)
+        return 1
 
 
 def _policies_valid(site: Any, base: Path) -> bool:
@@ -45,7 +50,7 @@ def _policies_valid(site: Any, base: Path) -> bool:
         if path is None:
             continue
         try:
-            load_policy_file(path)
+            load_policy_file(path, site_policy_modules(site))
         except FileInvalid as err:
             explain(path, err)
             return False

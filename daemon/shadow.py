@@ -14,6 +14,7 @@ A candidate that raises is logged and skipped: it must never disturb the live lo
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,10 @@ class ShadowRecorder(NullRecorder):
             registry=registry)
 
     @classmethod
-    def from_file(cls, path: Path, *, registry: CollectorRegistry, journal: AsyncJournal | None = None) -> ShadowRecorder:
+    def from_file(cls, path: Path, *, registry: CollectorRegistry, journal: AsyncJournal | None = None,
+                  modules: Collection[str] = ()) -> ShadowRecorder:
         """The candidate from a policy file (raises FileInvalid, like the live one)."""
-        return cls(load_policy_file(path), registry=registry, journal=journal)
+        return cls(load_policy_file(path, modules), registry=registry, journal=journal)
 
     async def decision(self, snapshot: SiteSnapshot, allocation: Allocation, plan: Plan, *, dry_run: bool) -> None:
         try:

@@ -3,7 +3,8 @@
 ``wattshift validate site.yaml`` checks the site file (and the policy file it names, if any);
 ``--policy FILE`` checks that policy file too; a policy file given alone (its ``policy`` is a
 name, not a mapping) is recognised by its content. Exit 0 and a summary, or 2 and every problem
-with file, line and key.
+with file, line and key. Validating imports no module the site file does not allow
+(``policy_modules``; a policy file alone allows none): a policy file is data.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .cli_common import EXIT_BAD_INPUT, explain, load_or_explain
-from .policy_file import LoadedPolicy, looks_like_policy_file, read_policy_file, site_policy_path
+from .policy_file import (
+    LoadedPolicy,
+    looks_like_policy_file,
+    read_policy_file,
+    site_policy_modules,
+    site_policy_path,
+)
 from .summary import site_summary
-from .yamlfile import FileInvalid
+from .yamlfile import FileInvalid, read_document
 
 
 def register(commands: Any) -> None:
@@ -30,6 +35,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     policies: list[Path] = [args.policy] if args.policy else []
     summaries: list[str] = []
+    modules: tuple[str, ...] = ()
     if _is_policy_file(args.file):
         policies.insert(0, args.file)
     else:
@@ -37,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
         if site is None:
             return EXIT_BAD_INPUT
         summaries.append(site_summary(site))
+        modules = site_policy_modules(site)
         named = site_policy_path(site, args.file.parent)
         if named is not None and named not in policies:
             policies.insert(0, named)
     for path in policies:
-        loaded = _policy_or_explain(path)
+        loaded = _policy_or_explain(path, modules)
         if loaded is None:
             return EXIT_BAD_INPUT
         summaries.append(f"{path}: {loaded.spec.describe()}")
@@ -53,14 +60,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_policy_file(path: Path) -> bool:
     try:
-        return looks_like_policy_file(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return looks_like_policy_file(read_document(path).data)
+    except FileInvalid:
         return False  # the site-file path reports why it cannot be read
 
 
-def _policy_or_explain(path: Path) -> LoadedPolicy | None:
+def _policy_or_explain(path: Path, modules: tuple[str, ...]) -> LoadedPolicy | None:
     try:
-        return read_policy_file(path)
+        return read_policy_file(path, modules)
     except FileInvalid as err:
         explain(path, err)
         return None

@@ -7,6 +7,17 @@ starves pyasic's 3 s identification budget), a semaphore of about 100 finds all,
 holds one slot of one semaphore, and each miner is identified once and cached; an identified
 miner is identified again only after repeated failures (it may have been re-flashed or
 replaced). An operator who names the firmware skips identification altogether.
+
+A read may outlive the call that asked for it. A miner that hangs costs its whole read deadline,
+and the control loop must not make every other miner's shed wait that long; so a caller may ask
+for the answers that came in until, after the first, none has come for a short gap
+(``answer_gap_s``). A gap rather than a fixed window, because a large fleet read through the
+concurrency bound keeps answering for longer than any fixed window would allow. A miner still
+being read then is reported as a timeout for now (the loop counts it at its worst case), its
+read goes on, and its answer is what the next read of it returns: a miner slower than the gap is
+then known every other plan rather than never. That answer is safe to use because a miner
+counted at its worst case is sent no command, so none came between its read and that plan.
+Each miner has at most one read in flight, so a hung one is never asked twice at once.
 """
 
 from __future__ import annotations
@@ -72,9 +83,12 @@ class MinerFleet:
         self._settings = settings
         self._gate = asyncio.Semaphore(settings.concurrency)
         self._drivers: dict[str, PyasicMiner] = {}
+        # One read per miner at most; a read that outlived its caller waits here for the next.
+        self._in_flight: dict[str, asyncio.Task[MinerReading | DeviceError]] = {}
         self._lost_reads: dict[str, int] = {}
         self._identify_failed: dict[str, tuple[float, Failure, str]] = {}  # retry time, failure, detail
         self._down: set[str] = set()  # to log a miner going away once, and its return once
+        self._capability_lost: list[Callable[[str], None]] = []
 
     @classmethod
     def from_site(cls, site: SiteConfig) -> MinerFleet:
@@ -111,19 +125,55 @@ class MinerFleet:
         driver = self._drivers.get(device_id)
         return driver.capability if driver else None
 
+    def on_capability_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(device_id)`` whenever a miner's driver is dropped to identify it again:
+        its capability is unknown until then, so its worst case may rise with no command sent."""
+        self._capability_lost.append(callback)
+
     async def discover(self) -> dict[str, PyasicMiner | DeviceError]:
         """Identify every miner not identified yet; the others keep their cached driver."""
         return await self._each(self._targets, self._driver_for)
 
-    async def read_all(self) -> dict[str, MinerReading | DeviceError]:
-        return await self.read(list(self._targets))
+    async def read_all(self, *, answer_gap_s: float | None = None) -> dict[str, MinerReading | DeviceError]:
+        return await self.read(list(self._targets), answer_gap_s=answer_gap_s)
 
-    async def read(self, device_ids: Iterable[str]) -> dict[str, MinerReading | DeviceError]:
-        """Poll the given miners (identifying any not yet known), each under its own deadline."""
-        return await self._each(device_ids, self._read_one)
+    async def read(
+        self, device_ids: Iterable[str], *, answer_gap_s: float | None = None
+    ) -> dict[str, MinerReading | DeviceError]:
+        """Poll the given miners (identifying any not yet known), each under its own deadline.
+
+        With ``answer_gap_s``, return once some miner has answered and none has for that long
+        since: a miner still being read is reported as TIMEOUT, and its read lands for the next
+        call. Until the first answer there is nothing to act on, so nothing is cut short (a
+        large fleet's first answers may take a while when the CPU is busy)."""
+        reads = {d: self._read_task(d) for d in device_ids}
+        pending = {task for task in reads.values() if not task.done()}
+        gap: float | None = None  # until this call's first answer
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=gap, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # nobody answered for the whole gap: the rest are late
+            gap = answer_gap_s
+        results: dict[str, MinerReading | DeviceError] = {}
+        for device_id, task in reads.items():
+            if not task.done():
+                results[device_id] = DeviceError(
+                    device_id, Failure.TIMEOUT, f"no answer within {answer_gap_s:g} s of the others; still being read"
+                )
+                continue
+            if self._in_flight.get(device_id) is task:
+                del self._in_flight[device_id]
+            results[device_id] = task.result()
+        return results
 
     async def close(self) -> None:
-        """Forget the drivers. pyasic holds no connection between calls, so none is open."""
+        """Forget the drivers and stop the reads in flight. pyasic holds no connection between
+        calls, so none is open."""
+        reads = list(self._in_flight.values())
+        self._in_flight.clear()
+        for task in reads:
+            task.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
         self._drivers.clear()
 
     # -- internals ------------------------------------------------------------------------------
@@ -132,17 +182,27 @@ class MinerFleet:
         self, device_ids: Iterable[str], operation: Callable[[str], Awaitable[T]]
     ) -> dict[str, T | DeviceError]:
         """``operation`` on each miner, at most ``concurrency`` miners at a time."""
+        return dict(await asyncio.gather(*(self._bounded(d, operation) for d in device_ids)))
 
-        async def bounded(device_id: str) -> tuple[str, T | DeviceError]:
-            if device_id not in self._targets:
-                return device_id, DeviceError(device_id, Failure.UNIDENTIFIED, "not a miner of this site")
-            async with self._gate:
-                try:
-                    return device_id, await operation(device_id)
-                except DeviceError as err:
-                    return device_id, err
+    async def _bounded(self, device_id: str, operation: Callable[[str], Awaitable[T]]) -> tuple[str, T | DeviceError]:
+        if device_id not in self._targets:
+            return device_id, DeviceError(device_id, Failure.UNIDENTIFIED, "not a miner of this site")
+        async with self._gate:
+            try:
+                return device_id, await operation(device_id)
+            except DeviceError as err:
+                return device_id, err
 
-        return dict(await asyncio.gather(*(bounded(d) for d in device_ids)))
+    def _read_task(self, device_id: str) -> asyncio.Task[MinerReading | DeviceError]:
+        """The miner's read in flight (or landed since the last call), else a new one."""
+        task = self._in_flight.get(device_id)
+        if task is None:
+
+            async def read() -> MinerReading | DeviceError:
+                return (await self._bounded(device_id, self._read_one))[1]
+
+            task = self._in_flight[device_id] = asyncio.create_task(read(), name=f"read {device_id}")
+        return task
 
     async def _read_one(self, device_id: str) -> MinerReading:
         driver = await self._driver_for(device_id)
@@ -209,8 +269,10 @@ class MinerFleet:
         self._lost_reads[device_id] = lost
         if lost >= self._settings.reidentify_after and self._targets[device_id].firmware == AUTO:
             # Identify it again on the next poll: the address may now hold a different miner.
-            self._drivers.pop(device_id, None)
             self._lost_reads[device_id] = 0
+            if self._drivers.pop(device_id, None) is not None:
+                for callback in self._capability_lost:
+                    callback(device_id)
 
     def _note_failure(self, device_id: str, err: DeviceError) -> None:
         if device_id not in self._down:

@@ -17,8 +17,11 @@ object that holds the state between live ticks, outside the policy.
 Where a name comes from (:func:`policy_factory`), in this order:
 
 1. a built-in (``merit-order``, ``strike-price``, ``ai-first``);
-2. a dotted path ``package.module:factory``;
-3. an installed distribution's entry point in the group ``wattshift.policies``.
+2. a dotted path ``package.module:factory``, only for a module the site file allows
+   (``policy_modules``): a policy file is data, and naming ``subprocess:Popen`` in it must not
+   make even ``wattshift validate`` run code, so nothing outside the list is imported;
+3. an installed distribution's entry point in the group ``wattshift.policies`` (installing a
+   distribution into the daemon's environment is the administrator's act of trust).
 
 A factory is a callable ``factory(options: Mapping[str, Any]) -> Policy``, or a class with a
 ``from_options`` classmethod of that shape. See ``docs/policies.md`` for a complete example.
@@ -27,7 +30,8 @@ A factory is a callable ``factory(options: Mapping[str, Any]) -> Policy``, or a 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
@@ -39,6 +43,11 @@ from wattshift.daemon.model import SiteSnapshot
 from wattshift.drivers.base import Registry
 
 ENTRY_POINT_GROUP = "wattshift.policies"
+# ``package.module:factory``: dotted identifiers, then one attribute (``Class`` or ``function``).
+# One attribute only, so a name cannot walk from an allowed module into a module it imported
+# (``allowed:os.system``).
+MODULE_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_DOTTED = re.compile(rf"({MODULE_NAME}):([A-Za-z_][A-Za-z0-9_]*)")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -115,6 +124,14 @@ class PolicyLoadError(ValueError):
     """A policy name, path or entry point could not give a policy; the message says why."""
 
 
+def module_name(value: str) -> str:
+    """``value`` if it is a module name (``acme_policies``, ``acme.policies``), for the site
+    file's ``policy_modules``; else ValueError."""
+    if re.fullmatch(MODULE_NAME, value) is None:
+        raise ValueError("not a Python module name (like acme_policies or acme.policies)")
+    return value
+
+
 def builtin_policies() -> Registry[PolicyFactory]:
     """The policies wattshift ships, by the names operators write in their files."""
     from .ai_first import AiFirstPolicy
@@ -137,13 +154,15 @@ def known_policy_names() -> list[str]:
     return sorted({*builtin_policies().names(), *installed_policies()})
 
 
-def policy_factory(ref: str) -> PolicyFactory:
-    """The factory for a built-in name, ``package.module:factory``, or an entry-point name."""
+def policy_factory(ref: str, modules: Collection[str] = ()) -> PolicyFactory:
+    """The factory for a built-in name, an entry-point name, or ``package.module:factory`` with
+    the module in ``modules`` (the site file's ``policy_modules``); anything else is refused
+    before any import."""
     builtins = builtin_policies()
     if ref in builtins.names():
         return builtins.get(ref)
     if ":" in ref:
-        return _as_factory(_import_dotted(ref), ref)
+        return _as_factory(_import_dotted(ref, modules), ref)
     entry = installed_policies().get(ref)
     if entry is None:
         raise PolicyLoadError(
@@ -160,13 +179,17 @@ def policy_factory(ref: str) -> PolicyFactory:
     return _as_factory(loaded, f"{ref} ({entry.value})")
 
 
-def build_policy(ref: str, options: Mapping[str, Any]) -> Policy:
+def build_policy(ref: str, options: Mapping[str, Any], modules: Collection[str] = ()) -> Policy:
     """The bare policy (pure; a stateful one still wants its state passed in).
 
     A bad option raises ValueError from the factory, by convention ``"option NAME: reason"``;
     anything else that goes wrong raises :class:`PolicyLoadError`.
     """
-    factory = policy_factory(ref)
+    return policy_from(policy_factory(ref, modules), ref, options)
+
+
+def policy_from(factory: PolicyFactory, ref: str, options: Mapping[str, Any]) -> Policy:
+    """Build with a factory :func:`policy_factory` gave for ``ref``; errors as :func:`build_policy`."""
     try:
         policy = factory(options)
     except ValueError:
@@ -181,25 +204,27 @@ def build_policy(ref: str, options: Mapping[str, Any]) -> Policy:
     return policy
 
 
-def make_policy(name: str, options: Mapping[str, Any]) -> Policy:
+def make_policy(name: str, options: Mapping[str, Any], modules: Collection[str] = ()) -> Policy:
     """A policy ready for the live loop: built by name, its state carried if it has any.
 
-    An unknown name, a broken plug-in or a bad option raises ValueError.
+    An unknown name, a module not in ``modules``, a broken plug-in or a bad option raises
+    ValueError.
     """
     try:
-        return carried(build_policy(name, options))
+        return carried(build_policy(name, options, modules))
     except KeyError as err:
         raise ValueError(str(err.args[0])) from None
 
 
 def parse_options(model: type[M], options: Mapping[str, Any], policy: str) -> M:
-    """Validate ``options`` as ``model``; a bad one raises ``ValueError("<policy> option <key>: why")``."""
+    """Validate ``options`` as ``model``; bad ones raise ``ValueError("<policy> option <key>: why")``,
+    one line per bad option."""
     try:
         return model.model_validate(dict(options))
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{policy} option {key}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ValueError("\n".join(
+            f"{policy} option {'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors(include_url=False))) from None
 
 
 def is_stateful(policy: object) -> bool:
@@ -257,20 +282,25 @@ def _as_factory(obj: object, ref: str) -> PolicyFactory:
     raise PolicyLoadError(f"policy {ref!r}: {type(obj).__name__} is neither a factory nor a class")
 
 
-def _import_dotted(ref: str) -> object:
-    module_name, _, attribute = ref.partition(":")
-    if not module_name or not attribute:
-        raise PolicyLoadError(f"policy {ref!r}: expected package.module:factory")
+def _import_dotted(ref: str, modules: Collection[str]) -> object:
+    match = _DOTTED.fullmatch(ref)
+    if match is None:
+        raise PolicyLoadError(f"policy {ref!r}: expected package.module:factory (one attribute, no dots)")
+    module_name, attribute = match.groups()
+    if module_name not in modules:
+        allowed = ", ".join(sorted(modules)) or "none"
+        raise PolicyLoadError(
+            f"policy {ref!r}: module {module_name!r} is not allowed (policy_modules in the site file: "
+            f"{allowed}); list it there, or install the policy as an entry point in the group "
+            f"{ENTRY_POINT_GROUP}. Nothing was imported"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or whatever the module raised while importing
         raise PolicyLoadError(
             f"policy {ref!r}: cannot import {module_name!r}: {type(err).__name__}: {err}"
         ) from None
-    found: object = module
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise PolicyLoadError(f"policy {ref!r}: module {module_name!r} has no {attribute!r}") from None
-    return found
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise PolicyLoadError(f"policy {ref!r}: module {module_name!r} has no {attribute!r}") from None

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from wattshift.daemon.model import DeviceClass, GpuNodeState, Load, SiteSnapshot
 from wattshift.drivers.base import PowerControl
@@ -39,6 +39,14 @@ class Override:
         return self.until is None or now < self.until
 
 
+class OverrideListener(Protocol):
+    """Told of every change before it is made (wattshift.daemon.site_state persists them);
+    ``scope`` is "device" or "class", ``override`` None means back to auto. A listener that
+    raises stops the change."""
+
+    def override_saved(self, scope: str, target: str, override: Override | None) -> None: ...
+
+
 class Overrides:
     """Forced states by device id and by device class; a device's own override beats its
     class's."""
@@ -46,14 +54,19 @@ class Overrides:
     def __init__(self) -> None:
         self.devices: dict[str, Override] = {}
         self.classes: dict[DeviceClass, Override] = {}
+        self.listener: OverrideListener | None = None
 
     def set_device(self, device_id: str, override: Override | None) -> None:
+        if self.listener is not None:
+            self.listener.override_saved("device", device_id, override)
         if override is None:
             self.devices.pop(device_id, None)
         else:
             self.devices[device_id] = override
 
     def set_class(self, device_class: DeviceClass, override: Override | None) -> None:
+        if self.listener is not None:
+            self.listener.override_saved("class", device_class.value, override)
         if override is None:
             self.classes.pop(device_class, None)
         else:

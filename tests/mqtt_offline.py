@@ -35,6 +35,13 @@ class Hold:
         raise AssertionError("no tick in an offline test")
 
 
+class NoFleet:
+    """A fleet that is never read (no tick), only wired."""
+
+    def on_capability_lost(self, callback: Any) -> None:
+        pass
+
+
 @dataclass
 class CheckedJournal:
     """A Recorder whose events go through the journal's own checks (``to_row``): a row the real
@@ -108,7 +115,7 @@ def offline(*, dry_run: bool = False, policy_switcher: Any = None, **mqtt: Any) 
     site = _site()  # frozen: one for every test
     overrides = Overrides()
     journal = CheckedJournal()
-    controller = Controller(site, None, OverridePolicy(Hold(), overrides),  # type: ignore[arg-type]
+    controller = Controller(site, NoFleet(), OverridePolicy(Hold(), overrides),  # type: ignore[arg-type]
                             hashprice=None, power_price=None, recorder=journal, dry_run=dry_run)  # type: ignore[arg-type]
     config = MqttConfig.model_validate({"host": "127.0.0.1", **mqtt})
     bridge = MqttBridge(config, controller, overrides=overrides, policy_switcher=policy_switcher)

@@ -29,9 +29,12 @@ async def running_site(
     gpus: SimulatedGpuSite | None = None,
     runner: Any = None,
     site_extra: dict[str, Any] | None = None,
+    drivers: dict[str, Any] | None = None,
+    identify: bool = False,
 ) -> AsyncIterator[tuple[SimulatedSite, Any, BudgetSchedule, TruthMonitor]]:
     """``gpus`` (entered by the caller) and ``runner`` add GPU nodes; ``site_extra`` adds
-    site-file keys (job classes, GPU rates)."""
+    site-file keys (job classes, GPU rates); ``drivers`` overrides the short test deadlines;
+    ``identify`` leaves every miner for pyasic to identify, as an operator who names no firmware."""
     sim = SimulatedSite(batches, first_address=first_address, physics_options={"ramp_watts_per_s": 2000.0})
     async with sim:
         site = SiteConfig.model_validate(
@@ -41,12 +44,14 @@ async def running_site(
                 circuits=circuits or [],
                 prices={"power_usd_per_mwh": {"source": "fixed", "value": power_price}},
                 policy={"name": "merit-order", "options": {"min_dwell_seconds": 0, **(policy_options or {})}},
-                drivers={"call_timeout_seconds": 1.0, "confirm_timeout_seconds": 6.0},
+                drivers={"call_timeout_seconds": 1.0, "confirm_timeout_seconds": 6.0, **(drivers or {})},
                 state_dir=str(tmp_path),
                 gpu_nodes=gpus.site_file_nodes() if gpus is not None else [],
                 **(site_extra or {}),
             )
         )
+        if identify:
+            site = site.model_copy(update={"miners": [g.model_copy(update={"firmware": "auto"}) for g in site.miners]})
         budget = BudgetSchedule(site.budget_watts, lead_seconds=30)
 
         limits = site.circuit_limits()

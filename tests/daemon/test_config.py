@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from wattshift.daemon.cli import main
 from wattshift.daemon.config import expand_addresses, load_site
 from wattshift.daemon.yamlfile import FileInvalid
@@ -71,8 +70,8 @@ def test_every_error_names_file_line_key_and_reason(site_dir, capsys):
     ("change", "message"),
     [
         (("circuit: container-a", "circuit: container-z"), "'container-z' is not a circuit"),
-        (("reserve_kw: 20", "reserve_kw: 2000"), "reserve_kw (2000.0) must be below budget_kw"),
-        (("10.0.2.9", "10.0.0.7"), "miners[1]: 10.0.0.7 is already listed as miners[0]"),
+        (("reserve_kw: 20", "reserve_kw: 2000"), "reserve_kw: must be below budget_kw (1000) (got 2000)"),
+        (("10.0.2.9", "10.0.0.7"), "miners[1].addresses: 10.0.0.7 is already listed as miners[0]"),
         (("10.0.2.9", "10.0.2.300"), "address '10.0.2.300'"),
         (("credentials: braiins", "credentials: luxos"), "'luxos' is not in the secrets file"),
         (("name: container-a", "name: transformer-1"), "circuit names must be unique"),
@@ -121,7 +120,7 @@ def test_a_job_class_valued_at_a_market_without_a_rate_is_refused(tmp_path):
     path = _gpu_site(tmp_path, "jobs:\n  classes:\n    - {match: '*', market: H100}\n")
     with pytest.raises(FileInvalid) as err:
         load_site(path, environ={})
-    assert "jobs.classes[0].market 'H100' has no rate" in str(err.value)
+    assert "jobs.classes[0].market: 'H100' has no rate" in str(err.value)
 
 
 def test_gpu_nodes_and_job_classes_load(tmp_path):

@@ -130,10 +130,11 @@ async def test_switch_policy_follows_a_new_file_only_when_it_is_valid(tmp_path):
                             dry_run=True) as (sim, daemon, budget, truth):
         controller = daemon.controller
         controller.policy = load_policy_file(live)
-        reloader = PolicyReloader(controller, live)
-        assert not (await reloader.switch_policy(broken)).accepted
+        reloader = PolicyReloader(controller, live)  # the policy directory: the folder of live
+        refused = await reloader.switch_policy("broken.yaml")
+        assert not refused.accepted and "hysteresis_usd_per_mwh" in refused.problems[0]
         assert reloader.path == live and controller.policy.name == "merit-order"
-        assert (await reloader.switch_policy(other)).accepted
+        assert (await reloader.switch_policy("other.yaml")).accepted
         assert reloader.path == other
         report = await controller.run_once()
         assert report.allocation.summary.startswith("strike-price")
@@ -195,3 +196,40 @@ async def test_without_a_policy_file_sighup_is_caught_not_fatal(tmp_path, caplog
         assert reloader is None
         os.kill(os.getpid(), signal.SIGHUP)  # the default action would end this process
         await until(lambda: "nothing to reload" in caplog.text, "the warning")
+
+
+SITE_FILE = "name: barn\nbudget_kw: 100\npolicy_file: policies/live.yaml\n"
+
+
+@pytest.mark.parametrize(("extra", "folder"), [
+    ("", "policies"),  # by default, the folder of policy_file
+    ("policy_dir: library\n", "library"),  # relative to the site file, like policy_file
+])
+async def test_the_site_file_names_the_policy_directory_and_the_allowed_modules(tmp_path, extra, folder):
+    from wattshift.daemon.config import load_site
+    from wattshift.daemon.policy_reload import policy_reloading
+
+    for name in ("policies", "library"):
+        (tmp_path / name).mkdir()
+    write(tmp_path / "policies" / "live.yaml", MERIT)
+    write(tmp_path / "library" / "other.yaml", STRIKE)
+    (tmp_path / "site.yaml").write_text(SITE_FILE + extra + "policy_modules: [acme_policies, acme.sub]\n")
+    site = load_site(tmp_path / "site.yaml", environ={})
+    stub = _Stub(load_policy_file(tmp_path / "policies" / "live.yaml"))
+    async with policy_reloading(stub, site, tmp_path, None) as reloader:
+        assert reloader is not None and reloader.policy_dir == tmp_path / folder
+        assert reloader.modules == ("acme_policies", "acme.sub")
+        switched = await reloader.switch_policy("other.yaml")
+    assert switched.accepted == (folder == "library")
+
+
+def test_a_policy_module_must_be_a_module_name(tmp_path):
+    from wattshift.daemon.config import load_site
+    from wattshift.daemon.yamlfile import FileInvalid
+
+    (tmp_path / "site.yaml").write_text(SITE_FILE + "policy_modules: [acme_policies, 'os; rm -rf /']\n")
+    with pytest.raises(FileInvalid) as caught:
+        load_site(tmp_path / "site.yaml", environ={})
+    [problem] = caught.value.problems
+    assert (problem.line, problem.key) == (4, "policy_modules[1]")
+    assert problem.reason == "not a Python module name (like acme_policies or acme.policies) (got 'os; rm -rf /')"

@@ -210,7 +210,7 @@ def test_a_site_naming_a_luxor_key_needs_it_in_the_secrets_file(tmp_path: Path):
     site.write_text("name: s\nbudget_kw: 100\nsecrets_file: secrets.yaml\n"
                     "prices:\n  hashprice_usd_per_ph_day: {source: luxor, api_key: luxor}\n")
     (tmp_path / "secrets.yaml").write_text("braiins: {password: x}\n")
-    with pytest.raises(FileInvalid, match="prices.hashprice_usd_per_ph_day.api_key 'luxor' is not in the secrets"):
+    with pytest.raises(FileInvalid, match="prices.hashprice_usd_per_ph_day.api_key: 'luxor' is not in the secrets"):
         load_site(site, environ={})
     loaded = load_site(site, environ={"WATTSHIFT_SECRET_LUXOR": "hi-key-123"})
     assert loaded.credentials["luxor"].password.get_secret_value() == "hi-key-123"

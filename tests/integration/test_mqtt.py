@@ -165,11 +165,16 @@ async def test_every_command_is_applied_answered_and_journaled(tmp_path, broker)
             assert not setup.overrides
 
             wrapper, inner = controller.policy, controller.policy.inner
-            await op.send({"command": "policy", "id": "p0", "path": str(broken)})
+            await op.send({"command": "policy", "id": "p0", "path": "broken.yaml"})
             refused = await op.wait_for(f"{PREFIX}/reply/p0")
-            assert refused["status"] == "rejected" and refused["field"] == "path" and "1 problem" in refused["reason"]
+            assert refused["status"] == "rejected" and refused["field"] == "path" and "step_watts" in refused["reason"]
             assert reloader.path == live
-            await op.send({"command": "policy", "id": "p1", "path": str(policy_file)})
+            # A name inside the policy directory (the folder of the live file) or nothing.
+            await op.send({"command": "policy", "id": "p2", "path": "/etc/shadow"})
+            refused = await op.wait_for(f"{PREFIX}/reply/p2")
+            assert refused["status"] == "rejected" and "an absolute path is not allowed" in refused["reason"]
+            assert "root:" not in str(refused) and reloader.path == live
+            await op.send({"command": "policy", "id": "p1", "path": "other.yaml"})
             assert (await op.wait_for(f"{PREFIX}/reply/p1"))["status"] == "accepted"
             assert reloader.path == policy_file
             assert controller.policy is wrapper and controller.policy.overrides is setup.overrides

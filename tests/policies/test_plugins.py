@@ -5,6 +5,7 @@ distribution on disk (a module plus a .dist-info with entry_points.txt) in a tem
 directory on sys.path, so importlib.metadata's own discovery finds it.
 """
 
+import logging
 import re
 import sys
 from pathlib import Path
@@ -70,9 +71,10 @@ def test_the_documented_example_loads_through_its_entry_point(plugin_dir):
 
 def test_the_example_loads_by_dotted_path_and_reports_its_bad_options(plugin_dir):
     (plugin_dir / "acme_dotted.py").write_text(example_source())
-    assert make_policy("acme_dotted:FlatPolicy", {"watts": 2500}).name == "acme-flat"
+    allowed = ["acme_dotted"]  # the site file's policy_modules
+    assert make_policy("acme_dotted:FlatPolicy", {"watts": 2500}, allowed).name == "acme-flat"
     with pytest.raises(ValueError, match="option watts: must be a positive number"):
-        make_policy("acme_dotted:FlatPolicy", {"watts": -1})
+        make_policy("acme_dotted:FlatPolicy", {"watts": -1}, allowed)
 
 
 def test_an_unknown_name_lists_the_known_ones():
@@ -81,14 +83,15 @@ def test_an_unknown_name_lists_the_known_ones():
 
 
 def test_a_dotted_path_that_does_not_import_is_named_with_the_reason(plugin_dir):
+    allowed = ["acme_missing", "acme_broken", "acme_empty"]
     with pytest.raises(PolicyLoadError, match=r"cannot import 'acme_missing': ModuleNotFoundError"):
-        policy_factory("acme_missing:factory")
+        policy_factory("acme_missing:factory", allowed)
     (plugin_dir / "acme_broken.py").write_text("raise RuntimeError('licence file not found')\n")
     with pytest.raises(PolicyLoadError, match=r"acme_broken.*RuntimeError: licence file not found"):
-        policy_factory("acme_broken:factory")
+        policy_factory("acme_broken:factory", allowed)
     (plugin_dir / "acme_empty.py").write_text("")
     with pytest.raises(PolicyLoadError, match=r"module 'acme_empty' has no 'factory'"):
-        policy_factory("acme_empty:factory")
+        policy_factory("acme_empty:factory", allowed)
 
 
 def test_a_broken_entry_point_is_named(plugin_dir):
@@ -102,6 +105,64 @@ def test_a_factory_that_does_not_return_a_policy_is_refused(plugin_dir):
         "def number(options):\n    return 42\n\ndef crash(options):\n    raise TypeError('boom')\n"
     )
     with pytest.raises(PolicyLoadError, match="factory returned int, not a Policy"):
-        make_policy("acme_wrong:number", {})
+        make_policy("acme_wrong:number", {}, ["acme_wrong"])
     with pytest.raises(PolicyLoadError, match="factory failed: TypeError: boom"):
-        make_policy("acme_wrong:crash", {})
+        make_policy("acme_wrong:crash", {}, ["acme_wrong"])
+
+
+# -- a policy file is data: it names plug-ins, it does not run code (issue 10, item 9) ------------
+
+MARKER = "import pathlib\npathlib.Path(__file__).with_suffix('.ran').touch()\n\ndef make(options):\n    raise SystemExit\n"
+
+
+def test_a_dotted_path_to_a_module_the_site_does_not_allow_is_refused_before_any_import(plugin_dir):
+    (plugin_dir / "acme_marker.py").write_text(MARKER)
+    for ref in ("acme_marker:make", "subprocess:Popen", "os:system"):
+        with pytest.raises(PolicyLoadError, match=r"is not allowed \(policy_modules in the site file: none\)"):
+            policy_factory(ref)
+    assert not (plugin_dir / "acme_marker.ran").exists() and "acme_marker" not in sys.modules
+
+
+def test_an_allowed_module_gives_one_attribute_never_a_path_through_its_imports(plugin_dir):
+    (plugin_dir / "acme_allowed.py").write_text("import os\n\ndef make(options):\n    return None\n")
+    with pytest.raises(PolicyLoadError, match=r"expected package.module:factory \(one attribute, no dots\)"):
+        policy_factory("acme_allowed:os.system", ["acme_allowed"])
+    with pytest.raises(PolicyLoadError, match="module 'acme' is not allowed"):
+        policy_factory("acme:make", ["acme_allowed"])  # a prefix of an allowed name is not allowed
+    assert callable(policy_factory("acme_allowed:make", ["acme_allowed"]))
+
+
+@pytest.fixture
+def keep_logging():
+    """``main`` points the root logger at the captured stderr; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_validate_runs_no_code_a_policy_file_names(plugin_dir, capsys, keep_logging):
+    """``wattshift validate`` on a policy file naming a module: refused, and the module's code
+    never ran; with the module in the site file's policy_modules, the same file loads."""
+    from wattshift.daemon.cli import main
+
+    (plugin_dir / "acme_marker.py").write_text(MARKER)
+    (plugin_dir / "acme_ok.py").write_text(example_source())
+    policy = plugin_dir / "policy.yaml"
+    for ref in ("acme_marker:make", "subprocess:Popen"):
+        policy.write_text(f"policy: '{ref}'\n")
+        assert main(["validate", str(policy)]) == 2
+        assert f"policy: policy {ref!r}: module" in capsys.readouterr().err
+    assert not (plugin_dir / "acme_marker.ran").exists() and "acme_marker" not in sys.modules
+
+    policy.write_text("policy: acme_ok:FlatPolicy\noptions: {watts: 2000}\n")
+    site = Path(__file__).resolve().parents[2] / "deploy" / "site.example.yaml"
+    own_site = plugin_dir / "site.yaml"
+    text = site.read_text().replace("secrets_file: secrets.example.yaml", f"secrets_file: {site.parent}/secrets.example.yaml")
+    own_site.write_text(text + "policy_modules: [acme_ok]\n")
+    assert main(["validate", str(own_site), "--policy", str(policy)]) == 0, capsys.readouterr().err
+    assert "policy acme_ok:FlatPolicy" in capsys.readouterr().out
+    own_site.write_text(text)  # the same file, the module no longer allowed
+    assert main(["validate", str(own_site), "--policy", str(policy)]) == 2
+    assert "module 'acme_ok' is not allowed" in capsys.readouterr().err
