@@ -136,10 +136,11 @@ class Controller:
         self.policy = policy
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
-        # Told of manual mode (pause/resume: dry_run) before it changes; wattshift.daemon.site_state
-        # persists it. A listener that raises stops the change.
+        self.dry_run = dry_run  # the process's (--dry-run): fixed for its life, no command changes it
+        # Manual mode (pause/resume): observe, decide, journal, send nothing. The listener is told
+        # before it changes (wattshift.daemon.site_state persists it); one that raises stops the change.
         self.mode_listener: Callable[[bool], None] | None = None
-        self._dry_run = dry_run
+        self._paused = False
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -168,15 +169,15 @@ class Controller:
         return list(self._slots)
 
     @property
-    def dry_run(self) -> bool:
-        """Decide and journal, send nothing: ``--dry-run``, or manual mode (an operator's pause)."""
-        return self._dry_run
+    def paused(self) -> bool:
+        """Manual mode: an operator's pause. Sends nothing, like ``--dry-run``, which no command ends."""
+        return self._paused
 
-    @dry_run.setter
-    def dry_run(self, paused: bool) -> None:
+    @paused.setter
+    def paused(self, paused: bool) -> None:
         if self.mode_listener is not None:
             self.mode_listener(paused)
-        self._dry_run = paused
+        self._paused = paused
 
     def assume_waking(self, device_ids: frozenset[str]) -> None:
         """Devices told to wake by a command whose outcome is unknown (it was open when the last
@@ -243,8 +244,9 @@ class Controller:
         plan = self._metered(plan_transition(snapshot, allocation), notes)
         plans = [plan]
         results: list[StepResult] = []
-        await self.recorder.decision(snapshot, allocation, plan, dry_run=self.dry_run)
-        if not self.dry_run and not plan.empty:
+        holding = self.dry_run or self.paused
+        await self.recorder.decision(snapshot, allocation, plan, dry_run=holding)
+        if not holding and not plan.empty:
             meter_before = self.meter.latest() if self.meter is not None else None
             results += await self._send(plan.now)
             if plan.deferred:
@@ -267,7 +269,7 @@ class Controller:
                 await self.recorder.decision(snapshot, allocation, again, dry_run=False)
                 results += await self._send(again.now)
         report = TickReport(
-            snapshot, allocation, tuple(plans), tuple(results), self._clock() - started, self.dry_run, tuple(notes)
+            snapshot, allocation, tuple(plans), tuple(results), self._clock() - started, holding, tuple(notes)
         )
         self.last_report = report
         await self.recorder.tick(report)

@@ -100,11 +100,16 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
             meter = SimulatedMeter(lambda: truth.true_watts_by_circuit()["site"], broker.host, broker.port,
                                    site.mqtt.meter.topic, interval=min(1.0, scenario.tick_s))
             await stack.enter_async_context(meter)
-            print(instructions(broker, unmetered / 1000, site.budget_watts * 0.5 / 1000), file=out, flush=True)
         async with (
             open_daemon(site, base_dir=Path("."), budget=budget, serve_metrics=True, runner=runner) as daemon,
             operator_controls(daemon, site, state_dir) as controls,
         ):
+            if broker is not None and controls.bridge is not None:
+                # Only once the daemon listens: a command sent on reading this line must not be lost.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10):
+                        await controls.bridge.connected.wait()
+                print(instructions(broker, unmetered / 1000, site.budget_watts * 0.5 / 1000), file=out, flush=True)
             print(f"identified miners; metrics on http://{metrics_listen}/metrics; journal in {state_dir}",
                   file=out, flush=True)
             if controls.reloader is not None:

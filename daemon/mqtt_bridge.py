@@ -15,6 +15,12 @@ When the broker goes away the task reconnects with exponential backoff (with jit
 reconnect every state topic is published again. Commands are validated
 (:mod:`wattshift.daemon.mqtt_commands`), applied (:mod:`wattshift.daemon.mqtt_handler`),
 journaled through the controller's recorder, and answered on the reply topic.
+
+What guards the command topic: a retained command is refused (it would act again at every
+restart), so is one older than ``mqtt.commands.max_age_seconds`` by its ``sent_at``, and one
+whose reply would land outside the reply prefix. With credentials, each connect also tries an
+anonymous client: if the broker lets it in, anyone on the network could send commands, and
+every command is refused unless the site file says ``allow_anonymous_broker: true``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +47,7 @@ from wattshift.policies.base import Allocation
 from wattshift.policies.overrides import Overrides, forced_devices
 
 from .model import SiteSnapshot
-from .mqtt_commands import Rejection, parse_command
+from .mqtt_commands import Rejection, check_age, parse_command, show
 from .mqtt_config import Login, MqttConfig
 from .mqtt_handler import BudgetWatch, CommandHandler, Outcome, PolicySwitcher
 from .mqtt_outbox import Outbox
@@ -58,6 +64,16 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 CALL_TIMEOUT_SECONDS = 10.0
+MAX_CORRELATION_BYTES = 256  # echoed on the reply: bounded like every other input
+ANONYMOUS_REFUSAL = (
+    "commands refused: the broker also lets clients in without credentials, so anyone on the "
+    "network could have sent this; turn anonymous access off (Mosquitto: allow_anonymous false) "
+    "or set mqtt.commands.allow_anonymous_broker: true in the site file"
+)
+RETAINED_REFUSAL = (
+    "a retained message: a command acts once, when it is sent, not again at every restart; "
+    "clear it with an empty retained message on the command topic"
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,10 @@ class MqttBridge:
         self.config = config
         self.controller = controller
         self.site_name = controller.site.name
-        self.topics = Topics(config.topic_prefix(self.site_name))
+        reserved = [config.homeassistant.prefix] if config.homeassistant.enabled else []
+        if config.meter is not None:
+            reserved.append(config.meter.topic)
+        self.topics = Topics(config.topic_prefix(self.site_name), config.commands.reply_prefix, tuple(reserved))
         self.login = login
         self.overrides = overrides
         self.meter = meter
@@ -114,6 +133,9 @@ class MqttBridge:
         self._serving = False
         self.connected = asyncio.Event()
         self.connections = 0  # successful connects, for operators and tests
+        # Whether the broker let an anonymous client in at the last connect (None: not checked,
+        # the daemon has no credentials of its own to compare with).
+        self.anonymous_broker: bool | None = None
         self.verdicts: collections.Counter[str] = collections.Counter()  # "accepted"/"rejected" -> commands
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -186,7 +208,7 @@ class MqttBridge:
             forced = forced_devices(self.overrides, classes, now)
         return SiteContext(
             site_name=self.site_name,
-            mode="manual" if controller.dry_run else "auto",
+            mode="dry-run" if controller.dry_run else "manual" if controller.paused else "auto",
             policy=getattr(controller.policy, "name", "?"),
             events=tuple(controller.budget.events()),
             budget_now_watts=controller.budget.at(now),
@@ -229,23 +251,28 @@ class MqttBridge:
 
     # -- commands --------------------------------------------------------------------------------
 
-    async def on_command(self, payload: bytes, properties: Properties | None = None) -> Outcome:
-        """Validate, apply, journal and answer one command message."""
+    async def on_command(self, payload: bytes, properties: Properties | None = None, *,
+                         retained: bool = False) -> Outcome:
+        """Validate, apply, journal and answer one command message. Every message, whatever its
+        bytes, gets a journal row and a reply (on its own reply topic when that is allowed, else
+        on the default one); a refused one changes nothing."""
         parsed = parse_command(payload)
         if isinstance(parsed, Rejection):
             request_id, name, reply_to = parsed.request_id, parsed.command, parsed.reply_to
-            outcome = Outcome(False, parsed.message(), rejection=parsed)
         else:
             request_id, name, reply_to = parsed.id, parsed.command, parsed.reply_to
+        reply, misdirected = self._reply_target(request_id, reply_to, properties)
+        refusal = self._refusal(parsed, retained, misdirected)
+        if refusal is not None:
+            refusal = refusal.redacted()
+            outcome = Outcome(False, refusal.message(), rejection=refusal)
+        else:
             try:
                 outcome = await self.handler.handle(parsed, request_id)
             except Exception as err:  # a bug in one command must not take the bridge down
                 log.exception("mqtt: command %s failed", name)
-                outcome = Outcome.refuse(f"internal error: {err}", None, None)
-        if outcome.rejection is not None and outcome.rejection.field is not None:
-            outcome = _as_sent(outcome, payload)
-        reply = self._reply_target(request_id, reply_to, properties)
-        await self._journal(outcome, name, request_id)
+                outcome = Outcome.refuse(f"internal error: {type(err).__name__}", None, None)
+        await self._journal(outcome, name, request_id, retained)
         status = "accepted" if outcome.accepted else "rejected"
         self.verdicts[status] += 1
         rejection = outcome.rejection
@@ -260,19 +287,51 @@ class MqttBridge:
                 self._check_watches(self._report)
         return outcome
 
-    def _reply_target(self, request_id: str | None, reply_to: str | None, properties: Properties | None) -> _ReplyTo:
+    def _refusal(self, parsed: Any, retained: bool, misdirected: Rejection | None) -> Rejection | None:
+        """Why a message must not act, before the handler sees it: the broker's own openness
+        first (it makes every sender suspect), then the delivery, then the content."""
+        commands = self.config.commands
+        if self.anonymous_broker and not commands.allow_anonymous_broker:
+            return Rejection(ANONYMOUS_REFUSAL)
+        if retained:
+            return Rejection(RETAINED_REFUSAL, "retain", True)
+        if isinstance(parsed, Rejection):
+            return parsed
+        if misdirected is not None:
+            return misdirected
+        return check_age(parsed, self._wall(), max_age_seconds=commands.max_age_seconds,
+                         required=commands.require_sent_at)
+
+    def _reply_target(self, request_id: str | None, reply_to: str | None,
+                      properties: Properties | None) -> tuple[_ReplyTo, Rejection | None]:
+        """Where the answer goes, and why the asked-for topic was refused (then the default
+        ``<reply prefix>/<id>`` gets it). The MQTT 5 response topic is the sender's input too."""
         response_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
         correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
-        topic = response_topic or reply_to or self.topics.reply(request_id)
-        return _ReplyTo(topic, correlation)
+        default = self.topics.reply(request_id)
+        if correlation is not None and (not isinstance(correlation, bytes) or len(correlation) > MAX_CORRELATION_BYTES):
+            size = len(correlation) if isinstance(correlation, bytes | str) else None
+            return _ReplyTo(default, None), Rejection(f"over {MAX_CORRELATION_BYTES} bytes", "correlation_data", size)
+        for field, topic in (("response_topic", response_topic), ("reply_to", reply_to)):
+            if topic is None:
+                continue
+            problem = self.topics.reply_problem(topic) if isinstance(topic, str) else "not a string"
+            if problem is not None:
+                return _ReplyTo(default, correlation), Rejection(problem, field, str(topic)[:200])
+            return _ReplyTo(topic, correlation), None
+        return _ReplyTo(default, correlation), None
 
-    async def _journal(self, outcome: Outcome, name: str | None, request_id: str | None) -> None:
+    async def _journal(self, outcome: Outcome, name: str | None, request_id: str | None, retained: bool) -> None:
         verdict = "accepted" if outcome.accepted else "rejected"
-        data: dict[str, object] = {"source": "mqtt", "command": name, "request": request_id, "accepted": outcome.accepted}
+        summary = f"mqtt command {name or '?'} {verdict}: {outcome.summary}"
+        data: dict[str, object] = {"source": "mqtt", "command": name, "request": request_id,
+                                   "accepted": outcome.accepted, "retained": retained}
         if outcome.rejection is not None:
-            data.update(field=outcome.rejection.field, value=_jsonable(outcome.rejection.value))
+            # The value as short text: bounded, and a key inside it cannot trip the journal's
+            # refusal of credential-like keys (its secrets are already hidden).
+            data.update(field=outcome.rejection.field, value=show(outcome.rejection.value))
         try:
-            await self.controller.recorder.event(f"mqtt command {name or '?'} {verdict}: {outcome.summary}", data)
+            await self.controller.recorder.event(summary, data)
         except Exception:  # the journal's own failure is logged there; the reply still goes out
             log.exception("mqtt: could not journal command %s", name)
 
@@ -281,7 +340,7 @@ class MqttBridge:
                data: dict[str, Any] | None = None) -> None:
         body: dict[str, Any] = {"id": request_id, "command": command, "status": status, "at": self._wall().isoformat()}
         if reason is not None:
-            body.update(reason=reason, field=field, value=_jsonable(value))
+            body.update(reason=reason, field=field, value=_echo(value))
         if data:
             body["data"] = data
         properties = None
@@ -292,29 +351,59 @@ class MqttBridge:
 
     # -- the connection --------------------------------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, *, anonymous: bool = False) -> aiomqtt.Client:
+        """The daemon's client; ``anonymous``: the same broker and CA, but no password, no client
+        certificate, no will and another identifier (the check of the broker's openness)."""
         config = self.config
         tls = None
         if config.tls is not None:
+            own_cert = config.tls.cert_file is not None and not anonymous
             tls = aiomqtt.TLSParameters(
                 ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
-                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
-                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
+                certfile=str(config.tls.cert_file) if own_cert else None,
+                keyfile=str(config.tls.key_file) if own_cert else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
+        login = None if anonymous else self.login
+        identifier = config.identifier(self.site_name)
         return aiomqtt.Client(
             config.host,
             config.broker_port(),
-            username=self.login.username if self.login else None,
-            password=self.login.password.get_secret_value() if self.login else None,
-            identifier=config.identifier(self.site_name),
+            username=login.username if login else None,
+            password=login.password.get_secret_value() if login else None,
+            identifier=f"{identifier}-anonymity-check" if anonymous else identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
-            will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
+            will=None if anonymous else aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
             keepalive=config.keepalive,
             tls_params=tls,
             timeout=CALL_TIMEOUT_SECONDS,
             logger=log,
         )
+
+    async def _check_anonymous(self) -> None:
+        """Whether a client without credentials gets in where the daemon needs them. Checked
+        before the command topic is subscribed, so no command arrives before the verdict."""
+        tls = self.config.tls
+        if self.login is None and (tls is None or tls.cert_file is None):
+            return  # the daemon itself is anonymous: nothing to compare (docs/mqtt.md says so)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+                async with self._client(anonymous=True):
+                    accepted = True
+        except (aiomqtt.MqttError, TimeoutError, OSError):
+            accepted = False  # refused (not authorised, no certificate) or did not get in at all
+        if accepted and self.anonymous_broker is not True:
+            refused = not self.config.commands.allow_anonymous_broker
+            message = ("mqtt: the broker accepts anonymous clients: anyone on the network can publish to "
+                       f"{self.topics.command}" + ("; every command is refused" if refused else
+                                                   "; commands obeyed (mqtt.commands.allow_anonymous_broker)"))
+            log.log(logging.ERROR if refused else logging.WARNING, "%s", message)
+            try:
+                await self.controller.recorder.event(message, {"source": "mqtt", "anonymous_broker": True,
+                                                               "commands_refused": refused})
+            except Exception:  # the journal's failure is logged there; the verdict stands
+                log.exception("mqtt: could not journal the anonymous-broker check")
+        self.anonymous_broker = accepted
 
     async def _run(self) -> None:
         delay = self.config.reconnect_min_seconds
@@ -344,6 +433,7 @@ class MqttBridge:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         qos = self.config.qos
+        await self._check_anonymous()
         await client.subscribe(self.topics.command, qos=qos)
         if self.meter is not None:
             await client.subscribe(self.meter.topic, qos=qos)
@@ -387,7 +477,10 @@ class MqttBridge:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             if message.topic.matches(self.topics.command):
-                await self.on_command(payload, message.properties)
+                try:
+                    await self.on_command(payload, message.properties, retained=bool(message.retain))
+                except Exception:  # a bug must cost one command, never the link (it did: 47 reconnects)
+                    log.exception("mqtt: a command message could not be handled")
             elif self.meter is not None and message.topic.matches(self.meter.topic):
                 self.meter.feed(payload)
             self._wake.set()
@@ -418,22 +511,13 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _as_sent(outcome: Outcome, payload: bytes) -> Outcome:
-    """The refused value as the sender wrote it (``...Z``, not pydantic's ``+00:00``)."""
-    rejection = outcome.rejection
-    assert rejection is not None and rejection.field is not None
+def _echo(value: Any) -> Any:
+    """A refused value for the reply: as sent when it is short, else its first 100 characters
+    (a string stays a string)."""
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:97] + "..."
     try:
-        data: Any = json.loads(payload)
-        for key in rejection.field.split("."):
-            data = data[key]
-    except (ValueError, KeyError, TypeError, IndexError):
-        return outcome
-    return replace(outcome, rejection=replace(rejection, value=data).redacted())
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return str(value)
-    return value
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return show(value)
+    return value if len(text) <= 200 else show(value)

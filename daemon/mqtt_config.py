@@ -83,6 +83,32 @@ class MeterConfig(Strict):
         return check_topic(value, what="topic")
 
 
+def _under(topic: str, prefix: str) -> bool:
+    return topic == prefix or topic.startswith(prefix + "/")
+
+
+class CommandsConfig(Strict):
+    """Who may be answered, and which commands are too old or too suspect to obey.
+
+    ``reply_prefix`` (default ``<prefix>/reply``) bounds where replies may go: a ``reply_to`` or
+    an MQTT 5 response topic outside it is refused, so a command cannot make the daemon publish
+    on its own topics, the meter's or Home Assistant's. ``max_age_seconds`` refuses a command
+    whose ``sent_at`` is older (or further ahead, for a console whose clock runs fast);
+    ``require_sent_at`` refuses one without it. ``allow_anonymous_broker`` obeys commands even
+    though the broker lets clients in without a password (checked at every connect when the
+    daemon has credentials)."""
+
+    reply_prefix: Topic | None = None
+    max_age_seconds: float = Field(default=120.0, gt=0, le=86_400)
+    require_sent_at: bool = False
+    allow_anonymous_broker: bool = False
+
+    @field_validator("reply_prefix")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        return None if value is None else check_topic(value, what="reply_prefix")
+
+
 class MqttConfig(Strict):
     host: str = Field(min_length=1, max_length=253)
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with TLS
@@ -99,6 +125,7 @@ class MqttConfig(Strict):
     queue_limit: int = Field(default=1000, ge=10, le=1_000_000)  # decisions/events kept while offline
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     meter: MeterConfig | None = None
+    commands: CommandsConfig = CommandsConfig()
 
     @field_validator("prefix")
     @classmethod
@@ -110,6 +137,28 @@ class MqttConfig(Strict):
         if self.reconnect_max_seconds < self.reconnect_min_seconds:
             raise ValueError(f"reconnect_max_seconds ({self.reconnect_max_seconds}) must be at least "
                              f"reconnect_min_seconds ({self.reconnect_min_seconds})")
+        return self
+
+    @model_validator(mode="after")
+    def _replies_apart(self) -> MqttConfig:
+        # Replies are published where a command asks: under the reply prefix only, and that
+        # prefix must not hold a topic someone else reads as data or as a command.
+        replies = self.commands.reply_prefix
+        if replies is None:
+            return self
+        others = {"homeassistant.prefix": self.homeassistant.prefix,
+                  "meter.topic": self.meter.topic if self.meter else None}
+        for name, topic in others.items():
+            if topic is not None and (_under(topic, replies) or _under(replies, topic)):
+                raise ValueError(f"commands.reply_prefix {replies!r} overlaps {name} {topic!r}: "
+                                 "replies must go under a prefix of their own")
+        # Under the daemon's own prefix only in <prefix>/reply: the rest is its state and commands.
+        if self.prefix is not None and _under(replies, self.prefix) and not _under(replies, f"{self.prefix}/reply"):
+            raise ValueError(f"commands.reply_prefix {replies!r}: under prefix {self.prefix!r} only as "
+                             f"{self.prefix}/reply/...")
+        if self.prefix is not None and _under(self.prefix, replies):
+            raise ValueError(f"commands.reply_prefix {replies!r} holds prefix {self.prefix!r}: "
+                             "replies must go under a prefix of their own")
         return self
 
     def topic_prefix(self, site_name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class CommandHandler:
                                   "limit_kw", command.limit_kw)
         if end is not None and end <= now:
             which = "duration_seconds" if command.duration_seconds is not None else "end"
-            value = command.duration_seconds if which == "duration_seconds" else end.isoformat()
+            value = command.duration_seconds if which == "duration_seconds" else _iso(end)
             return Outcome.refuse("the event would already be over", which, value)
         name = command.name or f"mqtt-{request_id or int(now.timestamp())}"
         event = BudgetEvent(name, limit, start, end, command.priority)
@@ -133,7 +134,7 @@ class CommandHandler:
                                   "state", command.state)
         now = self._wall()
         if command.until is not None and command.until <= now:
-            return Outcome.refuse("is in the past", "until", command.until.isoformat())
+            return Outcome.refuse("is in the past", "until", _iso(command.until))
         override = None if command.state == "auto" else Override(Forced(command.state), command.until)
         known = self._device_classes()
         if command.device is not None:
@@ -164,22 +165,40 @@ class CommandHandler:
     async def _policy(self, command: PolicyCommand) -> Outcome:
         if self.policy_switcher is None:
             return Outcome.refuse("policy switching not available", "path", command.path)
+        # The reply carries the loader's problems (key, line, reason) but nothing of the file: the
+        # sender picks the file, and it may hold anything. The loader leaves values out; a quoted
+        # string in a reason (a validator naming what it refused) is cut here as well. An
+        # exception is not the loader's worded refusal: only its kind goes back.
         try:
             result = self.policy_switcher(Path(command.path))
             described = await result if inspect.isawaitable(result) else result
-        except Exception as err:  # the loader's refusal, whatever its type, is the reason given
-            return Outcome.refuse(str(err) or type(err).__name__, "path", command.path)
+        except Exception as err:  # noqa: BLE001 -- whatever the switcher raised, the command is refused
+            log.warning("mqtt: policy %s refused: %s", command.path, err)
+            return Outcome.refuse(f"refused ({type(err).__name__}); the daemon's log says why", "path", command.path)
         # PolicyReloader.switch_policy answers with a result rather than raising.
         if getattr(described, "accepted", True) is False:
             problems = "; ".join(getattr(described, "problems", ())) or getattr(described, "message", "refused")
-            return Outcome.refuse(problems, "path", command.path)
+            return Outcome.refuse(_QUOTED.sub("(not shown)", problems), "path", command.path)
         described = getattr(described, "message", described)
         self.controller.request_replan("policy switched")
         return Outcome(True, f"policy switched: {described}", {"path": command.path})
 
     def _pause(self, *, paused: bool) -> Outcome:
-        was = self.controller.dry_run
-        self.controller.dry_run = paused
-        self.controller.request_replan("actuation paused" if paused else "actuation resumed")
+        # Manual mode only: --dry-run belongs to the process and no command ends it.
+        controller = self.controller
+        was = controller.paused
+        controller.paused = paused
+        controller.request_replan("actuation paused" if paused else "actuation resumed")
         mode = "manual (actuation paused)" if paused else "auto (actuation resumed)"
-        return Outcome(True, f"mode {mode}" + ("" if was != paused else ", no change"), {"dry_run": paused})
+        if not paused and controller.dry_run:
+            mode = "auto, but the daemon runs with --dry-run: nothing is sent until it is restarted without it"
+        return Outcome(True, f"mode {mode}" + ("" if was != paused else ", no change"),
+                       {"paused": paused, "dry_run": controller.dry_run})
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _iso(at: datetime) -> str:
+    """A time as a sender most likely wrote it: UTC as ``Z``."""
+    return at.isoformat().replace("+00:00", "Z")

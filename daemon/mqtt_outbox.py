@@ -46,6 +46,7 @@ class Outbox:
         self._pending_state: dict[str, bytes] = {}
         self._sent_state: dict[str, tuple[bytes, float]] = {}
         self.dropped = 0
+        self.refused = 0  # messages the client would not send at all (bad topic), dropped
 
     def enqueue(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         if len(self._queue) == self._queue.maxlen:
@@ -82,7 +83,15 @@ class Outbox:
         """Send the queue, then the state that is due; returns seconds until more state is due."""
         while self._queue:
             item = self._queue[0]
-            await client.publish(item.topic, item.payload, qos=qos, retain=False, properties=item.properties)
+            try:
+                await client.publish(item.topic, item.payload, qos=qos, retain=False, properties=item.properties)
+            except ValueError:
+                # The client refused the message itself (a wildcard or malformed topic): sending it
+                # again would fail again, and a head-of-queue that always fails would stop every
+                # message behind it and reconnect for ever.
+                self._queue.popleft()
+                self.refused += 1
+                continue
             self._queue.popleft()  # only once sent: a message in flight at a disconnect is tried again
         due, wait = self.due_state()
         for start in range(0, len(due), PUBLISH_WINDOW):

@@ -28,7 +28,7 @@ class SiteContext:
     """What the state needs beyond the tick report: things the bridge learns elsewhere."""
 
     site_name: str
-    mode: str  # "auto" or "manual" (actuation paused)
+    mode: str  # "auto", "manual" (actuation paused) or "dry-run" (the process was started with --dry-run)
     policy: str
     events: tuple[BudgetEvent, ...] = ()
     budget_now_watts: float | None = None

@@ -115,7 +115,7 @@ async def restore_operator_state(
         restored["overrides"].append(f"{scope} {target} {override.state.value}")
 
     if saved.paused:
-        controller.dry_run = True
+        controller.paused = True
         restored["paused"] = True
 
     # Attached before anything that can fail or wait: no change from here on goes unsaved.

@@ -55,6 +55,7 @@ class PrivateBroker:
     users: dict[str, str] = field(default_factory=dict)  # name -> password; empty: anonymous
     acl: str | None = None  # mosquitto acl_file text
     tls_files: TlsFiles | None = None
+    anonymous: bool | None = None  # also let clients in without a password (None: only without users)
     port: int = 0  # 0: a free one
     process: subprocess.Popen[bytes] | None = None
 
@@ -67,6 +68,7 @@ class PrivateBroker:
         self._write_config()
 
     def _write_config(self) -> None:
+        anonymous = self.anonymous if self.anonymous is not None else not self.users
         lines = [
             f"listener {self.port} {self.host}",
             "persistence false",
@@ -75,7 +77,7 @@ class PrivateBroker:
             "connection_messages true",
             # Run as whoever starts it (mosquitto's own user could not read this folder).
             "user root",
-            f"allow_anonymous {'false' if self.users else 'true'}",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
         ]
         if self.users:
             passwords = self.folder / "passwords"

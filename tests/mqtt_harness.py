@@ -69,11 +69,12 @@ async def site_with_bridge(
     tick_seconds: float | None = None,
     with_meter: bool = False,
     clock: Any = None,
+    dry_run: bool = False,
     **config: Any,
 ) -> AsyncIterator[Setup]:
     batches = batches or [MinerBatch("luxos", 2, "site", "Antminer S21")]
     async with running_site(batches, tmp_path / "site", first_address=first_address,
-                            budget_kw=budget_kw) as (sim, daemon, budget, truth):
+                            budget_kw=budget_kw, dry_run=dry_run) as (sim, daemon, budget, truth):
         controller = daemon.controller
         if tick_seconds is not None:
             # The site file's floor is 1 s; tests step faster than a site would.

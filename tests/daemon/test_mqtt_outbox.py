@@ -91,3 +91,25 @@ async def test_a_full_queue_drops_the_oldest_and_counts_it():
     await box.send(client, qos=1, retain=True)
     assert box.dropped == 2
     assert [int(p) for _, p, _ in client.sent] == list(range(2, 12))
+
+
+class RefusesWildcards(Recording):
+    async def publish(self, topic, payload, *, qos, retain, properties=None):
+        if "#" in topic or "+" in topic:
+            raise ValueError("Publish topic cannot contain wildcards.")  # paho's own check
+        await super().publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+
+async def test_a_message_the_client_refuses_is_dropped_not_retried_for_ever():
+    # A reply once went to an MQTT 5 response topic of "a/#": paho refused it on every try, it
+    # stayed at the head of the queue, and the bridge reconnected again and again.
+    clock = [0.0]
+    box = outbox(clock)
+    box.enqueue("a/#", b"bad")
+    box.enqueue("site/events", b"next")
+    client = RefusesWildcards()
+    await box.send(client, qos=1, retain=False)
+    assert client.sent == [("site/events", b"next", False)]
+    assert box.refused == 1
+    await box.send(client, qos=1, retain=False)
+    assert len(client.sent) == 1  # nothing left to retry

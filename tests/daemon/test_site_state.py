@@ -40,7 +40,7 @@ class FakeController:
 
     def __init__(self, contract: float = 100_000.0) -> None:
         self.budget = BudgetSchedule(contract)
-        self.dry_run = False
+        self.paused = False
         self.mode_listener: Any = None
         self.events: list[tuple[str, dict[str, object]]] = []
         self.waking: set[str] = set()
@@ -179,7 +179,7 @@ async def test_restore_puts_back_what_is_still_in_force_and_journals_it(path):
         assert [e.name for e in controller.budget.events()] == ["cut"]
         assert overrides.devices == {"10.0.0.7": Override(Forced.OFF)}
         assert overrides.classes == {DeviceClass.GPU: Override(Forced.ON, T0 + 2 * HOUR)}
-        assert controller.dry_run is True
+        assert controller.paused is True
         (summary, data), = controller.events
         assert summary.startswith("restored after restart: budget event(s) cut; override(s) class gpu on,"
                                   " device 10.0.0.7 off; manual mode (actuation paused)")
@@ -291,16 +291,16 @@ async def test_a_wake_left_open_counts_at_its_limit_and_manual_mode_is_saved_fir
 
         saved: list[bool] = []
         controller.mode_listener = saved.append
-        controller.dry_run = True
-        assert saved == [True] and controller.dry_run is True
+        controller.paused = True
+        assert saved == [True] and controller.paused is True
 
         def full_disk(paused: bool) -> None:
             raise StateError("disk full")
 
         controller.mode_listener = full_disk
         with pytest.raises(StateError):
-            controller.dry_run = False
-        assert controller.dry_run is True  # not saved, not changed
+            controller.paused = False
+        assert controller.paused is True  # not saved, not changed
 
 
 async def test_a_policy_switch_is_saved_first_and_a_refused_one_leaves_the_running_file_saved(path, tmp_path):

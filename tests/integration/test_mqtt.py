@@ -5,6 +5,7 @@ Brokers listen on 127.0.21.x (free ports); simulated miners on 127.0.24.x-127.0.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -181,21 +182,20 @@ async def test_every_command_is_applied_answered_and_journaled(tmp_path, broker)
 
             await op.send({"command": "pause", "id": "m1", "reason": "electrician on site"})
             assert (await op.wait_for(f"{PREFIX}/reply/m1"))["status"] == "accepted"
-            assert controller.dry_run is True
+            assert controller.paused is True and controller.dry_run is False
             paused = await controller.run_once()
             assert paused.dry_run and paused.results == ()
             await op.send({"command": "resume", "id": "m2"})
             assert (await op.wait_for(f"{PREFIX}/reply/m2"))["status"] == "accepted"
-            assert controller.dry_run is False
+            assert controller.paused is False
 
             # MQTT 5: the response topic and correlation data of the request win.
             props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = "console/answers"
+            props.ResponseTopic = f"{PREFIX}/reply/console"
             props.CorrelationData = b"corr-42"
-            await op.client.subscribe("console/answers", qos=1)
             await op.send({"command": "pause"}, properties=props)
-            await op.wait_for("console/answers", lambda body: body["status"] == "accepted")
-            answer = op.on("console/answers")[0]
+            await op.wait_for(f"{PREFIX}/reply/console", lambda body: body["status"] == "accepted")
+            answer = op.on(f"{PREFIX}/reply/console")[0]
             assert answer.properties.CorrelationData == b"corr-42"
         for name in ("budget", "restore", "force", "policy", "pause", "resume"):
             assert await journaled(setup, f"mqtt command {name} accepted"), name
@@ -232,10 +232,12 @@ async def test_bad_commands_are_refused_with_reasons_and_change_nothing(tmp_path
                 assert reply["field"] == field, reply
                 assert reply["reason"]
                 if isinstance(payload, dict) and field in payload:
-                    assert reply["value"] == payload[field]
+                    sent = payload[field]
+                    # Echoed as sent; a long value only by its first 97 characters.
+                    assert reply["value"] == (sent if len(str(sent)) <= 200 else sent[:97] + "...")
             assert "policy switching not available" in op.replies(f"{PREFIX}/reply/x11")[0]["reason"]
         assert controller.budget.events() == []
-        assert controller.dry_run is False
+        assert controller.paused is False
         assert not setup.overrides
         assert controller.policy.inner is policy_before
         assert len(await journaled(setup, "rejected")) == len(bad)
@@ -261,7 +263,7 @@ async def test_an_unauthorised_command_is_dropped_by_the_broker(tmp_path):
                     assert (await ops.wait_for(f"{PREFIX}/reply/o1"))["status"] == "accepted"
                     assert ops.on(f"{PREFIX}/reply/v1") == [] and ops.on(f"{PREFIX}/reply/v2") == []
             assert [e.name for e in controller.budget.events()] == ["mqtt-o1"]
-            assert controller.dry_run is False
+            assert controller.paused is False
             assert setup.bridge.verdicts.total() == 1
 
 
@@ -342,3 +344,94 @@ async def test_a_budget_command_brings_the_true_draw_under_it_and_the_broker_may
         assert len(ticks) == 3
         assert sim.true_watts() <= 9_000
     assert_never_over(setup.truth)
+
+
+# -- the command topic as hostile input, through the broker (docs/mqtt.md, "Who may command") --
+
+
+async def test_a_retained_command_acts_once_not_again_at_every_restart(tmp_path, broker):
+    async with site_with_bridge(tmp_path / "first", broker, "127.0.24.81") as first:
+        async with operator(broker) as op:
+            await op.send({"command": "pause", "id": "k1"}, retain=True)  # delivered live: obeyed
+            assert (await op.wait_for(f"{PREFIX}/reply/k1"))["status"] == "accepted"
+        assert first.controller.paused is True
+    # The daemon restarts; the broker hands the new connection its retained copy of the pause.
+    async with site_with_bridge(tmp_path / "second", broker, "127.0.24.91") as second:
+        async with operator(broker) as op:
+            refused = await op.wait_for(f"{PREFIX}/reply/k1")
+        assert refused["status"] == "rejected" and "retained" in refused["reason"], refused
+        assert second.controller.paused is False
+        [row] = await journaled(second, "mqtt command pause rejected")
+        assert row.data["retained"] is True and "retained" in row.summary
+
+
+async def test_a_wildcard_response_topic_gets_a_refusal_and_the_link_stays_up(tmp_path, broker):
+    async with site_with_bridge(tmp_path, broker, "127.0.24.101") as setup:
+        async with operator(broker) as op:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "a/#"
+            await op.send({"command": "pause", "id": "w1"}, properties=props)
+            refused = await op.wait_for(f"{PREFIX}/reply/w1")
+            assert refused["status"] == "rejected" and refused["field"] == "response_topic", refused
+            await op.send({"command": "budget", "id": "w2", "limit_kw": 8})
+            assert (await op.wait_for(f"{PREFIX}/reply/w2"))["status"] == "accepted"
+        assert setup.controller.paused is False
+        assert setup.bridge.connections == 1  # it was 47 reconnects in 25 s
+
+
+async def test_a_reply_cannot_be_aimed_at_the_daemons_own_topics(tmp_path, broker):
+    async with site_with_bridge(tmp_path, broker, "127.0.24.111", homeassistant={"enabled": True}) as setup:
+        await setup.controller.run_once()
+        targets = [f"{PREFIX}/cmd", f"{PREFIX}/availability", f"{PREFIX}/state/site", "homeassistant/sensor/x"]
+        async with operator(broker, f"{PREFIX}/#", "homeassistant/#") as op:
+            await op.wait_for(f"{PREFIX}/state/site")
+            for n, topic in enumerate(targets):
+                await op.send({"command": "pause", "id": f"t{n}", "reply_to": topic})
+            for n, topic in enumerate(targets):
+                reply = await op.wait_for(f"{PREFIX}/reply/t{n}")
+                assert reply["status"] == "rejected" and reply["field"] == "reply_to", reply
+            await settled(setup.bridge, op)
+            assert len(op.on(f"{PREFIX}/cmd")) == len(targets)  # only ours: the daemon answered none there
+            assert [m.payload for m in op.on(f"{PREFIX}/availability")] == [b"online"]
+            assert all(json.loads(m.payload).get("site") == "test" for m in op.on(f"{PREFIX}/state/site"))
+            assert not [m for m in op.on("homeassistant/#") if b"rejected" in m.payload]
+        assert setup.bridge.verdicts == {"rejected": len(targets)}  # it never read its own reply as a command
+        assert setup.controller.paused is False
+
+
+async def test_resume_does_not_make_a_dry_run_daemon_live(tmp_path, broker):
+    async with site_with_bridge(tmp_path, broker, "127.0.24.121", dry_run=True) as setup:
+        controller = setup.controller
+        before = [(m.physics.target_watts, m.physics.sleeping) for m in setup.sim.miners]
+        async with operator(broker) as op:
+            await op.send({"command": "budget", "id": "d1", "limit_kw": 2})  # would shed both miners
+            await op.send({"command": "resume", "id": "d2"})
+            reply = await op.wait_for(f"{PREFIX}/reply/d2")
+        assert reply["status"] == "accepted" and "--dry-run" in reply["data"]["summary"]
+        report = await controller.run_once()
+        assert controller.dry_run is True and report.dry_run and report.results == ()
+        assert report.plans[0].sheds  # there was something to send, and nothing went
+        assert controller.commands_sent == 0
+        assert [(m.physics.target_watts, m.physics.sleeping) for m in setup.sim.miners] == before
+
+
+async def test_commands_are_refused_on_a_broker_that_lets_anonymous_clients_in(tmp_path):
+    users = {"wattshift": "daemon-secret", "ops": "ops-secret"}
+    login = Login(username="wattshift", password="daemon-secret")
+    with Broker(tmp_path / "broker", "127.0.21.4", users=users, anonymous=True) as broker:
+        async with site_with_bridge(tmp_path / "closed", broker, "127.0.24.131", login=login) as setup:
+            assert setup.bridge.anonymous_broker is True
+            async with operator(broker) as anyone:  # no password at all
+                await anyone.send({"command": "budget", "id": "a1", "limit_kw": 0})
+                refused = await anyone.wait_for(f"{PREFIX}/reply/a1")
+            assert refused["status"] == "rejected" and "anonymous" in refused["reason"]
+            assert "allow_anonymous_broker" in refused["reason"]
+            assert setup.controller.budget.events() == []
+            assert await journaled(setup, "broker accepts anonymous clients")
+            assert await journaled(setup, "mqtt command budget rejected")
+        # The operator may accept the risk, explicitly.
+        async with site_with_bridge(tmp_path / "open", broker, "127.0.24.141", login=login,
+                                    commands={"allow_anonymous_broker": True}) as setup:
+            async with operator(broker, username="ops", password="ops-secret") as ops:
+                await ops.send({"command": "budget", "id": "a2", "limit_kw": 8})
+                assert (await ops.wait_for(f"{PREFIX}/reply/a2"))["status"] == "accepted"
