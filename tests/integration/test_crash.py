@@ -216,6 +216,10 @@ async def test_overrides_manual_mode_and_the_policy_switched_to_survive_a_sigkil
                             {"command": "pause", "id": "m"}):
                 await op.send(command)
                 assert (await op.wait_for(f"{PREFIX}/reply/{command['id']}"))["status"] == "accepted"
+                if command["command"] == "force":  # held off for real before manual mode begins
+                    async with asyncio.timeout(20):
+                        while sim.miner(held).true_watts() >= 500:
+                            await asyncio.sleep(0.2)
         await daemon.kill()  # at once: what was acknowledged must already be on disk
         before = max(e.id for e in journal.entries())
 
