@@ -242,7 +242,7 @@ class AntminerMiner(SimulatedMiner):
         self.restart_s = restart_s
         self.restarts = 0  # how often a mode change restarted the mining program
         self.blinking = False
-        self.work_mode = WORK_MODE_NORMAL
+        self._awake_mode = WORK_MODE_NORMAL  # the mode to mine in (normal or low power)
         self._restarting_until = -1.0
         self.auth = DigestAuth(REALM, WEB_USER, password)
         self.boards = BoardModel(self)
@@ -275,6 +275,12 @@ class AntminerMiner(SimulatedMiner):
         await asyncio.gather(self._cgminer.stop(), self._web.stop())
 
     @property
+    def work_mode(self) -> int:
+        """``bitmain-work-mode`` as the firmware reports it: sleep whenever the physics sleeps
+        (a site launched asleep, a test that puts it to sleep), else the mode it mines in."""
+        return WORK_MODE_SLEEP if self.physics.sleeping else self._awake_mode
+
+    @property
     def restarting(self) -> bool:
         """The mining program restarts after a mode change: 4028 is away, the web is not."""
         return self._clock() < self._restarting_until
@@ -297,7 +303,7 @@ class AntminerMiner(SimulatedMiner):
         cgi = self._cgi.get(name) if request.path.startswith("/cgi-bin/") else None
         if cgi is None:
             return HttpReply.text("404 Not Found", 404, "text/html")
-        self.record(f"web:{name}")
+        self.record(f"{request.method} {request.path}")
         return HttpReply.of_json(cgi(request))
 
     def _get_system_info(self, _request: HttpRequest) -> dict[str, Any]:
@@ -379,12 +385,12 @@ class AntminerMiner(SimulatedMiner):
     def _apply_mode(self, mode: int | None) -> None:
         if mode is None or mode == self.work_mode:
             return  # pools or fans only: bmminer is restarted too, but nothing else changes
-        self.work_mode = mode
         self.restarts += 1
         self._restarting_until = self._clock() + self.restart_s
         if mode == WORK_MODE_SLEEP:
             self.physics.sleep()
         else:
+            self._awake_mode = mode
             self.physics.wake()
 
     def _summary(self, _request: HttpRequest) -> dict[str, Any]:
@@ -491,9 +497,10 @@ class AntminerMiner(SimulatedMiner):
         return {"code": "R000"}
 
     def _restart_system(self) -> None:
+        asleep = self.physics.sleeping
         self.physics.reboot()
         self.auth.forget()
-        if self.work_mode == WORK_MODE_SLEEP:
+        if asleep:
             self.physics.sleep()  # the mode is saved in the configuration: it boots asleep
 
 

@@ -180,7 +180,7 @@ class VNishMiner(SimulatedMiner):
         if not request.path.startswith("/api/v1/"):
             return HttpReply.text("Not Found", 404)
         command = request.path.removeprefix("/api/v1/")
-        self.record(f"web:{command}")
+        self.record(f"{request.method} {request.path}")
         if command == "unlock" and request.method == "POST":
             return self._unlock(request)
         if not self._authorised(request, command):
@@ -315,8 +315,8 @@ class VNishMiner(SimulatedMiner):
         }
 
     def _reported_state(self) -> str:
-        if self.state != "mining":
-            return self.state
+        if self.physics.sleeping:  # put to sleep by its command, or launched asleep
+            return self.state if self.state in ("stopped", "paused") else "stopped"
         if self.physics.booting:
             return "starting"
         return "mining"
