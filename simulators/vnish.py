@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -118,9 +119,10 @@ class VNishMiner(SimulatedMiner):
         super().__init__(host, spec, clock=clock, seed=seed, **physics_options)
         self.password = password
         self.presets = build_presets(spec)
-        self.preset = self._preset(str(int(spec.nominal_watts)))
-        assert self.preset is not None
-        self._apply_preset(self.preset)
+        nominal = self._preset(str(int(spec.nominal_watts)))
+        assert nominal is not None  # build_presets always lists the nominal point
+        self.preset: Preset = nominal
+        self._apply_preset(nominal)
         self.state = "mining"  # VNish's miner_state: mining, stopped, paused, ...
         self.locating = False
         self._tokens: list[str] = []
@@ -131,14 +133,14 @@ class VNishMiner(SimulatedMiner):
         )
         self._cgminer = CgminerServer(self, self._answer_cgminer, port=CGMINER_PORT)
         self._web = WebServer(self, self._answer_web, port=WEB_PORT)
-        self._reads = {
+        self._reads: dict[str, Callable[[], Any]] = {
             "info": self._info,
             "summary": self._summary,
             "settings": self._settings,
             "autotune/presets": lambda: [p.as_json() for p in self.presets],
             "perf-summary": self._perf_summary,
         }
-        self._writes = {
+        self._writes: dict[str, Callable[[Any], Any]] = {
             "settings": self._post_settings,
             "mining/stop": lambda _body: self._set_state("stopped"),
             "mining/pause": lambda _body: self._set_state("paused"),
@@ -247,7 +249,7 @@ class VNishMiner(SimulatedMiner):
         physics, boards = self.physics, self.boards
         ths = physics.hashrate_ths()
         state = self._reported_state()
-        chains = [
+        chains: list[dict[str, Any]] = [
             {
                 "id": slot + 1,
                 "frequency": 490.0 if ghs > 0 else 0.0,

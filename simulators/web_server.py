@@ -17,6 +17,7 @@ here too, so a firmware only says which realm and password it wants.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -32,6 +33,9 @@ from .miner import Fault, SimulatedMiner
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 256 * 1024
+MAX_NONCES = (
+    256  # challenges outstanding; older ones are forgotten (the client asks again)
+)
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -203,11 +207,11 @@ class DigestAuth:
         self.realm = realm
         self.username = username
         self.password = password
-        self._nonces: set[str] = set()
+        self._nonces: collections.deque[str] = collections.deque(maxlen=MAX_NONCES)
 
     def challenge(self) -> HttpReply:
         nonce = secrets.token_hex(16)
-        self._nonces.add(nonce)
+        self._nonces.append(nonce)
         header = (
             f'Digest realm="{self.realm}", qop="auth", nonce="{nonce}", algorithm=MD5'
         )
