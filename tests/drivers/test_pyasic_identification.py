@@ -3,7 +3,8 @@
 pyasic races ``GET /`` (AnthillOS: VNish) against 4028's ``version`` (which VNish's bmminer
 answers like stock firmware: stock Antminer) and keeps the first answer it recognises
 (issue 11, item 3: right 0, 2, 2 and 9 times in four series of 10). ``identify`` confirms a
-stock verdict with the web probe alone.
+stock verdict with the web probe alone. A Whatsminer on API v3 whose 4028 is closed is the other
+verdict pyasic 0.79.0 gets wrong (its API v2 class); ``identify`` asks 4433 for the version.
 """
 
 from __future__ import annotations
@@ -15,17 +16,24 @@ import pytest
 from simulated_miners import collect_pyasic_leftovers
 
 from wattshift.drivers.base import MinerReading
-from wattshift.drivers.pyasic_backends import identify, import_pyasic, traits_for
+from wattshift.drivers.pyasic_backends import backend_of, identify, import_pyasic, traits_for
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines
 from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.miner import SimulatedMiner
 from wattshift.simulators.physics import SPECS
 from wattshift.simulators.vnish import VNishMiner
+from wattshift.simulators.whatsminer import WhatsminerMiner
+from wattshift.simulators.whatsminer_v3 import WhatsminerV3Miner
 
-pytestmark = [pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore:passing settings to md5_crypt.hash\\(\\) is deprecated:DeprecationWarning"),
+]
 
 S21 = SPECS["Antminer S21"]
+BTMINER_V2 = "pyasic.miners.backends.btminer.BTMinerV2"
+BTMINER_V3 = "pyasic.miners.backends.btminer.BTMinerV3"
 # 25 miners polled at once by one process on a loaded machine: generous deadlines.
 DEADLINES = Deadlines(call_s=10.0, confirm_s=10.0)
 FAST = {"ramp_watts_per_s": 1e6, "wake_boot_s": 0.0}
@@ -76,5 +84,29 @@ async def test_twenty_vnish_and_five_stock_antminers_are_all_identified() -> Non
         assert firmwares == {m.host: m.firmware for m in miners}
         readings = await fleet.read_all()
         assert all(isinstance(r, MinerReading) and r.mining for r in readings.values()), readings
+    finally:
+        await stop_all(miners)
+
+
+async def test_a_whatsminer_on_api_v3_is_found_with_its_old_port_closed() -> None:
+    m60s = SPECS["Whatsminer M60S"]
+    closed = WhatsminerV3Miner("127.0.143.50", m60s, legacy_port="closed", **FAST)
+    silent = WhatsminerV3Miner("127.0.143.51", m60s, **FAST)
+    old = WhatsminerMiner("127.0.143.52", m60s, ramp_watts_per_s=1e6)
+    hinted = WhatsminerV3Miner("127.0.143.53", m60s, legacy_port="closed", **FAST)
+    miners: list[SimulatedMiner] = [closed, silent, old, hinted]
+    await start_all(miners)
+    try:
+        misread = await import_pyasic().get_miner(closed.host)
+        assert backend_of(misread) == BTMINER_V2  # pyasic 0.79.0 asks 4433 for no version
+        assert backend_of(await identify(closed.host)) == BTMINER_V3
+        assert backend_of(await identify(silent.host)) == BTMINER_V3
+        assert backend_of(await identify(old.host)) == BTMINER_V2
+        fleet = MinerFleet(
+            [MinerTarget(closed.host), MinerTarget(hinted.host, firmware="whatsminer", model="Whatsminer M60S")],
+            FleetSettings(deadlines=DEADLINES),
+        )
+        readings = await fleet.read_all()
+        assert all(isinstance(r, MinerReading) and r.watts == 3422 for r in readings.values()), readings
     finally:
         await stop_all(miners)

@@ -207,18 +207,22 @@ async def test_sleep_then_wake(sim: SimulatedMiner, driver: PyasicMiner) -> None
 async def test_a_wake_boots_the_hashboards_before_they_hash(kind: Kind) -> None:
     async with kind.build(21, wake_boot_s=1.5) as sim:
         sim.physics.sleep()
-        driver = await open_driver(sim)
-        await driver.wake()  # confirmed by the firmware's state, not by hashrate
+        # The read-back may take a while: the draw passes the driver's "awake" mark (a tenth of
+        # the lowest setting) a few tenths of a second into the boot.
+        driver = await open_driver(sim, Deadlines(call_s=0.3, confirm_s=3.0, poll_s=0.02))
+        await driver.wake()
         booting = await driver.read()
         assert booting.hashrate_ths == 0  # the boards are still booting
         if kind.reads_watts:
+            assert booting.watts is not None
             assert sim.spec.sleep_watts < booting.watts < sim.physics.target_watts  # drawing more, not all
         for _ in range(100):
-            reading = await driver.read()
-            if reading.hashrate_ths:
+            if (await driver.read()).hashrate_ths:
                 break
             await asyncio.sleep(0.05)
-        assert reading.hashrate_ths == pytest.approx(sim.spec.hashrate_at(sim.physics.target_watts), rel=0.01)
+        await asyncio.sleep(0.05)  # past the last of the ramp
+        expected = sim.spec.hashrate_at(sim.physics.target_watts)
+        assert (await driver.read()).hashrate_ths == pytest.approx(expected, rel=0.01)
     await collect_pyasic_leftovers()
 
 
