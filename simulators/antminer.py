@@ -183,8 +183,13 @@ class BmminerApi:
             stats[f"chain_acn{n}"] = chips
             stats[f"chain_acs{n}"] = " oooooooo" if chips else ""
             stats[f"chain_rate{n}"] = f"{ghs:.2f}"
-            stats[f"temp{n}"] = round(chip_c)
-            stats[f"temp2_{n}"] = round(board_c)
+            # As recorded from an S21 XP (asic-rs test data): temp<n> is the board's PCB sensor,
+            # temp2_<n> the chips; pyasic's BMMiner parser reads them the other way round.
+            stats[f"temp{n}"] = round(board_c)
+            stats[f"temp2_{n}"] = round(chip_c)
+            stats[f"temp_pcb{n}"] = _sensors(board_c)
+            stats[f"temp_chip{n}"] = _sensors(chip_c)
+        stats["GHS 5s"] = stats["GHS av"] = stats["total rate"] = stats["total_rate"]
         return self._ok(70, "CGMiner stats", STATS=[header, stats])
 
     def api_devdetails(self, _parameter: object) -> Reply:
@@ -502,6 +507,12 @@ class AntminerMiner(SimulatedMiner):
         self.auth.forget()
         if asleep:
             self.physics.sleep()  # the mode is saved in the configuration: it boots asleep
+
+
+def _sensors(celsius: float) -> str:
+    """Four sensors of one board as bmminer prints them ("38-48-47-52")."""
+    t = round(celsius)
+    return f"{t - 6}-{t}-{t - 1}-{t + 4}"
 
 
 def _web_status(api: str) -> dict[str, Any]:

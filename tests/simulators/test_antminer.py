@@ -120,3 +120,72 @@ async def test_an_oversized_request_is_turned_away() -> None:
             )
         assert reply.status_code == 400
         assert not sim.physics.sleeping
+
+
+# Field names and types of replies recorded from real stock firmware (asic-rs test data:
+# antminer/src/test/json/v2023_07, an S21 XP Hyd. over 4028 and an S23 Hyd. over the web), for
+# the fields pyasic reads. The simulator must answer with the same names and the same types.
+RECORDED_RPC_STATS = {
+    "Elapsed": int,
+    "rate_unit": str,
+    "total_rateideal": float,
+    "fan_num": int,
+    "fan1": int,
+    "chain_acn1": int,
+    "chain_acs1": str,
+    "chain_rate1": str,
+    "temp1": int,
+    "temp2_1": int,
+    "temp_pcb1": str,
+    "temp_chip1": str,
+    "GHS 5s": float,
+    "miner_count": int,
+}
+RECORDED_WEB_CHAIN = {
+    "index": int,
+    "asic_num": int,
+    "rate_real": float,
+    "rate_ideal": float,
+    "freq_avg": int,
+    "sn": str,
+    "temp_pcb": list,
+    "temp_chip": list,
+    "temp_pic": list,
+}
+RECORDED_WEB_SUMMARY = {
+    "elapsed": int,
+    "rate_5s": float,
+    "rate_ideal": float,
+    "rate_unit": str,
+    "status": list,
+}
+
+
+def assert_shaped_like(recorded: dict[str, type], reply: dict[str, object]) -> None:
+    for name, kind in recorded.items():
+        assert name in reply, f"missing {name!r}"
+        assert isinstance(reply[name], kind), (
+            f"{name!r} is {type(reply[name]).__name__}, recorded {kind.__name__}"
+        )
+
+
+async def test_replies_have_the_names_and_types_recorded_from_real_firmware() -> None:
+    async with AntminerMiner("127.0.144.8", S21) as sim:
+        stats = json.loads(await cgminer(sim.host, "stats"))
+        assert stats["STATS"][0]["Type"] == "Antminer S21"
+        assert_shaped_like(RECORDED_RPC_STATS, stats["STATS"][1])
+        web_stats = (await cgi(sim.host, "stats")).json()["STATS"][0]
+        assert len(web_stats["chain"]) == S21.hashboards
+        assert_shaped_like(RECORDED_WEB_CHAIN, web_stats["chain"][0])
+        assert all(
+            len(web_stats["chain"][0][t]) == 4
+            for t in ("temp_pcb", "temp_chip", "temp_pic")
+        )
+        summary = (await cgi(sim.host, "summary")).json()["SUMMARY"][0]
+        assert_shaped_like(RECORDED_WEB_SUMMARY, summary)
+        assert {light["type"] for light in summary["status"]} == {
+            "rate",
+            "network",
+            "fans",
+            "temp",
+        }
