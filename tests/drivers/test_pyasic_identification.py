@@ -13,6 +13,7 @@ import asyncio
 import importlib
 
 import pytest
+from privileged_ports import needs_port_80
 from simulated_miners import collect_pyasic_leftovers
 
 from wattshift.drivers.base import MinerReading
@@ -54,6 +55,7 @@ def test_the_web_probe_identify_relies_on_is_still_there() -> None:
     assert callable(factory.miner_factory._get_miner_web)
 
 
+@needs_port_80
 async def test_plain_pyasic_takes_vnish_for_stock_when_4028_answers_first() -> None:
     # A UI page slower than bmminer's "version" reply: the race is lost every time.
     slow_page = VNishMiner("127.0.143.1", S21, page_delay_s=1.0, **FAST)
@@ -69,6 +71,7 @@ async def test_plain_pyasic_takes_vnish_for_stock_when_4028_answers_first() -> N
         await stop_all(miners)
 
 
+@needs_port_80
 async def test_twenty_vnish_and_five_stock_antminers_are_all_identified() -> None:
     vnish: list[SimulatedMiner] = [VNishMiner(f"127.0.143.{n}", S21, seed=n, **FAST) for n in range(10, 30)]
     stock: list[SimulatedMiner] = [AntminerMiner(f"127.0.143.{n}", S21, seed=n, **FAST) for n in range(40, 45)]

@@ -11,6 +11,7 @@ import json
 
 import httpx
 import pytest
+from privileged_ports import needs_port_80
 
 from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.miner import Fault
@@ -18,6 +19,8 @@ from wattshift.simulators.physics import SPECS
 
 S21 = SPECS["Antminer S21"]
 
+
+pytestmark = needs_port_80
 
 async def cgi(
     host: str, name: str, password: str = "root", **body: object

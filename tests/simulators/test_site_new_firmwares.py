@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from privileged_ports import needs_port_80
+
 from wattshift.daemon.config import SiteConfig
 from wattshift.simulators.site import MinerBatch, SimulatedSite
 
+
+pytestmark = needs_port_80
 
 async def test_a_site_of_all_six_firmwares_starts_and_writes_a_valid_site_file() -> (
     None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from privileged_ports import needs_port_80
 
 from wattshift.simulators.miner import Fault
 from wattshift.simulators.physics import SPECS
@@ -14,6 +15,8 @@ from wattshift.simulators.vnish import VNishMiner, build_presets
 
 S21 = SPECS["Antminer S21"]
 
+
+pytestmark = needs_port_80
 
 async def unlock(
     client: httpx.AsyncClient, host: str, password: str = "admin"
