@@ -9,7 +9,7 @@ Two servers on the miner's own loopback address, both answering from its physics
   chains), ``settings`` (``miner.overclock.preset``: the preset in force, by name = watts),
   ``autotune/presets``, ``perf-summary``. Writes: ``POST settings`` (a new preset), ``mining/
   stop|start|pause|resume|restart``, ``system/reboot``, ``find-miner``;
-- TCP 4028, bmminer's CGMiner-style API, as on stock firmware (:class:`.antminer.BmminerApi`):
+- TCP 4028, bmminer's CGMiner-style API, as on stock firmware (:class:`.bmminer.BmminerApi`):
   its ``version`` names the model "Antminer S21 (Vnish 1.2.6)", which pyasic's socket probe
   reads as a *stock* Antminer. pyasic races the two probes, so identification depends on which
   answers first (issue 11, item 3).
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .antminer import BmminerApi, BoardModel
+from .bmminer import BmminerApi, BoardModel
 from .cgminer import CgminerServer, Reply, dispatch_commands
 from .miner import CommandRefused, SimulatedMiner
 from .physics import Clock, MinerSpec
