@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -30,6 +31,11 @@ T = TypeVar("T")
 
 CGMINER_PORT = 4028
 CGMINER_PROBE = b'{"command":"version"}'
+# Whatsminer API v3: JSON framed by a 4-byte little-endian length, both ways.
+BTMINER_V3_PORT = 4433
+_V3_REQUEST = b'{"cmd":"get.device.info","param":"salt"}'
+BTMINER_V3_PROBE = struct.pack("<I", len(_V3_REQUEST)) + _V3_REQUEST
+MAX_V3_FRAME = 64 * 1024
 
 
 async def within(device_id: str, action: str, call: Awaitable[T], seconds: float) -> T:
@@ -62,20 +68,22 @@ async def probe(host: str, port: int, seconds: float) -> tuple[Failure | None, s
     """Ask the miner directly whether it is there and speaking its protocol.
 
     Returns ``(None, what was seen)`` for a healthy miner. On the CGMiner port (every firmware
-    we drive has one) a ``version`` request must come back as JSON with a ``STATUS``; on any
+    we drive has one) a ``version`` request must come back as JSON with a ``STATUS``; on the
+    Whatsminer API v3 port, ``get.device.info`` as a framed JSON object with a ``code``; on any
     other port only the connection can be judged.
     """
-    request = CGMINER_PROBE if port == CGMINER_PORT else b""
+    framed = port == BTMINER_V3_PORT
+    request = CGMINER_PROBE if port == CGMINER_PORT else BTMINER_V3_PROBE if framed else b""
     try:
         async with asyncio.timeout(seconds):
-            answer = await _exchange(host, port, request)
+            answer = await (_exchange_framed(host, port, request) if framed else _exchange(host, port, request))
     except TimeoutError:
         return Failure.TIMEOUT, f"port {port} accepted and then said nothing for {seconds:g} s"
     except OSError as err:
         return Failure.NO_ANSWER, f"port {port}: {_describe(err)}"
     if request and not answer:
         return Failure.NO_ANSWER, f"port {port} closed the connection without a word"
-    if request and not _is_cgminer_reply(answer):
+    if request and not (_is_v3_reply(answer) if framed else _is_cgminer_reply(answer)):
         return Failure.GARBAGE, f"port {port} answered {answer[:40]!r}"
     return None, f"port {port} answers"
 
@@ -101,6 +109,35 @@ async def _exchange(host: str, port: int, request: bytes) -> bytes:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def _exchange_framed(host: str, port: int, request: bytes) -> bytes:
+    """Send one framed request and read one framed answer (what came, if it was cut short)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        header = await reader.readexactly(4)
+        (length,) = struct.unpack("<I", header)
+        if length > MAX_V3_FRAME:
+            return header  # no frame of this API is that long: not its protocol
+        return header + await reader.readexactly(length)
+    except asyncio.IncompleteReadError as cut:
+        return cut.partial
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _is_v3_reply(raw: bytes) -> bool:
+    if len(raw) < 4 or struct.unpack("<I", raw[:4])[0] != len(raw) - 4:
+        return False
+    try:
+        decoded = json.loads(raw[4:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(decoded, dict) and "code" in decoded
 
 
 def _is_cgminer_reply(raw: bytes) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .base import DeviceError, Failure, MinerCapability, MinerReading
-from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, import_pyasic, set_credentials
+from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, identify, set_credentials
 from .pyasic_failures import CGMINER_PORT, diagnose, within
 from .pyasic_miner import Deadlines, PyasicMiner
 
@@ -238,9 +238,8 @@ class MinerFleet:
     async def _identify(self, target: MinerTarget) -> PyasicMiner:
         address, settings = target.address, self._settings
         action = "identify" if target.firmware == AUTO else f"build {target.firmware} miner"
-        pyasic = import_pyasic()
         call: Awaitable[Any] = (
-            pyasic.get_miner(address)
+            identify(address)
             if target.firmware == AUTO
             else build_from_hint(address, target.firmware, target.model)
         )

@@ -9,7 +9,10 @@ injects a fake clock steps it exactly.
 - hashrate follows power on the curve ``H = H0 * (p / P0) ** (1 / a)`` (DESIGN.md, section 4);
 - temperature relaxes towards ``ambient + k * power`` with a time constant;
 - asleep, the control board and fans still draw a few watts;
-- a reboot drops to idle draw for a while, then comes back mining at the default target.
+- a reboot drops to idle draw for a while, then comes back mining at the default target;
+- with ``wake_boot_s`` set, a wake (or the end of a reboot) first boots the hashboards: for that
+  long the draw climbs from idle to a share of the set point and nothing is hashed yet; then the
+  ordinary ramp takes over. Real wakes take minutes; tests set it short.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
+
+# While the hashboards boot, the draw climbs to this share of the set point (chips powered and
+# being enumerated, no work yet); the ordinary ramp goes on from there.
+BOOT_DRAW_SHARE = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class MinerPhysics:
         ambient_c: float = 25.0,
         temp_tau_s: float = 60.0,
         reboot_s: float = 20.0,
+        wake_boot_s: float = 0.0,
     ) -> None:
         self.spec = spec
         self._clock = clock = clock or time.monotonic
@@ -75,11 +83,13 @@ class MinerPhysics:
         self.ambient_c = ambient_c
         self.temp_tau_s = temp_tau_s
         self.reboot_s = reboot_s
+        self.wake_boot_s = wake_boot_s
         self.default_target_watts = spec.nominal_watts
         self.target_watts = spec.nominal_watts
         self.sleeping = False
         self.booted_at = clock()
         self._rebooting_until = -math.inf
+        self._boot_from = self._boot_until = -math.inf
         # Ramp state: draw was `_p0` at `_t0` and moves towards the set point.
         self._t0 = clock()
         self._p0 = spec.nominal_watts
@@ -101,6 +111,8 @@ class MinerPhysics:
 
     def wake(self) -> None:
         self._rebase()
+        if self.sleeping:
+            self._boot_hashboards(self._clock())
         self.sleeping = False
 
     def reboot(self) -> None:
@@ -113,12 +125,18 @@ class MinerPhysics:
         # After the boot the hashboards ramp up from idle, like a cold start.
         self._p0 = self.spec.sleep_watts
         self._t0 = self._rebooting_until
+        self._boot_hashboards(self._rebooting_until)
 
     # -- readings -------------------------------------------------------------------------------
 
     @property
     def rebooting(self) -> bool:
         return self._clock() < self._rebooting_until
+
+    @property
+    def booting(self) -> bool:
+        """Hashboards initialising after a wake: drawing more and more, hashing nothing yet."""
+        return self._boot_from <= self._clock() < self._boot_until and not self.sleeping
 
     @property
     def mining(self) -> bool:
@@ -135,6 +153,9 @@ class MinerPhysics:
         if now < self._rebooting_until or self.sleeping:
             # Sleep and reboot cut the hashboards' supply at once, not with a ramp.
             return self.spec.sleep_watts
+        if now < self._boot_until:
+            share = (now - self._boot_from) / self.wake_boot_s
+            return self.spec.sleep_watts + (self._boot_end_watts() - self.spec.sleep_watts) * share
         step = self.ramp_watts_per_s * max(0.0, now - self._t0)
         start = max(self._p0, self.spec.sleep_watts)
         if setpoint >= start:
@@ -142,7 +163,7 @@ class MinerPhysics:
         return max(setpoint, start - step)
 
     def hashrate_ths(self) -> float:
-        if not self.mining:
+        if not self.mining or self.booting:
             return 0.0
         return self.spec.hashrate_at(self.power_watts())
 
@@ -164,10 +185,23 @@ class MinerPhysics:
     def _equilibrium_temp(self, watts: float) -> float:
         return self.ambient_c + 40.0 * watts / self.spec.nominal_watts
 
+    def _boot_end_watts(self) -> float:
+        return max(self.spec.sleep_watts, BOOT_DRAW_SHARE * self.target_watts)
+
+    def _boot_hashboards(self, at: float) -> None:
+        """From ``at``, boot the hashboards for ``wake_boot_s``; the ramp starts where boot ends."""
+        if self.wake_boot_s <= 0:
+            return
+        self._boot_from, self._boot_until = at, at + self.wake_boot_s
+        self._p0 = self._boot_end_watts()
+        self._t0 = self._boot_until
+
     def _rebase(self) -> None:
         """Freeze the current draw and temperature as the start of the next ramp."""
         now = self._clock()
         self._temp0 = self.temperature_c()
         self._temp_t0 = now
+        if now < self._boot_until:
+            return  # the ramp starts where the boot ends, whatever is commanded meanwhile
         self._p0 = self.power_watts()
         self._t0 = now

@@ -23,8 +23,21 @@ FIRMWARE_MODULES = {
     "luxos": ("wattshift.simulators.luxos", "LuxOSMiner"),
     "whatsminer": ("wattshift.simulators.whatsminer", "WhatsminerMiner"),
     "braiins": ("wattshift.simulators.braiins", "BraiinsMiner"),
+    "antminer": ("wattshift.simulators.antminer", "AntminerMiner"),
+    "vnish": ("wattshift.simulators.vnish", "VNishMiner"),
+    "whatsminer_v3": ("wattshift.simulators.whatsminer_v3", "WhatsminerV3Miner"),
 }
-DEFAULT_MODELS = {"luxos": "Antminer S21", "whatsminer": "Whatsminer M60S", "braiins": "Antminer S19 XP"}
+DEFAULT_MODELS = {
+    "luxos": "Antminer S21",
+    "whatsminer": "Whatsminer M60S",
+    "braiins": "Antminer S19 XP",
+    "antminer": "Antminer S21",
+    "vnish": "Antminer S21",
+    "whatsminer_v3": "Whatsminer M60S",
+}
+# The site file names the firmware family; both Whatsminer APIs are "whatsminer" there (pyasic
+# picks API v2 or v3 from the firmware version).
+SITE_FILE_FIRMWARE = {"whatsminer_v3": "whatsminer"}
 
 
 def simulator_class(firmware: str) -> type[SimulatedMiner]:
@@ -135,7 +148,12 @@ class SimulatedSite:
             hosts = [m.host for m in self.miners[offset : offset + batch.count]]
             offset += batch.count
             groups.append(
-                {"circuit": batch.circuit, "addresses": hosts, "firmware": batch.firmware, "model": batch.spec_model}
+                {
+                    "circuit": batch.circuit,
+                    "addresses": hosts,
+                    "firmware": SITE_FILE_FIRMWARE.get(batch.firmware, batch.firmware),
+                    "model": batch.spec_model,
+                }
             )
         return {**site, "miners": groups}
 

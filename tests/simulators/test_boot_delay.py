@@ -1,0 +1,78 @@
+"""The hashboard boot after a wake, on a manual clock: draw climbs, hashrate comes later."""
+
+from __future__ import annotations
+
+import pytest
+
+from wattshift.simulators.physics import BOOT_DRAW_SHARE, SPECS, MinerPhysics
+
+S21 = SPECS["Antminer S21"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def physics(clock: Clock, boot_s: float) -> MinerPhysics:
+    return MinerPhysics(
+        S21, clock=clock, ramp_watts_per_s=100.0, wake_boot_s=boot_s, reboot_s=5.0
+    )
+
+
+def test_a_wake_boots_the_boards_then_ramps() -> None:
+    clock = Clock()
+    miner = physics(clock, boot_s=60.0)
+    miner.sleep()
+    clock.now += 10
+    miner.wake()
+    assert miner.booting and miner.mining
+    clock.now += 30  # half way through the boot
+    assert miner.hashrate_ths() == 0.0
+    half = S21.sleep_watts + (BOOT_DRAW_SHARE * 3500 - S21.sleep_watts) / 2
+    assert miner.power_watts() == pytest.approx(half)
+    clock.now += 30  # booted: the ramp starts from the boot's end
+    assert not miner.booting
+    assert miner.power_watts() == pytest.approx(BOOT_DRAW_SHARE * 3500)
+    assert miner.hashrate_ths() > 0
+    clock.now += 10
+    assert miner.power_watts() == pytest.approx(BOOT_DRAW_SHARE * 3500 + 1000)
+
+
+def test_a_reboot_boots_the_boards_after_the_restart() -> None:
+    clock = Clock()
+    miner = physics(clock, boot_s=20.0)
+    miner.reboot()
+    clock.now += 5  # the restart is over, the boards boot
+    assert miner.booting and miner.hashrate_ths() == 0.0
+    clock.now += 20
+    assert not miner.booting and miner.hashrate_ths() > 0
+
+
+def test_without_a_boot_delay_nothing_changes() -> None:
+    clock = Clock()
+    miner = physics(clock, boot_s=0.0)
+    miner.sleep()
+    miner.wake()
+    assert not miner.booting
+    clock.now += 1
+    assert miner.power_watts() == pytest.approx(
+        S21.sleep_watts + 100.0
+    )  # the ramp starts at once
+    clock.now += 20
+    assert miner.hashrate_ths() > 0
+
+
+def test_a_command_during_the_boot_does_not_skip_it() -> None:
+    clock = Clock()
+    miner = physics(clock, boot_s=60.0)
+    miner.sleep()
+    miner.wake()
+    clock.now += 10
+    miner.set_target(3000)
+    assert miner.booting and miner.hashrate_ths() == 0.0
+    clock.now += 50
+    assert miner.hashrate_ths() > 0
