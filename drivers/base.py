@@ -45,6 +45,16 @@ class PowerControl(enum.StrEnum):
     ON_OFF = "on_off"  # sleep and wake only (stock firmware)
 
 
+class CapabilitySource(enum.StrEnum):
+    """Where a miner's control and range were learned. Stable strings: a bounded metric label."""
+
+    FIRMWARE = "firmware"  # the miner told us (Braiins constraints, Whatsminer limit, LuxOS profiles)
+    MODEL_TABLE = "model_table"  # wattshift's table of models: nameplate draw only
+    NAMEPLATE = "nameplate"  # the operator's max_kw in the site file
+    READING = "reading"  # nothing better: what it was set to or drew when first read
+    DEFAULT = "default"  # nothing known at all
+
+
 @dataclass(frozen=True, slots=True)
 class MinerCapability:
     control: PowerControl
@@ -52,6 +62,13 @@ class MinerCapability:
     max_watts: float
     profiles_watts: tuple[float, ...] = ()  # ascending, for PowerControl.PROFILES
     can_sleep: bool = True
+    source: CapabilitySource = CapabilitySource.DEFAULT
+
+    def describe(self) -> str:
+        """One line for the plan, the journal and the logs: "watts 1600-3600 W (firmware)"."""
+        if self.control is PowerControl.ON_OFF:
+            return f"on/off at {self.max_watts:.0f} W ({self.source})"
+        return f"{self.control} {self.min_watts:.0f}-{self.max_watts:.0f} W ({self.source})"
 
     def achievable_watts(self, wanted: float) -> float:
         """The highest setting at or below ``wanted`` that the firmware can hold (0: sleep)."""

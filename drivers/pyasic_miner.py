@@ -14,9 +14,17 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
+from .base import (
+    CapabilitySource,
+    DeviceError,
+    Failure,
+    MinerCapability,
+    MinerReading,
+    PowerControl,
+)
 from .pyasic_backends import BackendTraits, model_name, power_range_for, traits_for
 from .pyasic_failures import diagnose, probe_port, within
+from .pyasic_queries import Query
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,13 @@ NUMBERS = ("wattage", "wattage_limit", "hashrate")
 ASLEEP_BELOW_SHARE_OF_MIN = 0.1
 # Firmwares hold an integer number of watts.
 LIMIT_TOLERANCE_WATTS = 1.0
+# A paused miner whose draw has come down by this much since the first read-back is releasing
+# its power: hashboards wind down over seconds, and a slow one is obeying, not lying.
+FALLING_WATTS = 50.0
+# Whatsminer reports the ceiling of its power limit, not its floor. Below about half of the
+# factory draw its boards are not stable; a lower wish sleeps the miner instead. (An assumed
+# share: MicroBT does not publish a floor.)
+WHATSMINER_FLOOR_SHARE = 0.5
 # Before the capability is learned the driver allows nothing.
 _NOTHING_YET = MinerCapability(PowerControl.ON_OFF, 0.0, 0.0, can_sleep=False)
 
@@ -129,26 +144,46 @@ class PyasicMiner:
             lowest = capability.min_watts
             detail = f"set_power_limit: {watts:.0f} W is below the lowest setting, {lowest:.0f} W; sleep it instead"
             raise self._error(Failure.UNSUPPORTED, detail)
-        await self._command("set_power_limit", lambda: self._miner.set_power_limit(int(target)))
+        await self._command(
+            "set_power_limit",
+            lambda: self._miner.set_power_limit(int(target)),
+            false_is_unconfirmed=self._traits.false_set_is_unconfirmed,
+        )
         data = await self._confirm(
             "set_power_limit",
-            LIMIT_ITEMS,
+            lambda: self._get_data(LIMIT_ITEMS, "set_power_limit read-back"),
             lambda d: d.wattage_limit is not None and abs(d.wattage_limit - target) <= LIMIT_TOLERANCE_WATTS,
             lambda d: f"the limit reads {d.wattage_limit} W, not the {target:.0f} W asked",
         )
         return float(data.wattage_limit)
 
     async def sleep(self) -> None:
+        """Pause it; confirmed once the firmware says its boards stopped and the draw shows it
+        (down at the sleep draw, or on its way there: the draw falls over seconds)."""
         if not self._capability.can_sleep:
             raise self._error(Failure.UNSUPPORTED, f"sleep: {self.firmware} firmware cannot sleep here")
         await self._command("sleep", self._miner.stop_mining)
-        await self._confirm("sleep", STATE_ITEMS, lambda d: self._asleep(d) is True, self._describe_state)
+        first: list[float] = []  # the draw at the first read-back, to see the trend against
+
+        def stopped(state: _State) -> bool:
+            if state.watts is not None and not first:
+                first.append(state.watts)
+            if state.running is not False:
+                return False
+            if state.watts is None or state.watts < self._asleep_below:
+                return True
+            return state.watts <= first[0] - FALLING_WATTS
+
+        await self._confirm("sleep", lambda: self._read_state("sleep"), stopped, _State.describe)
 
     async def wake(self) -> None:
+        """Resume it; confirmed once the firmware says its boards run. Hashboards take minutes
+        to boot and hashrate lags further, so neither full draw nor hashrate is waited for:
+        the control loop counts a booting miner at its limit until it reads on."""
         if not self._capability.can_sleep:
             raise self._error(Failure.UNSUPPORTED, f"wake: {self.firmware} firmware cannot sleep or wake here")
         await self._command("wake", self._miner.resume_mining)
-        await self._confirm("wake", STATE_ITEMS, lambda d: self._asleep(d) is False, self._describe_state)
+        await self._confirm("wake", lambda: self._read_state("wake"), lambda s: s.running is True, _State.describe)
 
     # -- pyasic calls ---------------------------------------------------------------------------
 
@@ -177,24 +212,41 @@ class PyasicMiner:
             raise await self._diagnose(action, "the miner gave no data", healthy=Failure.GARBAGE)
         return data
 
-    async def _command(self, action: str, call: Callable[[], Awaitable[bool | None]]) -> None:
+    async def _command(
+        self, action: str, call: Callable[[], Awaitable[bool | None]], *, false_is_unconfirmed: bool = False
+    ) -> None:
+        """Send one command. ``false_is_unconfirmed``: a False from pyasic means the firmware
+        answered OK with another setting than asked; the read-back then judges (IGNORED)."""
         if self._traits.before_command is not None:
             self._traits.before_command(self._miner)
-        if await self._call(action, call(), healthy=Failure.REFUSED) is False:
+        if await self._call(action, call(), healthy=Failure.REFUSED) is False and not false_is_unconfirmed:
             raise await self._diagnose(action, "pyasic returned False", healthy=Failure.REFUSED)
+
+    async def _query(self, query: Query, action: str) -> Any:
+        """One firmware query (pyasic_queries) under the driver's deadline and failure mapping."""
+        return query.parse(await self._call(f"{action}: {query.name}", query.call(self._miner), healthy=Failure.GARBAGE))
+
+    async def _read_state(self, action: str) -> _State:
+        """What the firmware says about its boards, and the draw, for a sleep or wake read-back."""
+        data = await self._get_data(STATE_ITEMS, f"{action} read-back")
+        query = self._traits.state_query
+        running = await self._query(query, f"{action} read-back") if query is not None else None
+        if running is None:
+            running = self._running(data)
+        return _State(_float(data.wattage), _float(data.hashrate), running)
 
     async def _confirm(
         self,
         action: str,
-        items: Iterable[str],
-        done: Callable[[Any], bool],
-        describe: Callable[[Any], str],
-    ) -> Any:
+        read: Callable[[], Awaitable[T]],
+        done: Callable[[T], bool],
+        describe: Callable[[T], str],
+    ) -> T:
         """Re-read until ``done``; a miner that said OK and never shows it IGNORED the command."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadlines.confirm_s
         while True:
-            data = await self._get_data(items, f"{action} read-back")
+            data = await read()
             if done(data):
                 return data
             if loop.time() >= deadline:
@@ -213,16 +265,21 @@ class PyasicMiner:
 
     # -- what the readings mean -----------------------------------------------------------------
 
-    def _asleep(self, data: Any) -> bool | None:
-        """Asleep by the best evidence the firmware gives: power first (it is what we control),
-        then the firmware's own mining flag where it can be believed, then hashrate."""
+    @property
+    def _asleep_below(self) -> float:
+        """A draw under this is the sleep draw of boards and fans, whatever the setting."""
+        return self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN
+
+    def _running(self, data: Any) -> bool | None:
+        """Whether the hashboards run, from a poll: the firmware's flag where it can be
+        believed (Whatsminer's mineroff), else the evidence of hashrate and draw (LuxOS)."""
+        if self._traits.reports_mining and data.is_mining is not None:
+            return bool(data.is_mining)
+        if data.hashrate is not None and float(data.hashrate) > 0.0:
+            return True
         if data.wattage is not None:
-            return bool(data.wattage < self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN)
-        if self._traits.reports_mining:
-            return not data.is_mining
-        if data.hashrate is not None:
-            return float(data.hashrate) == 0.0
-        return None
+            return bool(data.wattage >= self._asleep_below)
+        return None if data.hashrate is None else False
 
     def _mining(self, data: Any) -> bool | None:
         if self._traits.reports_mining:
@@ -230,36 +287,79 @@ class PyasicMiner:
         # LuxOS: pyasic says True even while the miner sleeps; hashrate tells the truth.
         return None if data.hashrate is None else float(data.hashrate) > 0.0
 
-    def _describe_state(self, data: Any) -> str:
-        return f"it draws {data.wattage} W, hashes {_float(data.hashrate)} TH/s, is_mining={data.is_mining}"
 
     # -- capability -----------------------------------------------------------------------------
 
     async def _learn_capability(self, nameplate_watts: float | None) -> MinerCapability:
+        """The firmware's own word first (profiles, constraints, its power limit); then the
+        model table; then, on/off only, the operator's nameplate or what the miner reads."""
         control = self._traits.control
         if control is PowerControl.PROFILES:
             profiles = await self._profile_watts()
             if profiles:
-                return MinerCapability(control, profiles[0], profiles[-1], profiles_watts=profiles)
+                return MinerCapability(
+                    control, profiles[0], profiles[-1], profiles_watts=profiles, source=CapabilitySource.FIRMWARE
+                )
             log.warning("%s: the %s firmware lists no profiles; sleep and wake only", self.device_id, self.firmware)
             control = PowerControl.ON_OFF
+        if control is PowerControl.WATTS:
+            learned = await self._firmware_range(nameplate_watts)
+            if learned is not None:
+                return MinerCapability(control, *learned, source=CapabilitySource.FIRMWARE)
         known = power_range_for(self._model)
         if known is not None:
-            return MinerCapability(control, *known)
-        # No model table entry: only sleep and wake, at its nameplate or at what it is set to now.
+            return MinerCapability(control, *known, source=CapabilitySource.MODEL_TABLE)
+        if nameplate_watts:
+            return MinerCapability(
+                PowerControl.ON_OFF, nameplate_watts, nameplate_watts, source=CapabilitySource.NAMEPLATE
+            )
+        # Nothing better: only sleep and wake, at what it is set to or draws now.
         data = await self._get_data(("wattage_limit", "wattage"), "capability")
-        high = nameplate_watts or max(_float(data.wattage_limit) or 0.0, _float(data.wattage) or 0.0)
+        high = max(_float(data.wattage_limit) or 0.0, _float(data.wattage) or 0.0)
         if high <= 0:
             detail = f"no power range known for model {self._model!r} and it reports none; give max_kw in the site file"
             raise self._error(Failure.UNSUPPORTED, detail)
         log.warning("%s: no power range known for model %r; on/off at %.0f W", self.device_id, self._model, high)
-        return MinerCapability(PowerControl.ON_OFF, high, high)
+        return MinerCapability(PowerControl.ON_OFF, high, high, source=CapabilitySource.READING)
+
+    async def _firmware_range(self, nameplate_watts: float | None) -> tuple[float, float] | None:
+        """The watts range the firmware reports, or None where it does not say."""
+        query = self._traits.range_query
+        if query is not None:
+            try:
+                learned: tuple[float, float] | None = await self._query(query, "capability")
+            except DeviceError as err:
+                if err.failure not in (Failure.REFUSED, Failure.GARBAGE):
+                    raise  # the miner is not answering at all: no capability can be learned
+                log.warning("%s: %s; falling back to the model table", self.device_id, err.detail)
+                return None
+            return learned
+        if self._traits.range_from_limit:
+            # The limit reads the factory ceiling until lowered; a lowered one (a restart after
+            # a curtailment) is widened to the nameplate the operator gave.
+            data = await self._get_data(("wattage_limit", "wattage"), "capability")
+            ceiling = max(_float(data.wattage_limit) or 0.0, nameplate_watts or 0.0)
+            return (ceiling * WHATSMINER_FLOOR_SHARE, ceiling) if ceiling > 0 else None
+        return None
 
     async def _profile_watts(self) -> tuple[float, ...]:
         """The firmware's preset powers, ascending (from pyasic's generic preset config)."""
         config = await self._call("profiles", self._miner.get_config(), healthy=Failure.GARBAGE)
         presets = getattr(config.mining_mode, "available_presets", None) or []
         return tuple(sorted({float(p.power) for p in presets if p.power is not None}))
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """A sleep or wake read-back: the draw, the hashrate, and whether the boards run."""
+
+    watts: float | None
+    hashrate_ths: float | None
+    running: bool | None
+
+    def describe(self) -> str:
+        said = {True: "its boards run", False: "its boards are stopped", None: "it does not say"}[self.running]
+        return f"{said}, it draws {self.watts} W and hashes {self.hashrate_ths} TH/s"
 
 
 def _float(value: Any) -> float | None:

@@ -30,6 +30,7 @@ GRPC_PORT = 50051
 
 # Chips per hashboard of the Antminers Braiins OS+ runs on (the same numbers pyasic expects).
 CHIPS_PER_BOARD: dict[str, int] = {
+    "Antminer S19 Pro": 114,
     "Antminer S19 XP": 110,
     "Antminer S21": 108,
     "Antminer S21 Pro": 65,

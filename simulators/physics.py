@@ -8,7 +8,10 @@ injects a fake clock steps it exactly.
 - power follows the target with a linear ramp (watts per second);
 - hashrate follows power on the curve ``H = H0 * (p / P0) ** (1 / a)`` (DESIGN.md, section 4);
 - temperature relaxes towards ``ambient + k * power`` with a time constant;
-- asleep, the control board and fans still draw a few watts;
+- asleep, the control board and fans still draw a few watts; told to sleep, the draw winds
+  down on the same ramp (the firmware stops hashing at once, the boards take seconds);
+- woken, the hashboards boot for ``boot_s`` (fans and control board only, no hashrate), then
+  the draw climbs on the ramp: real wakes take minutes;
 - a reboot drops to idle draw for a while, then comes back mining at the default target.
 """
 
@@ -20,6 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
+
+# Booting hashboards draw a little while their chips are enumerated and brought up, with the
+# fans spun up: this share of the nominal draw, over the sleep draw.
+BOOT_DRAW_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +54,11 @@ class MinerSpec:
 SPECS: dict[str, MinerSpec] = {
     spec.model: spec
     for spec in (
+        MinerSpec("Antminer S19 Pro", 3250, 110, 1500, 3600),
         MinerSpec("Antminer S19 XP", 3010, 140, 1500, 3600),
         MinerSpec("Antminer S21", 3500, 200, 1800, 4000),
         MinerSpec("Antminer S21 Pro", 3510, 234, 1800, 4000),
+        MinerSpec("Whatsminer M30S+", 3400, 100, 1700, 3400),
         MinerSpec("Whatsminer M50S", 3276, 126, 1800, 3700),
         MinerSpec("Whatsminer M60S", 3422, 186, 1800, 3900),
     )
@@ -68,6 +77,7 @@ class MinerPhysics:
         ambient_c: float = 25.0,
         temp_tau_s: float = 60.0,
         reboot_s: float = 20.0,
+        boot_s: float = 0.0,
     ) -> None:
         self.spec = spec
         self._clock = clock = clock or time.monotonic
@@ -75,11 +85,13 @@ class MinerPhysics:
         self.ambient_c = ambient_c
         self.temp_tau_s = temp_tau_s
         self.reboot_s = reboot_s
+        self.boot_s = boot_s  # hashboards booting after a wake
         self.default_target_watts = spec.nominal_watts
         self.target_watts = spec.nominal_watts
         self.sleeping = False
         self.booted_at = clock()
         self._rebooting_until = -math.inf
+        self._booting_until = -math.inf
         # Ramp state: draw was `_p0` at `_t0` and moves towards the set point.
         self._t0 = clock()
         self._p0 = spec.nominal_watts
@@ -98,15 +110,24 @@ class MinerPhysics:
     def sleep(self) -> None:
         self._rebase()
         self.sleeping = True
+        self._booting_until = -math.inf
 
     def wake(self) -> None:
+        if not self.sleeping:
+            return  # already running: nothing boots again
         self._rebase()
         self.sleeping = False
+        if self.boot_s > 0:
+            # The boards boot from the sleep draw; the ramp starts once they are up.
+            self._booting_until = self._clock() + self.boot_s
+            self._p0 = self.boot_watts()
+            self._t0 = self._booting_until
 
     def reboot(self) -> None:
         """Restart: idle draw while booting, then mining again at the default target."""
         self._rebase()
         self._rebooting_until = self._clock() + self.reboot_s
+        self._booting_until = -math.inf
         self.sleeping = False
         self.target_watts = self.default_target_watts
         self.booted_at = self._rebooting_until
@@ -121,7 +142,13 @@ class MinerPhysics:
         return self._clock() < self._rebooting_until
 
     @property
+    def booting(self) -> bool:
+        """Woken, and the hashboards are still coming up: the firmware runs, nothing hashes."""
+        return self._clock() < self._booting_until
+
+    @property
     def mining(self) -> bool:
+        """The firmware runs its hashboards (booting them, or hashing): not asleep, not rebooting."""
         return not self.sleeping and not self.rebooting
 
     def setpoint_watts(self) -> float:
@@ -132,17 +159,21 @@ class MinerPhysics:
         """The true draw at this instant (what a wattmeter on the PDU outlet would read)."""
         now = self._clock()
         setpoint = self.setpoint_watts()
-        if now < self._rebooting_until or self.sleeping:
-            # Sleep and reboot cut the hashboards' supply at once, not with a ramp.
-            return self.spec.sleep_watts
-        step = self.ramp_watts_per_s * max(0.0, now - self._t0)
+        if now < self._rebooting_until:
+            return self.spec.sleep_watts  # a reboot cuts the hashboards' supply at once
+        if now < self._booting_until:
+            return self.boot_watts()
+        step = self.ramp_watts_per_s * max(0.0, now - max(self._t0, self._booting_until))
         start = max(self._p0, self.spec.sleep_watts)
         if setpoint >= start:
             return min(setpoint, start + step)
         return max(setpoint, start - step)
 
+    def boot_watts(self) -> float:
+        return self.spec.sleep_watts + BOOT_DRAW_SHARE * self.spec.nominal_watts
+
     def hashrate_ths(self) -> float:
-        if not self.mining:
+        if not self.mining or self.booting:
             return 0.0
         return self.spec.hashrate_at(self.power_watts())
 

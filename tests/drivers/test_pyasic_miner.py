@@ -12,9 +12,9 @@ import asyncio
 import pytest
 from simulated_miners import SimKind
 
-from wattshift.drivers.base import DeviceError, Failure, MinerDriver, PowerControl
+from wattshift.drivers.base import CapabilitySource, DeviceError, Failure, MinerDriver, PowerControl
 from wattshift.drivers.pyasic_backends import import_pyasic
-from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
+from wattshift.drivers.pyasic_miner import WHATSMINER_FLOOR_SHARE, Deadlines, PyasicMiner
 from wattshift.simulators.luxos import LuxOSMiner, build_profiles
 from wattshift.simulators.miner import Fault, SimulatedMiner
 
@@ -55,8 +55,14 @@ async def test_it_is_a_miner_driver_with_the_firmwares_capability(
         assert capability.profiles_watts == tuple(float(p.watts) for p in build_profiles(kind.spec))
         assert capability.min_watts == capability.profiles_watts[0]
         assert capability.max_watts == capability.profiles_watts[-1]
+    elif kind.firmware == "whatsminer":
+        # Its power limit reads the factory ceiling; the floor is a share of it.
+        factory = sim.physics.default_target_watts
+        assert (capability.min_watts, capability.max_watts) == (factory * WHATSMINER_FLOOR_SHARE, factory)
     else:
+        # Braiins OS+: the power-target constraints it reports over gRPC.
         assert (capability.min_watts, capability.max_watts) == (kind.spec.min_watts, kind.spec.max_watts)
+    assert capability.source is CapabilitySource.FIRMWARE
 
 
 async def test_read_reports_the_physics(kind: SimKind, sim: SimulatedMiner, driver: PyasicMiner) -> None:
