@@ -58,6 +58,10 @@ RELEASED_TOLERANCE_WATTS = 50.0
 # A miner that did not carry out a command is not trusted to obey the next one either: it is
 # counted at its worst case and sent nothing until this long has passed, then tried again.
 DISTRUST_SECONDS = 60.0
+# A woken miner boots its hashboards for minutes before it draws and hashes; until it reads on
+# it is counted at its limit. One still not running after this long did not wake: it is then
+# taken as it reads (asleep), and the policy may send the wake again.
+BOOT_ALLOWANCE_SECONDS = 600.0
 
 
 class Fleet(Protocol):
@@ -80,6 +84,15 @@ class _Memory:
     was_on: bool | None = None
     distrusted_until: float = float("-inf")
     waking: bool = False  # a wake was sent and the miner has not been seen running since
+    waking_since: float = float("-inf")
+
+    def still_waking(self, device_id: str, now_clock: float) -> bool:
+        """Waking, within the boot allowance; past it the wake is given up on."""
+        if self.waking and now_clock - self.waking_since > BOOT_ALLOWANCE_SECONDS:
+            log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id,
+                        BOOT_ALLOWANCE_SECONDS)
+            self.waking = False
+        return self.waking
 
 
 def _remember(memory: _Memory, state: Load, now_clock: float) -> None:
@@ -241,7 +254,7 @@ class Controller:
                 self.fleet.capability(device_id),
                 state_since=memory.state_since,
                 ignored=device_id in suspect or now_clock < memory.distrusted_until,
-                waking=memory.waking,
+                waking=memory.still_waking(device_id, now_clock),
             )
             if memory.waking and state.reading is not None and state.reads_on:
                 memory.waking = False
@@ -322,6 +335,7 @@ class Controller:
             # Set before sending: a wake that times out may still have reached the miner.
             if step.action is Action.WAKE:
                 self._memory[step.device_id].waking = True
+                self._memory[step.device_id].waking_since = self._clock()
             elif step.action is Action.SLEEP:
                 self._memory[step.device_id].waking = False
         results = await execute(

@@ -7,7 +7,7 @@ ignored command leave the miner counted at the most it can draw (DESIGN.md invar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from wattshift.drivers.base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
@@ -56,8 +56,14 @@ def miner_state(
     waking: bool = False,
 ) -> MinerState:
     """One miner's state. ``ignored``: its last command was acknowledged but not carried out,
-    so its readings are not trusted to predict what it will do next."""
+    so its readings are not trusted to predict what it will do next. ``waking``: told to wake
+    and not yet seen running; its hashboards boot for minutes, drawing little and hashing
+    nothing, and it is counted as on, at the limit it will come up at (its worst case)."""
     reading = result if isinstance(result, MinerReading) else None
+    if reading is not None and capability is not None and capability.control is PowerControl.ON_OFF:
+        # An on/off miner has one setting, whatever limit its firmware reads (a Whatsminer
+        # without power limiting reads 0): that setting is what it comes up at.
+        reading = replace(reading, limit_watts=capability.max_watts)
     failure = result.failure if isinstance(result, DeviceError) else None
     if result is None or (reading is not None and capability is None):
         failure = Failure.UNIDENTIFIED

@@ -168,7 +168,9 @@ class PyasicMiner:
         def stopped(state: _State) -> bool:
             if state.watts is not None and not first:
                 first.append(state.watts)
-            if state.running is not False:
+            # The firmware's word where it gives one; else no hashrate (LuxOS).
+            halted = state.running is False or (state.running is None and state.hashrate_ths == 0.0)
+            if not halted:
                 return False
             if state.watts is None or state.watts < self._asleep_below:
                 return True
@@ -183,7 +185,16 @@ class PyasicMiner:
         if not self._capability.can_sleep:
             raise self._error(Failure.UNSUPPORTED, f"wake: {self.firmware} firmware cannot sleep or wake here")
         await self._command("wake", self._miner.resume_mining)
-        await self._confirm("wake", lambda: self._read_state("wake"), lambda s: s.running is True, _State.describe)
+
+        def started(state: _State) -> bool:
+            if state.running is not None:
+                return state.running
+            # No word from the firmware (LuxOS, which sets its boards' frequency at once on
+            # wakeup): hashing, or drawing more than boards and fans do asleep.
+            hashing = state.hashrate_ths is not None and state.hashrate_ths > 0.0
+            return hashing or (state.watts is not None and state.watts >= self._asleep_below)
+
+        await self._confirm("wake", lambda: self._read_state("wake"), started, _State.describe)
 
     # -- pyasic calls ---------------------------------------------------------------------------
 
@@ -231,8 +242,8 @@ class PyasicMiner:
         data = await self._get_data(STATE_ITEMS, f"{action} read-back")
         query = self._traits.state_query
         running = await self._query(query, f"{action} read-back") if query is not None else None
-        if running is None:
-            running = self._running(data)
+        if running is None and self._traits.reports_mining and query is None:
+            running = None if data.is_mining is None else bool(data.is_mining)
         return _State(_float(data.wattage), _float(data.hashrate), running)
 
     async def _confirm(
@@ -269,17 +280,6 @@ class PyasicMiner:
     def _asleep_below(self) -> float:
         """A draw under this is the sleep draw of boards and fans, whatever the setting."""
         return self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN
-
-    def _running(self, data: Any) -> bool | None:
-        """Whether the hashboards run, from a poll: the firmware's flag where it can be
-        believed (Whatsminer's mineroff), else the evidence of hashrate and draw (LuxOS)."""
-        if self._traits.reports_mining and data.is_mining is not None:
-            return bool(data.is_mining)
-        if data.hashrate is not None and float(data.hashrate) > 0.0:
-            return True
-        if data.wattage is not None:
-            return bool(data.wattage >= self._asleep_below)
-        return None if data.hashrate is None else False
 
     def _mining(self, data: Any) -> bool | None:
         if self._traits.reports_mining:

@@ -69,6 +69,8 @@ class BraiinsMiner(SimulatedMiner):
         super().__init__(host, spec, clock=clock, seed=seed, **physics_options)
         self.password = password
         self.locate_enabled = False
+        # Firmware before the power-target constraints API answers GetConstraints UNIMPLEMENTED.
+        self.reports_constraints = True
         self.hostname = f"bos-{self.serial.lower()}"
         self.pool_user = f"wattshift.{self.serial.lower()}"
         spread = self.rng.uniform

@@ -341,6 +341,8 @@ class Configuration(_Bound, bos.ConfigurationServiceBase):
     async def get_constraints(self, request: bos.GetConstraintsRequest) -> bos.GetConstraintsResponse:
         # The range SetPowerTarget accepts for this model, as the firmware reports it (the same
         # range _check_range enforces), with the factory target as the default.
+        if not self.miner.reports_constraints:
+            raise GRPCError(Status.UNIMPLEMENTED, "Method not found!")
         spec = self.miner.spec
         power = bos.PowerConstraints(
             default=bos.Power(watt=round(spec.nominal_watts)),

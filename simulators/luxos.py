@@ -145,6 +145,8 @@ class LuxOSMiner(SimulatedMiner):
         if not spec.model.startswith("Antminer"):
             raise ValueError(f"{host}: LuxOS runs on Antminers only, not on {spec.model!r}")
         super().__init__(host, spec, clock=clock, seed=seed, **physics_options)
+        # Luxor: "wakeup works by setting the frequency/voltage immediately"; no slow boot.
+        self.physics.boot_s = 0.0
         self.profiles = build_profiles(spec)
         self.active_profile = self._profile(DEFAULT_PROFILE)
         self._apply_profile(self.active_profile)

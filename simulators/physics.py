@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 Clock = Callable[[], float]
 
-# Booting hashboards draw a little while their chips are enumerated and brought up, with the
-# fans spun up: this share of the nominal draw, over the sleep draw.
-BOOT_DRAW_SHARE = 0.1
+# Booting hashboards draw little while their chips are enumerated and brought up and the fans
+# spin up: this share of the nominal draw, over the sleep draw (under a tenth of the lowest
+# setting, so by its draw alone a booting miner looks asleep).
+BOOT_DRAW_SHARE = 0.03
 
 
 @dataclass(frozen=True, slots=True)
