@@ -302,11 +302,11 @@ class PyasicMiner:
                 )
             log.warning("%s: the %s firmware lists no profiles; sleep and wake only", self.device_id, self.firmware)
             control = PowerControl.ON_OFF
-        if control is PowerControl.WATTS:
-            learned = await self._firmware_range(nameplate_watts)
-            if learned is not None:
-                return MinerCapability(control, *learned, source=CapabilitySource.FIRMWARE)
         known = power_range_for(self._model)
+        if control is PowerControl.WATTS:
+            learned = await self._firmware_range(known, nameplate_watts)
+            if learned is not None:
+                return learned
         if known is not None:
             return MinerCapability(control, *known, source=CapabilitySource.MODEL_TABLE)
         if nameplate_watts:
@@ -322,8 +322,11 @@ class PyasicMiner:
         log.warning("%s: no power range known for model %r; on/off at %.0f W", self.device_id, self._model, high)
         return MinerCapability(PowerControl.ON_OFF, high, high, source=CapabilitySource.READING)
 
-    async def _firmware_range(self, nameplate_watts: float | None) -> tuple[float, float] | None:
+    async def _firmware_range(
+        self, known: tuple[float, float] | None, nameplate_watts: float | None
+    ) -> MinerCapability | None:
         """The watts range the firmware reports, or None where it does not say."""
+        watts = PowerControl.WATTS
         query = self._traits.range_query
         if query is not None:
             try:
@@ -333,13 +336,21 @@ class PyasicMiner:
                     raise  # the miner is not answering at all: no capability can be learned
                 log.warning("%s: %s; falling back to the model table", self.device_id, err.detail)
                 return None
-            return learned
+            return None if learned is None else MinerCapability(watts, *learned, source=CapabilitySource.FIRMWARE)
         if self._traits.range_from_limit:
-            # The limit reads the factory ceiling until lowered; a lowered one (a restart after
-            # a curtailment) is widened to the nameplate the operator gave.
+            # The limit reads the factory ceiling until lowered. A lowered one (a restart after a
+            # curtailment) is widened to the nameplate: the operator's, else the model table's.
             data = await self._get_data(("wattage_limit", "wattage"), "capability")
-            ceiling = max(_float(data.wattage_limit) or 0.0, nameplate_watts or 0.0)
-            return (ceiling * WHATSMINER_FLOOR_SHARE, ceiling) if ceiling > 0 else None
+            reported = _float(data.wattage_limit) or 0.0
+            if reported <= 0:
+                return None  # "Power Limit" 0: this firmware does not limit power
+            ceiling, source = reported, CapabilitySource.FIRMWARE
+            for plate, plate_source in ((nameplate_watts, CapabilitySource.NAMEPLATE),
+                                        (known[1] if known else None, CapabilitySource.MODEL_TABLE)):
+                if plate is not None and plate > ceiling:
+                    ceiling, source = plate, plate_source
+            floor = known[0] if known else ceiling * WHATSMINER_FLOOR_SHARE
+            return MinerCapability(watts, floor, ceiling, source=source)
         return None
 
     async def _profile_watts(self) -> tuple[float, ...]:

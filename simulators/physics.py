@@ -108,10 +108,14 @@ class MinerPhysics:
         self.target_watts = applied
         return applied
 
-    def sleep(self) -> None:
+    def sleep(self, *, settled: bool = False) -> None:
+        """Stop hashing; the draw winds down on the ramp. ``settled``: as if asleep for a
+        while already, the draw down at once (a test's or a cold site's starting state)."""
         self._rebase()
         self.sleeping = True
         self._booting_until = -math.inf
+        if settled:
+            self._p0 = self.spec.sleep_watts
 
     def wake(self) -> None:
         if not self.sleeping:

@@ -93,7 +93,7 @@ class SimulatedSite:
                         raise ValueError(f"{host}: a {batch.firmware} simulator has no setting {name!r}")
                     setattr(miner, name, value)
                 if self.start_asleep:
-                    miner.physics.sleep()
+                    miner.physics.sleep(settled=True)
                 self.miners.append(miner)
                 self.circuit_of[host] = batch.circuit
                 self.firmware_of[host] = batch.firmware

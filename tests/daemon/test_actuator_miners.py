@@ -117,7 +117,7 @@ async def test_every_fault_comes_back_classified(kind: SimKind, fault: Fault, ac
     sim = kind.build(130)
     async with driven(sim) as driver:
         if action is Action.WAKE:
-            sim.physics.sleep()
+            sim.physics.sleep(settled=True)
         before = (sim.physics.sleeping, sim.physics.target_watts)
         sim.set_fault(fault)
         result = await run(driver, action, driver.capability.min_watts)

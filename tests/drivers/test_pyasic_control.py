@@ -76,6 +76,20 @@ async def test_whatsminer_m30s_plus_is_driven_in_watts_by_its_power_limit() -> N
         assert sim.physics.target_watts == 2500
 
 
+async def test_a_whatsminer_limit_left_lowered_is_widened_to_the_nameplate() -> None:
+    # A restart after a curtailment finds the limit still at 2000 W: that is not its ceiling.
+    sim = WhatsminerMiner("127.0.6.103", M30S_PLUS, seed=3, **FAST_PHYSICS)
+    sim.physics.set_target(2000)
+    await sim.start()
+    try:
+        miner = await import_pyasic().get_miner(sim.host)
+        driver = await PyasicMiner.open(miner, deadlines=TEST_DEADLINES, nameplate_watts=3400.0)
+    finally:
+        await sim.stop()
+        await collect_pyasic_leftovers()
+    assert driver.capability.describe() == "watts 1700-3400 W (nameplate)"
+
+
 async def test_braiins_without_constraints_falls_back_to_the_model_table() -> None:
     sim = BraiinsMiner("127.0.7.101", SPECS["Antminer S19 XP"], seed=1, **FAST_PHYSICS)
     sim.reports_constraints = False
