@@ -15,6 +15,7 @@ from simsite import assert_never_over, running_site
 from wattshift.daemon.budget import BudgetEvent
 from wattshift.daemon.journal_entries import EntryKind
 from wattshift.daemon.sequencer import Action
+from wattshift.daemon.summary import plan_table
 from wattshift.drivers.base import CapabilitySource, PowerControl
 from wattshift.simulators.site import MinerBatch
 
@@ -50,6 +51,20 @@ async def test_miners_slept_by_a_cut_are_woken_when_it_ends(tmp_path):
         for _ in range(2):
             await controller.run_once()
         assert all(m.physics.sleeping for m in sim.miners), "a 1 kW cut sleeps every miner"
+        # Where each range came from shows in the journal, the metrics and the plan.
+        decisions = await daemon.journal.query(kind=EntryKind.DECISION)
+        sources = {e.device: e.data.get("capability_source") for e in decisions if e.device}
+        assert [sources[h] for h in on_off] == ["reading", "reading"]
+        assert [sources[m.host] for m in sim.miners[2:]] == ["firmware"] * 3
+        registry = daemon.metrics.registry
+        labels = {"device": on_off[0], "control": "on_off", "source": "reading"}
+        assert registry.get_sample_value("wattshift_miner_control_info", labels) == 1
+        labels = {"device": sim.miners[2].host, "control": "watts", "source": "firmware"}
+        assert registry.get_sample_value("wattshift_miner_control_info", labels) == 1
+        last = controller.last_report
+        assert last is not None
+        table = plan_table(last.snapshot, last.allocation)
+        assert "watts 1500-3600 W (firmware)" in table and "on/off at 3400 W (reading)" in table
 
         await asyncio.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()) + 0.2)
         report = await controller.run_once()  # the cut is over: everything wakes
