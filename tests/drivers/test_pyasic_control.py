@@ -21,7 +21,7 @@ from wattshift.drivers.base import CapabilitySource, DeviceError, Failure, Power
 from wattshift.drivers.pyasic_backends import import_pyasic, power_range_for
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
 from wattshift.simulators.braiins import BraiinsMiner
-from wattshift.simulators.miner import SimulatedMiner
+from wattshift.simulators.miner import Fault, SimulatedMiner
 from wattshift.simulators.physics import SPECS
 from wattshift.simulators.whatsminer import WhatsminerMiner
 
@@ -173,3 +173,19 @@ async def test_a_wake_is_confirmed_by_the_firmware_while_the_boards_boot(kind: S
             assert sim.physics.booting
             assert reading.hashrate_ths == 0.0
             assert reading.watts is not None and reading.watts < driver.capability.min_watts * 0.1
+
+
+async def test_a_luxos_that_echoes_its_old_profile_ignored_the_command(luxos: SimKind) -> None:
+    # profileset answers success with the profile it still holds; pyasic returns False. That is
+    # a miner saying OK and not doing it (IGNORED), not an error answer (REFUSED).
+    sim = luxos.build(113)
+    async with started(sim) as driver:
+        sim.set_fault(Fault.IGNORE)
+        with pytest.raises(DeviceError) as caught:
+            await driver.set_power_limit(3000)
+        assert caught.value.failure is Failure.IGNORED, caught.value.detail
+        assert "the limit reads 3500" in caught.value.detail
+        sim.set_fault(Fault.REFUSE)
+        with pytest.raises(DeviceError) as caught:
+            await driver.set_power_limit(3000)
+        assert caught.value.failure is Failure.REFUSED, caught.value.detail

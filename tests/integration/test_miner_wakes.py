@@ -102,3 +102,27 @@ async def test_miners_slept_by_a_cut_are_woken_when_it_ends(tmp_path):
         results = await daemon.journal.query(kind=EntryKind.RESULT)
         assert not [e for e in results if e.data.get("failure") == "ignored"]
     assert_never_over(truth)
+
+
+async def test_a_slow_shed_is_obeying_not_ignored(tmp_path):
+    # An S19 XP whose draw falls at 400 W/s: still over a kilowatt seconds after it paused.
+    batches = [
+        MinerBatch("braiins", 1, "site", "Antminer S19 XP", physics={"ramp_watts_per_s": 400.0}),
+        MinerBatch("luxos", 1, "site", "Antminer S21"),
+    ]
+    async with running_site(batches, tmp_path, first_address="127.0.17.1", budget_kw=20) as (sim, daemon, budget, truth):
+        slow = sim.miners[0]
+        start = datetime.now(UTC) + timedelta(seconds=12)  # announced: 7.5 s of ramp fit before it
+        budget.add(BudgetEvent("cut", 100, start, start + timedelta(seconds=30)))
+        report = await daemon.controller.run_once()
+        [sleep] = [r for r in report.results if r.step.device_id == slow.host]
+        assert sleep.step.action is Action.SLEEP
+        assert sleep.ok, sleep.detail  # before: ignored, and distrusted for 60 s
+        after = await daemon.controller.run_once()
+        state = next(m for m in after.snapshot.miners if m.device_id == slow.host)
+        assert state.failure is None and not state.is_on
+        assert state.worst_case_watts == pytest.approx(state.measured_watts)  # counted at its draw
+        async with asyncio.timeout(15):
+            while slow.true_watts() > slow.spec.sleep_watts:
+                await asyncio.sleep(0.2)
+    assert_never_over(truth)
