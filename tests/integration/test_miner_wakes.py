@@ -35,7 +35,7 @@ SITE = [
 
 @pytest.mark.filterwarnings("ignore:passing settings to md5_crypt.hash\\(\\) is deprecated:DeprecationWarning")
 async def test_miners_slept_by_a_cut_are_woken_when_it_ends(tmp_path):
-    async with running_site(SITE, tmp_path, first_address="127.0.16.1", budget_kw=20) as (sim, daemon, budget, truth):
+    async with running_site(SITE, tmp_path, first_address="127.0.40.1", budget_kw=20) as (sim, daemon, budget, truth):
         controller, fleet = daemon.controller, daemon.fleet
         on_off = [m.host for m in sim.miners[:2]]
         capabilities = {m.host: fleet.capability(m.host) for m in sim.miners}
@@ -110,7 +110,7 @@ async def test_a_slow_shed_is_obeying_not_ignored(tmp_path):
         MinerBatch("braiins", 1, "site", "Antminer S19 XP", physics={"ramp_watts_per_s": 400.0}),
         MinerBatch("luxos", 1, "site", "Antminer S21"),
     ]
-    async with running_site(batches, tmp_path, first_address="127.0.17.1", budget_kw=20) as (sim, daemon, budget, truth):
+    async with running_site(batches, tmp_path, first_address="127.0.41.1", budget_kw=20) as (sim, daemon, budget, truth):
         slow = sim.miners[0]
         start = datetime.now(UTC) + timedelta(seconds=12)  # announced: 7.5 s of ramp fit before it
         budget.add(BudgetEvent("cut", 100, start, start + timedelta(seconds=30)))
