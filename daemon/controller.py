@@ -19,6 +19,7 @@ from typing import Protocol
 
 from wattshift.drivers.base import (
     DeviceError,
+    Failure,
     MinerCapability,
     MinerDriver,
     MinerReading,
@@ -62,6 +63,8 @@ DISTRUST_SECONDS = 60.0
 # it is counted at its limit. One still not running after this long did not wake: it is then
 # taken as it reads (asleep), and the policy may send the wake again.
 BOOT_ALLOWANCE_SECONDS = 600.0
+# Wake failures that say the miner is not booting (a silent or hanging one may be).
+WAKE_NOT_TAKEN = frozenset({Failure.REFUSED, Failure.IGNORED, Failure.UNSUPPORTED})
 
 
 class Fleet(Protocol):
@@ -350,6 +353,10 @@ class Controller:
         for result in results:
             if not result.ok:
                 self._memory[result.step.device_id].distrusted_until = now + DISTRUST_SECONDS
+                if result.step.action is Action.WAKE and result.failure in WAKE_NOT_TAKEN:
+                    # It answered, and did not wake: not booting, so not counted as on. Once
+                    # trusted again it reads asleep and the policy may wake it again.
+                    self._memory[result.step.device_id].waking = False
             if result.ok and result.step.action in (Action.SLEEP, Action.WAKE):
                 memory = self._memory[result.step.device_id]
                 memory.state_since = now

@@ -16,7 +16,8 @@ from wattshift.daemon.budget import BudgetEvent
 from wattshift.daemon.journal_entries import EntryKind
 from wattshift.daemon.sequencer import Action
 from wattshift.daemon.summary import plan_table
-from wattshift.drivers.base import CapabilitySource, PowerControl
+from wattshift.drivers.base import CapabilitySource, Failure, PowerControl
+from wattshift.simulators.miner import Fault
 from wattshift.simulators.site import MinerBatch
 
 BOOT_S = 3.0
@@ -125,4 +126,23 @@ async def test_a_slow_shed_is_obeying_not_ignored(tmp_path):
         async with asyncio.timeout(15):
             while slow.true_watts() > slow.spec.sleep_watts:
                 await asyncio.sleep(0.2)
+    assert_never_over(truth)
+
+
+async def test_a_wake_the_miner_ignored_is_not_counted_as_booting(tmp_path):
+    batches = [MinerBatch("luxos", 2, "site", "Antminer S21")]
+    async with running_site(batches, tmp_path, first_address="127.0.42.1", budget_kw=20) as (sim, daemon, budget, truth):
+        ignoring, obeying = sim.miners
+        for miner in sim.miners:
+            miner.physics.sleep(settled=True)
+        ignoring.set_fault(Fault.IGNORE)
+        report = await daemon.controller.run_once()
+        outcomes = {r.step.device_id: (r.step.action, r.failure) for r in report.results}
+        assert outcomes == {ignoring.host: (Action.WAKE, Failure.IGNORED), obeying.host: (Action.WAKE, None)}
+        states = {m.device_id: m for m in (await daemon.controller.run_once()).snapshot.miners}
+        # It answered and stayed asleep: not booting (so, once trusted again, it reads asleep
+        # and is woken again), and counted at its worst while distrusted.
+        assert states[ignoring.host].waking is False
+        assert states[ignoring.host].worst_case_watts == states[ignoring.host].max_watts
+        assert obeying.physics.mining
     assert_never_over(truth)
