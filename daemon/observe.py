@@ -72,6 +72,8 @@ def miner_state(
     model = (reading.model if reading else None) or slot.group.model
     max_watts = slot.nameplate_watts or (capability.max_watts if capability else UNKNOWN_MAX_WATTS)
     cap = capability or MinerCapability(PowerControl.ON_OFF, max_watts, max_watts, can_sleep=False)
+    # Booting by the firmware's word: on, at its limit, whether or not this loop woke it.
+    waking = waking or (reading is not None and reading.booting)
     return MinerState(
         device_id=slot.device_id,
         circuit=slot.circuit,

@@ -96,6 +96,9 @@ class MinerReading:
     temperatures_c: tuple[float, ...] = ()
     fans_rpm: tuple[int, ...] = ()
     errors: tuple[str, ...] = ()
+    # The firmware says its hashboards run, yet they hash nothing: they are booting after a
+    # wake, for minutes, and will climb to the limit. Known even to a loop that just started.
+    booting: bool = False
 
 
 @runtime_checkable

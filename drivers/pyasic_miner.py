@@ -121,6 +121,13 @@ class PyasicMiner:
 
     async def read(self) -> MinerReading:
         data = await self._get_data(READ_ITEMS, "read")
+        hashing = data.hashrate is not None and float(data.hashrate) > 0.0
+        booting = False
+        if not hashing and self._traits.state_query is not None:
+            # Only a miner that hashes nothing costs the extra call (Braiins OS+: one gRPC).
+            booting = await self._query(self._traits.state_query, "read") is True
+        elif not hashing and self._traits.reports_mining:
+            booting = data.is_mining is True
         return MinerReading(
             device_id=self.device_id,
             model=self._model,
@@ -132,6 +139,7 @@ class PyasicMiner:
             temperatures_c=tuple(_board_temperatures(data.hashboards)),
             fans_rpm=tuple(int(fan.speed) for fan in data.fans if fan.speed is not None),
             errors=tuple(_error_text(error) for error in data.errors),
+            booting=booting,
         )
 
     async def set_power_limit(self, watts: float) -> float:

@@ -189,3 +189,15 @@ async def test_a_luxos_that_echoes_its_old_profile_ignored_the_command(luxos: Si
         with pytest.raises(DeviceError) as caught:
             await driver.set_power_limit(3000)
         assert caught.value.failure is Failure.REFUSED, caught.value.detail
+
+
+@pytest.mark.parametrize("kind", SIM_KINDS[1:], ids=lambda k: k.firmware)
+async def test_a_read_says_booting_while_the_firmware_runs_boards_that_hash_nothing(kind: SimKind) -> None:
+    sim = kind.simulator(kind.host(114), kind.spec, seed=114, ramp_watts_per_s=1e6, reboot_s=0.3, boot_s=120.0)
+    async with started(sim) as driver:
+        assert (await driver.read()).booting is False  # mining
+        await driver.sleep()
+        assert (await driver.read()).booting is False  # asleep
+        await driver.wake()
+        booting = await driver.read()
+        assert booting.booting is True and booting.hashrate_ths == 0.0
