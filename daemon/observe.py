@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from wattshift.drivers.base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
+from wattshift.drivers.base import (
+    UNKNOWN_MINER_WATTS,
+    DeviceError,
+    Failure,
+    MinerCapability,
+    MinerReading,
+    PowerControl,
+)
 from wattshift.drivers.gpu import GpuLimits
 from wattshift.drivers.jobs import FlexTier, JobStatus
 from wattshift.policies.efficiency import curve_for
@@ -20,9 +27,8 @@ from .gpu_config import GpuNodeConfig, JobsConfig
 from .gpu_fleet import NodeReading
 from .model import GpuJob, GpuNodeState, MinerState, Prices, SiteSnapshot
 
-# An unidentified miner could be anything on the shelf; count it as a large air-cooled unit
-# unless the operator gives its nameplate (max_kw in the site file).
-UNKNOWN_MAX_WATTS = 4000.0
+# An unidentified miner could be anything on the shelf (the drivers' figure).
+UNKNOWN_MAX_WATTS = UNKNOWN_MINER_WATTS
 
 
 @dataclass(frozen=True, slots=True)

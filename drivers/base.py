@@ -37,6 +37,12 @@ class DeviceError(Exception):
         self.detail = detail
 
 
+# A miner whose draw nothing tells (unidentified, or on/off and found asleep with no table entry
+# and no nameplate) could be anything on the shelf: counted as a large air-cooled unit until the
+# operator gives its nameplate (max_kw in the site file).
+UNKNOWN_MINER_WATTS = 4000.0
+
+
 class PowerControl(enum.StrEnum):
     """How finely a miner's firmware lets us set its power."""
 

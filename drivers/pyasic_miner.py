@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .base import (
+    UNKNOWN_MINER_WATTS,
     CapabilitySource,
     DeviceError,
     Failure,
@@ -321,14 +322,19 @@ class PyasicMiner:
             return MinerCapability(
                 PowerControl.ON_OFF, nameplate_watts, nameplate_watts, source=CapabilitySource.NAMEPLATE
             )
-        # Nothing better: only sleep and wake, at what it is set to or draws now.
-        data = await self._get_data(("wattage_limit", "wattage"), "capability")
+        # Nothing better: only sleep and wake, at what it is set to or draws now while hashing.
+        # Asleep, its draw says nothing of what it draws awake: then count it as a large unit.
+        data = await self._get_data(("wattage_limit", "wattage", "hashrate"), "capability")
         high = max(_float(data.wattage_limit) or 0.0, _float(data.wattage) or 0.0)
-        if high <= 0:
-            detail = f"no power range known for model {self._model!r} and it reports none; give max_kw in the site file"
-            raise self._error(Failure.UNSUPPORTED, detail)
-        log.warning("%s: no power range known for model %r; on/off at %.0f W", self.device_id, self._model, high)
-        return MinerCapability(PowerControl.ON_OFF, high, high, source=CapabilitySource.READING)
+        hashing = data.hashrate is not None and float(data.hashrate) > 0.0
+        source = CapabilitySource.READING
+        if not hashing or high <= 0:
+            high, source = UNKNOWN_MINER_WATTS, CapabilitySource.DEFAULT
+        log.warning(
+            "%s: no power range known for model %r; on/off at %.0f W (%s); give max_kw in the site file",
+            self.device_id, self._model, high, source,
+        )
+        return MinerCapability(PowerControl.ON_OFF, high, high, source=source)
 
     async def _firmware_range(
         self, known: tuple[float, float] | None, nameplate_watts: float | None

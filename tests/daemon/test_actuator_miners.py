@@ -9,8 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from simulated_miners import FAST_PHYSICS, SIM_KINDS, TEST_DEADLINES, SimKind, collect_pyasic_leftovers
-
+from simulated_miners import (
+    FAST_PHYSICS,
+    SIM_KINDS,
+    TEST_DEADLINES,
+    SimKind,
+    collect_pyasic_leftovers,
+)
 from wattshift.daemon.actuator import StepResult, execute
 from wattshift.daemon.sequencer import Action, Step
 from wattshift.drivers.base import Failure, PowerControl

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from wattshift.daemon.config import MinerGroup
 from wattshift.daemon.observe import MinerSlot, miner_state
-from wattshift.drivers.base import CapabilitySource, MinerCapability, MinerReading, PowerControl
+from wattshift.drivers.base import (
+    CapabilitySource,
+    MinerCapability,
+    MinerReading,
+    PowerControl,
+)
 
 SLOT = MinerSlot("10.0.0.1", "site", MinerGroup(addresses=["10.0.0.1"]))
 WATTS = MinerCapability(PowerControl.WATTS, 1500, 3600, source=CapabilitySource.FIRMWARE)

@@ -15,8 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from simulated_miners import FAST_PHYSICS, SIM_KINDS, TEST_DEADLINES, SimKind, collect_pyasic_leftovers
-
+from simulated_miners import (
+    FAST_PHYSICS,
+    SIM_KINDS,
+    TEST_DEADLINES,
+    SimKind,
+    collect_pyasic_leftovers,
+)
 from wattshift.drivers.base import CapabilitySource, DeviceError, Failure, PowerControl
 from wattshift.drivers.pyasic_backends import import_pyasic, power_range_for
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
@@ -201,3 +206,14 @@ async def test_a_read_says_booting_while_the_firmware_runs_boards_that_hash_noth
         await driver.wake()
         booting = await driver.read()
         assert booting.booting is True and booting.hashrate_ths == 0.0
+
+
+async def test_an_on_off_miner_found_asleep_counts_as_a_large_unit_not_as_its_sleep_draw() -> None:
+    # Its draw asleep (12 W) says nothing of what it draws awake; 4 kW until told (max_kw).
+    sim = WhatsminerMiner("127.0.6.104", M30S_PLUS, seed=4, **FAST_PHYSICS)
+    sim.power_limit_supported = False
+    sim.physics.sleep(settled=True)
+    async with started(sim) as driver:
+        assert driver.capability.describe() == "on/off at 4000 W (default)"
+        await driver.wake()
+        assert sim.physics.mining

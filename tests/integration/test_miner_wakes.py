@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from simsite import assert_never_over, running_site
-
 from wattshift.daemon.budget import BudgetEvent
 from wattshift.daemon.journal_entries import EntryKind
 from wattshift.daemon.sequencer import Action
@@ -131,7 +130,7 @@ async def test_a_slow_shed_is_obeying_not_ignored(tmp_path):
 
 async def test_a_wake_the_miner_ignored_is_not_counted_as_booting(tmp_path):
     batches = [MinerBatch("luxos", 2, "site", "Antminer S21")]
-    async with running_site(batches, tmp_path, first_address="127.0.42.1", budget_kw=20) as (sim, daemon, budget, truth):
+    async with running_site(batches, tmp_path, first_address="127.0.42.1", budget_kw=20) as (sim, daemon, _budget, truth):
         ignoring, obeying = sim.miners
         for miner in sim.miners:
             miner.physics.sleep(settled=True)
