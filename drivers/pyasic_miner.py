@@ -3,7 +3,9 @@ pyasic speaks (Braiins OS+, Whatsminer, LuxOS, VNish, stock Antminer).
 
 Every pyasic call runs under its own deadline; every failure comes out as a
 :class:`~.base.DeviceError` (never ``False``); every command is confirmed by reading the miner
-back, because pyasic's ``True`` means only that the firmware did not object.
+back, because pyasic's ``True`` means only that the firmware did not object. A limit is
+confirmed by the limit it reads; a sleep by the firmware's state and a falling draw (boards wind
+down over seconds); a wake by the firmware's state (boards boot for minutes, hashrate lags).
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ class Deadlines:
 class PyasicMiner:
     """A :class:`~.base.MinerDriver` over one pyasic miner object.
 
-    Build it with :meth:`open`, which learns the capability (for LuxOS, the profiles the miner
-    reports). ``device_id`` is the miner's address.
+    Build it with :meth:`open`, which learns the capability from the miner; the capability
+    says where it came from (:class:`~.base.CapabilitySource`). ``device_id`` is the address.
     """
 
     def __init__(
@@ -93,9 +95,9 @@ class PyasicMiner:
         deadlines: Deadlines = Deadlines(),
         nameplate_watts: float | None = None,
     ) -> PyasicMiner:
-        """The driver for ``miner``, with its capability learned from the firmware (LuxOS
-        profiles) or the model table. ``nameplate_watts``, the operator's figure, stands in
-        for a model the table does not know."""
+        """The driver for ``miner``, with its capability learned from the firmware (Braiins OS+
+        constraints, the Whatsminer power limit, LuxOS profiles), else from the model table.
+        ``nameplate_watts``, the operator's figure, stands in where neither tells."""
         # Learning the capability takes the driver's own guarded calls, so the driver exists
         # first, with a capability that allows nothing, and learns the real one.
         driver = cls(miner, _NOTHING_YET, traits=traits_for(miner), deadlines=deadlines)
