@@ -355,3 +355,13 @@ async def test_a_fault_that_starts_mid_connection_reaches_an_open_channel(clock:
             sim.set_fault(Fault.NO_ANSWER)
             with pytest.raises((StreamTerminatedError, ConnectionError)):
                 await stub.get_miner_stats(GetMinerStatsRequest(), metadata={"authorization": token})
+
+
+async def test_pyasic_cannot_read_the_streamed_miner_status(clock: FakeClock) -> None:
+    # Why the driver reads the status from GetMinerDetails: pyasic 0.79.0's get_miner_status
+    # awaits GetMinerStatus, a server stream, as one reply. If this starts passing, it can.
+    async with running("127.0.4.17", clock):
+        client = await identify("127.0.4.17")
+        with pytest.raises(TypeError, match="async_generator"):
+            await client.web.get_miner_status()
+        assert (await client.web.get_miner_details())["status"] == MinerStatus.NORMAL
