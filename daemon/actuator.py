@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from wattshift.drivers.base import DeviceError, Failure
+from wattshift.drivers.base import DeviceError, Failure, MinerDriver, PowerControl
 
 from .sequencer import Action, Step
+
 
 class Actuated(Protocol):
     """What a step needs from a device: a miner's driver, or a GPU node's (jobs and caps)."""
@@ -73,6 +74,14 @@ async def _apply(driver: Actuated, step: Step) -> float | None:
     if step.action is Action.SLEEP:
         await driver.sleep()
         return 0.0
+    if step.action is Action.WAKE and isinstance(driver, MinerDriver):
+        capability = driver.capability
+        if capability.control is PowerControl.ON_OFF:
+            # No power target to set: it wakes at the one setting it has.
+            await driver.wake()
+            return capability.max_watts
+    # The limit first, confirmed while it sleeps, so that it cannot come up at an old, higher
+    # one; then the wake, confirmed by the firmware's state (the boards take minutes to boot).
     held = await driver.set_power_limit(step.watts)
     if step.action is Action.WAKE:
         await driver.wake()

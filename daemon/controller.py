@@ -19,6 +19,7 @@ from typing import Protocol
 
 from wattshift.drivers.base import (
     DeviceError,
+    Failure,
     MinerCapability,
     MinerDriver,
     MinerReading,
@@ -64,6 +65,12 @@ DISTRUST_SECONDS = 60.0
 # worst case for this plan, and its read goes on and lands for the next one. Answers that keep
 # coming (a large fleet read through its concurrency bound) keep the window open.
 ANSWER_GAP_SECONDS = 1.0
+# A woken miner boots its hashboards for minutes before it draws and hashes; until it reads on
+# it is counted at its limit. One still not running after this long did not wake: it is then
+# taken as it reads (asleep), and the policy may send the wake again.
+BOOT_ALLOWANCE_SECONDS = 600.0
+# Wake failures that say the miner is not booting (a silent or hanging one may be).
+WAKE_NOT_TAKEN = frozenset({Failure.REFUSED, Failure.IGNORED, Failure.UNSUPPORTED})
 
 
 class Fleet(Protocol):
@@ -88,6 +95,15 @@ class _Memory:
     was_on: bool | None = None
     distrusted_until: float = float("-inf")
     waking: bool = False  # a wake was sent and the miner has not been seen running since
+    waking_since: float = float("-inf")
+
+    def still_waking(self, device_id: str, now_clock: float) -> bool:
+        """Waking, within the boot allowance; past it the wake is given up on."""
+        if self.waking and now_clock - self.waking_since > BOOT_ALLOWANCE_SECONDS:
+            log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id,
+                        BOOT_ALLOWANCE_SECONDS)
+            self.waking = False
+        return self.waking
 
 
 def _remember(memory: _Memory, state: Load, now_clock: float) -> None:
@@ -296,7 +312,7 @@ class Controller:
                 self.fleet.capability(device_id),
                 state_since=memory.state_since,
                 ignored=device_id in suspect or now_clock < memory.distrusted_until,
-                waking=memory.waking,
+                waking=memory.still_waking(device_id, now_clock),
             )
             if memory.waking and state.reading is not None and state.reads_on:
                 memory.waking = False
@@ -377,6 +393,7 @@ class Controller:
             # Set before sending: a wake that times out may still have reached the miner.
             if step.action is Action.WAKE:
                 self._memory[step.device_id].waking = True
+                self._memory[step.device_id].waking_since = self._clock()
             elif step.action is Action.SLEEP:
                 self._memory[step.device_id].waking = False
         results = await execute(
@@ -391,6 +408,10 @@ class Controller:
         for result in results:
             if not result.ok:
                 self._memory[result.step.device_id].distrusted_until = now + DISTRUST_SECONDS
+                if result.step.action is Action.WAKE and result.failure in WAKE_NOT_TAKEN:
+                    # It answered, and did not wake: not booting, so not counted as on. Once
+                    # trusted again it reads asleep and the policy may wake it again.
+                    self._memory[result.step.device_id].waking = False
             if result.ok and result.step.action in (Action.SLEEP, Action.WAKE):
                 memory = self._memory[result.step.device_id]
                 memory.state_since = now

@@ -26,7 +26,7 @@ from wattshift.policies.base import Allocation
 
 from .earnings import class_earnings
 from .limits import LimitTree
-from .model import DeviceClass, GpuNodeState, SiteSnapshot
+from .model import DeviceClass, GpuNodeState, MinerState, SiteSnapshot
 from .sequencer import Action, Plan, Step
 
 if TYPE_CHECKING:
@@ -79,6 +79,11 @@ class MetricsRecorder:
         self.device_up = gauge("device_up", "1 if the device answered the last poll", ["device", "class"])
         self.device_on = gauge("device_on", "1 if the device is running (mining), 0 if asleep", ["device", "class"])
         self.hashrate = gauge("miner_hashrate_hashes_per_second", "Reported hashrate", ["device"])
+        self.miner_control = gauge(
+            "miner_control_info", "1 for how each miner is driven and where that was learned", ["device", "control", "source"]
+        )
+        self.miner_range = gauge("miner_range_watts", "Lowest and highest setting of each miner", ["device", "bound"])
+        self._control_labels: dict[str, tuple[str, str]] = {}
         self.temperature = gauge("device_temperature_celsius", "Hottest reported temperature", ["device", "class"])
         self.hashprice = gauge("hashprice_usd_per_petahash_day", "Hashprice in use (USD per PH/s per day)")
         self.power_price = gauge("power_price_usd_per_megawatt_hour", "Power price in use (USD per MWh)")
@@ -132,6 +137,7 @@ class MetricsRecorder:
             self.device_up.labels(m.device_id, MINER).set(1 if up else 0)
             if m.failure is not None and not up:
                 self.read_errors.labels(m.failure.value).inc()
+            self._capability(m)
             if m.reading is None:
                 continue
             r = m.reading
@@ -171,6 +177,16 @@ class MetricsRecorder:
         for state in JobState:
             for tier in FlexTier:
                 self.gpu_jobs.labels(state.value, tier.value).set(jobs.get((state.value, tier.value), 0))
+
+    def _capability(self, m: MinerState) -> None:
+        labels = (m.capability.control.value, m.capability.source.value)
+        previous = self._control_labels.get(m.device_id)
+        if previous is not None and previous != labels:
+            self.miner_control.remove(m.device_id, *previous)  # one series per miner, not a trail
+        self._control_labels[m.device_id] = labels
+        self.miner_control.labels(m.device_id, *labels).set(1)
+        self.miner_range.labels(m.device_id, "min").set(m.capability.min_watts)
+        self.miner_range.labels(m.device_id, "max").set(m.capability.max_watts)
 
     def _gpu_node(self, node: GpuNodeState) -> None:
         up = node.failure is None

@@ -7,10 +7,17 @@ ignored command leave the miner counted at the most it can draw (DESIGN.md invar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from wattshift.drivers.base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
+from wattshift.drivers.base import (
+    UNKNOWN_MINER_WATTS,
+    DeviceError,
+    Failure,
+    MinerCapability,
+    MinerReading,
+    PowerControl,
+)
 from wattshift.drivers.gpu import GpuLimits
 from wattshift.drivers.jobs import FlexTier, JobStatus
 from wattshift.policies.efficiency import curve_for
@@ -20,9 +27,8 @@ from .gpu_config import GpuNodeConfig, JobsConfig
 from .gpu_fleet import NodeReading
 from .model import GpuJob, GpuNodeState, MinerState, Prices, SiteSnapshot
 
-# An unidentified miner could be anything on the shelf; count it as a large air-cooled unit
-# unless the operator gives its nameplate (max_kw in the site file).
-UNKNOWN_MAX_WATTS = 4000.0
+# An unidentified miner could be anything on the shelf (the drivers' figure).
+UNKNOWN_MAX_WATTS = UNKNOWN_MINER_WATTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +62,14 @@ def miner_state(
     waking: bool = False,
 ) -> MinerState:
     """One miner's state. ``ignored``: its last command was acknowledged but not carried out,
-    so its readings are not trusted to predict what it will do next."""
+    so its readings are not trusted to predict what it will do next. ``waking``: told to wake
+    and not yet seen running; its hashboards boot for minutes, drawing little and hashing
+    nothing, and it is counted as on, at the limit it will come up at (its worst case)."""
     reading = result if isinstance(result, MinerReading) else None
+    if reading is not None and capability is not None and capability.control is PowerControl.ON_OFF:
+        # An on/off miner has one setting, whatever limit its firmware reads (a Whatsminer
+        # without power limiting reads 0): that setting is what it comes up at.
+        reading = replace(reading, limit_watts=capability.max_watts)
     failure = result.failure if isinstance(result, DeviceError) else None
     if result is None or (reading is not None and capability is None):
         failure = Failure.UNIDENTIFIED
@@ -66,6 +78,8 @@ def miner_state(
     model = (reading.model if reading else None) or slot.group.model
     max_watts = slot.nameplate_watts or (capability.max_watts if capability else UNKNOWN_MAX_WATTS)
     cap = capability or MinerCapability(PowerControl.ON_OFF, max_watts, max_watts, can_sleep=False)
+    # Booting by the firmware's word: on, at its limit, whether or not this loop woke it.
+    waking = waking or (reading is not None and reading.booting)
     return MinerState(
         device_id=slot.device_id,
         circuit=slot.circuit,

@@ -11,7 +11,7 @@ from wattshift.policies.base import Allocation
 
 from .journal import AsyncJournal
 from .journal_entries import EntryKind, NewEntry
-from .model import SiteSnapshot
+from .model import MinerState, SiteSnapshot
 from .sequencer import Plan, Step
 
 if TYPE_CHECKING:
@@ -103,9 +103,13 @@ class JournalRecorder:
         for target in allocation:
             load = snapshot.load(target.device_id)
             if target.device_id in moves or not load.controllable:
-                entries.append(
-                    NewEntry(EntryKind.DECISION, target.reason, target.device_id, {"target_watts": target.watts})
-                )
+                data = {"target_watts": target.watts}
+                if isinstance(load, MinerState):
+                    # How it is driven, and whether the firmware said so or a table guessed.
+                    capability = load.capability
+                    data.update(control=capability.control.value, min_watts=capability.min_watts,
+                                max_watts=capability.max_watts, capability_source=capability.source.value)
+                entries.append(NewEntry(EntryKind.DECISION, target.reason, target.device_id, data))
         await self.journal.record_many(entries)
 
     async def commands(self, steps: Sequence[Step]) -> None:

@@ -9,7 +9,7 @@ from wattshift.policies.ladders import FIRM_VALUE_USD_PER_MWH
 
 from .config import SITE_CIRCUIT, SiteConfig
 from .price_config import FixedPrice, TracePrice
-from .model import SiteSnapshot
+from .model import MinerState, SiteSnapshot
 
 
 def site_summary(site: SiteConfig) -> str:
@@ -72,7 +72,7 @@ def _price(source: object, unit: str) -> str:
 def plan_table(snapshot: SiteSnapshot, allocation: Allocation) -> str:
     """class, device, now, target, value, reason: one row per device, miners and GPU nodes
     together in merit order, so an operator sees what each MWh is worth where."""
-    rows = [("CLASS", "DEVICE", "CIRCUIT", "NOW W", "TARGET W", "$/MWh", "REASON")]
+    rows = [("CLASS", "DEVICE", "CIRCUIT", "NOW W", "TARGET W", "$/MWh", "CONTROL", "REASON")]
     for target in allocation:
         load = snapshot.load(target.device_id)
         now = load.measured_watts
@@ -85,6 +85,8 @@ def plan_table(snapshot: SiteSnapshot, allocation: Allocation) -> str:
                 "?" if now is None else f"{now:.0f}",
                 f"{target.watts:.0f}" if load.controllable else "hold",
                 _value(value),
+                # How a miner is driven and where that was learned ("watts 1500-3600 W (firmware)").
+                load.capability.describe() if isinstance(load, MinerState) else "",
                 target.reason.split(": ", 1)[-1],
             )
         )

@@ -37,12 +37,28 @@ class DeviceError(Exception):
         self.detail = detail
 
 
+# A miner whose draw nothing tells (unidentified, or on/off and found asleep with no table entry
+# and no nameplate) could be anything on the shelf: counted as a large air-cooled unit until the
+# operator gives its nameplate (max_kw in the site file).
+UNKNOWN_MINER_WATTS = 4000.0
+
+
 class PowerControl(enum.StrEnum):
     """How finely a miner's firmware lets us set its power."""
 
     WATTS = "watts"  # any target in [min, max] (Braiins OS+, Whatsminer)
     PROFILES = "profiles"  # discrete steps; a target snaps down to a profile (LuxOS)
     ON_OFF = "on_off"  # sleep and wake only (stock firmware)
+
+
+class CapabilitySource(enum.StrEnum):
+    """Where a miner's control and range were learned. Stable strings: a bounded metric label."""
+
+    FIRMWARE = "firmware"  # the miner told us (Braiins constraints, Whatsminer limit, LuxOS profiles)
+    MODEL_TABLE = "model_table"  # wattshift's table of models: nameplate draw only
+    NAMEPLATE = "nameplate"  # the operator's max_kw in the site file
+    READING = "reading"  # nothing better: what it was set to or drew when first read
+    DEFAULT = "default"  # nothing known at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +68,13 @@ class MinerCapability:
     max_watts: float
     profiles_watts: tuple[float, ...] = ()  # ascending, for PowerControl.PROFILES
     can_sleep: bool = True
+    source: CapabilitySource = CapabilitySource.DEFAULT
+
+    def describe(self) -> str:
+        """One line for the plan, the journal and the logs: "watts 1600-3600 W (firmware)"."""
+        if self.control is PowerControl.ON_OFF:
+            return f"on/off at {self.max_watts:.0f} W ({self.source})"
+        return f"{self.control} {self.min_watts:.0f}-{self.max_watts:.0f} W ({self.source})"
 
     def achievable_watts(self, wanted: float) -> float:
         """The highest setting at or below ``wanted`` that the firmware can hold (0: sleep)."""
@@ -79,6 +102,9 @@ class MinerReading:
     temperatures_c: tuple[float, ...] = ()
     fans_rpm: tuple[int, ...] = ()
     errors: tuple[str, ...] = ()
+    # The firmware says its hashboards run, yet they hash nothing: they are booting after a
+    # wake, for minutes, and will climb to the limit. Known even to a loop that just started.
+    booting: bool = False
 
 
 @runtime_checkable

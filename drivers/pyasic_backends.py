@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from .base import PowerControl
+from .pyasic_queries import BOSER_RANGE, BOSER_STATE, Query
 
 # Loggers pyasic's import reconfigures: the root (basicConfig + level) and asyncssh's level.
 _LOGGERS_PYASIC_TOUCHES = ("", "asyncssh")
@@ -76,6 +77,17 @@ class BackendTraits:
     reports_mining: bool = True
     # Run before every command (LuxOS: forget the session token pyasic would reuse).
     before_command: Callable[[Any], None] | None = None
+    # Where the watts range comes from: a query of the firmware (Braiins OS+ constraints), or
+    # the limit the firmware reports (Whatsminer: its power limit reads the factory ceiling
+    # until lowered). Neither: the model table, then the operator's nameplate.
+    range_query: Query | None = None
+    range_from_limit: bool = False
+    # Asks the firmware whether its hashboards run, where pyasic's is_mining lags (BOSer).
+    state_query: Query | None = None
+    # pyasic's set_power_limit returns False when the firmware said OK but echoed another
+    # setting (LuxOS answers profileset with the profile it holds): not a refusal, a
+    # command to confirm by read-back.
+    false_set_is_unconfirmed: bool = False
 
 
 UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
@@ -83,15 +95,24 @@ UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
 # Keyed by "module.Class" of the backend, so the table is plain data (no pyasic import) and a
 # test checks every key still names a real pyasic class.
 BACKENDS: Mapping[str, BackendTraits] = {
-    "pyasic.miners.backends.braiins_os.BOSer": BackendTraits("braiins", PowerControl.WATTS),
+    "pyasic.miners.backends.braiins_os.BOSer": BackendTraits(
+        "braiins", PowerControl.WATTS, range_query=BOSER_RANGE, state_query=BOSER_STATE
+    ),
     # The SSH/GraphQL fallback pyasic picks when the model does not map to a BOSer class: its
     # power target goes through a TOML file over SSH, which we do not rely on.
     "pyasic.miners.backends.braiins_os.BOSMiner": BackendTraits("braiins", PowerControl.ON_OFF),
-    "pyasic.miners.backends.btminer.BTMinerV2": BackendTraits("whatsminer", PowerControl.WATTS),
-    # API v3 has no mining flag: pyasic 0.79.0 says is_mining=True while the miner is stopped.
-    "pyasic.miners.backends.btminer.BTMinerV3": BackendTraits("whatsminer", PowerControl.WATTS, reports_mining=False),
+    # V2's is_mining reads the firmware's own "mineroff" flag, so it is the firmware's state. API
+    # v3 has no mining flag: pyasic 0.79.0 says is_mining=True while the miner is stopped.
+    "pyasic.miners.backends.btminer.BTMinerV2": BackendTraits("whatsminer", PowerControl.WATTS, range_from_limit=True),
+    "pyasic.miners.backends.btminer.BTMinerV3": BackendTraits(
+        "whatsminer", PowerControl.WATTS, reports_mining=False, range_from_limit=True
+    ),
     "pyasic.miners.backends.luxminer.LUXMiner": BackendTraits(
-        "luxos", PowerControl.PROFILES, reports_mining=False, before_command=_forget_luxos_session
+        "luxos",
+        PowerControl.PROFILES,
+        reports_mining=False,
+        before_command=_forget_luxos_session,
+        false_set_is_unconfirmed=True,
     ),
     # pyasic issue #430: VNish set_power_limit always returns False in 0.79.0.
     "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF),
@@ -225,7 +246,8 @@ def set_credentials(miner: Any, username: str | None, password: str | None) -> N
 # -- power ranges by model ----------------------------------------------------------------------
 
 # What the firmwares accept as a power target, by model (the simulators model the same table).
-# LuxOS needs none of this: its profiles come from the miner.
+# A fallback only: Braiins OS+ and Whatsminer report their range, LuxOS its profiles. It gives
+# the nameplate draw of an on/off miner, and a range where the firmware would not say.
 POWER_RANGES: Mapping[str, tuple[float, float]] = {
     "antminer s19 xp": (1500.0, 3600.0),
     "antminer s21": (1800.0, 4000.0),

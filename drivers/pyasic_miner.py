@@ -3,7 +3,9 @@ pyasic speaks (Braiins OS+, Whatsminer, LuxOS, VNish, stock Antminer).
 
 Every pyasic call runs under its own deadline; every failure comes out as a
 :class:`~.base.DeviceError` (never ``False``); every command is confirmed by reading the miner
-back, because pyasic's ``True`` means only that the firmware did not object.
+back, because pyasic's ``True`` means only that the firmware did not object. A limit is
+confirmed by the limit it reads; a sleep by the firmware's state and a falling draw (boards wind
+down over seconds); a wake by the firmware's state (boards boot for minutes, hashrate lags).
 """
 
 from __future__ import annotations
@@ -14,9 +16,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .base import DeviceError, Failure, MinerCapability, MinerReading, PowerControl
+from .base import (
+    UNKNOWN_MINER_WATTS,
+    CapabilitySource,
+    DeviceError,
+    Failure,
+    MinerCapability,
+    MinerReading,
+    PowerControl,
+)
 from .pyasic_backends import BackendTraits, model_name, power_range_for, traits_for
 from .pyasic_failures import diagnose, probe_port, within
+from .pyasic_queries import Query
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,13 @@ NUMBERS = ("wattage", "wattage_limit", "hashrate")
 ASLEEP_BELOW_SHARE_OF_MIN = 0.1
 # Firmwares hold an integer number of watts.
 LIMIT_TOLERANCE_WATTS = 1.0
+# A paused miner whose draw has come down by this much since the first read-back is releasing
+# its power: hashboards wind down over seconds, and a slow one is obeying, not lying.
+FALLING_WATTS = 50.0
+# Whatsminer reports the ceiling of its power limit, not its floor. Below about half of the
+# factory draw its boards are not stable; a lower wish sleeps the miner instead. (An assumed
+# share: MicroBT does not publish a floor.)
+WHATSMINER_FLOOR_SHARE = 0.5
 # Before the capability is learned the driver allows nothing.
 _NOTHING_YET = MinerCapability(PowerControl.ON_OFF, 0.0, 0.0, can_sleep=False)
 
@@ -51,8 +69,8 @@ class Deadlines:
 class PyasicMiner:
     """A :class:`~.base.MinerDriver` over one pyasic miner object.
 
-    Build it with :meth:`open`, which learns the capability (for LuxOS, the profiles the miner
-    reports). ``device_id`` is the miner's address.
+    Build it with :meth:`open`, which learns the capability from the miner; the capability
+    says where it came from (:class:`~.base.CapabilitySource`). ``device_id`` is the address.
     """
 
     def __init__(
@@ -77,9 +95,9 @@ class PyasicMiner:
         deadlines: Deadlines = Deadlines(),
         nameplate_watts: float | None = None,
     ) -> PyasicMiner:
-        """The driver for ``miner``, with its capability learned from the firmware (LuxOS
-        profiles) or the model table. ``nameplate_watts``, the operator's figure, stands in
-        for a model the table does not know."""
+        """The driver for ``miner``, with its capability learned from the firmware (Braiins OS+
+        constraints, the Whatsminer power limit, LuxOS profiles), else from the model table.
+        ``nameplate_watts``, the operator's figure, stands in where neither tells."""
         # Learning the capability takes the driver's own guarded calls, so the driver exists
         # first, with a capability that allows nothing, and learns the real one.
         driver = cls(miner, _NOTHING_YET, traits=traits_for(miner), deadlines=deadlines)
@@ -106,6 +124,13 @@ class PyasicMiner:
 
     async def read(self) -> MinerReading:
         data = await self._get_data(READ_ITEMS, "read")
+        hashing = data.hashrate is not None and float(data.hashrate) > 0.0
+        booting = False
+        if not hashing and self._traits.state_query is not None:
+            # Only a miner that hashes nothing costs the extra call (Braiins OS+: one gRPC).
+            booting = await self._query(self._traits.state_query, "read") is True
+        elif not hashing and self._traits.reports_mining:
+            booting = data.is_mining is True
         return MinerReading(
             device_id=self.device_id,
             model=self._model,
@@ -117,6 +142,7 @@ class PyasicMiner:
             temperatures_c=tuple(_board_temperatures(data.hashboards)),
             fans_rpm=tuple(int(fan.speed) for fan in data.fans if fan.speed is not None),
             errors=tuple(_error_text(error) for error in data.errors),
+            booting=booting,
         )
 
     async def set_power_limit(self, watts: float) -> float:
@@ -129,26 +155,57 @@ class PyasicMiner:
             lowest = capability.min_watts
             detail = f"set_power_limit: {watts:.0f} W is below the lowest setting, {lowest:.0f} W; sleep it instead"
             raise self._error(Failure.UNSUPPORTED, detail)
-        await self._command("set_power_limit", lambda: self._miner.set_power_limit(int(target)))
+        await self._command(
+            "set_power_limit",
+            lambda: self._miner.set_power_limit(int(target)),
+            false_is_unconfirmed=self._traits.false_set_is_unconfirmed,
+        )
         data = await self._confirm(
             "set_power_limit",
-            LIMIT_ITEMS,
+            lambda: self._get_data(LIMIT_ITEMS, "set_power_limit read-back"),
             lambda d: d.wattage_limit is not None and abs(d.wattage_limit - target) <= LIMIT_TOLERANCE_WATTS,
             lambda d: f"the limit reads {d.wattage_limit} W, not the {target:.0f} W asked",
         )
         return float(data.wattage_limit)
 
     async def sleep(self) -> None:
+        """Pause it; confirmed once the firmware says its boards stopped and the draw shows it
+        (down at the sleep draw, or on its way there: the draw falls over seconds)."""
         if not self._capability.can_sleep:
             raise self._error(Failure.UNSUPPORTED, f"sleep: {self.firmware} firmware cannot sleep here")
         await self._command("sleep", self._miner.stop_mining)
-        await self._confirm("sleep", STATE_ITEMS, lambda d: self._asleep(d) is True, self._describe_state)
+        first: list[float] = []  # the draw at the first read-back, to see the trend against
+
+        def stopped(state: _State) -> bool:
+            if state.watts is not None and not first:
+                first.append(state.watts)
+            # The firmware's word where it gives one; else no hashrate (LuxOS).
+            halted = state.running is False or (state.running is None and state.hashrate_ths == 0.0)
+            if not halted:
+                return False
+            if state.watts is None or state.watts < self._asleep_below:
+                return True
+            return state.watts <= first[0] - FALLING_WATTS
+
+        await self._confirm("sleep", lambda: self._read_state("sleep"), stopped, _State.describe)
 
     async def wake(self) -> None:
+        """Resume it; confirmed once the firmware says its boards run. Hashboards take minutes
+        to boot and hashrate lags further, so neither full draw nor hashrate is waited for:
+        the control loop counts a booting miner at its limit until it reads on."""
         if not self._capability.can_sleep:
             raise self._error(Failure.UNSUPPORTED, f"wake: {self.firmware} firmware cannot sleep or wake here")
         await self._command("wake", self._miner.resume_mining)
-        await self._confirm("wake", STATE_ITEMS, lambda d: self._asleep(d) is False, self._describe_state)
+
+        def started(state: _State) -> bool:
+            if state.running is not None:
+                return state.running
+            # No word from the firmware (LuxOS, which sets its boards' frequency at once on
+            # wakeup): hashing, or drawing more than boards and fans do asleep.
+            hashing = state.hashrate_ths is not None and state.hashrate_ths > 0.0
+            return hashing or (state.watts is not None and state.watts >= self._asleep_below)
+
+        await self._confirm("wake", lambda: self._read_state("wake"), started, _State.describe)
 
     # -- pyasic calls ---------------------------------------------------------------------------
 
@@ -177,24 +234,41 @@ class PyasicMiner:
             raise await self._diagnose(action, "the miner gave no data", healthy=Failure.GARBAGE)
         return data
 
-    async def _command(self, action: str, call: Callable[[], Awaitable[bool | None]]) -> None:
+    async def _command(
+        self, action: str, call: Callable[[], Awaitable[bool | None]], *, false_is_unconfirmed: bool = False
+    ) -> None:
+        """Send one command. ``false_is_unconfirmed``: a False from pyasic means the firmware
+        answered OK with another setting than asked; the read-back then judges (IGNORED)."""
         if self._traits.before_command is not None:
             self._traits.before_command(self._miner)
-        if await self._call(action, call(), healthy=Failure.REFUSED) is False:
+        if await self._call(action, call(), healthy=Failure.REFUSED) is False and not false_is_unconfirmed:
             raise await self._diagnose(action, "pyasic returned False", healthy=Failure.REFUSED)
+
+    async def _query(self, query: Query, action: str) -> Any:
+        """One firmware query (pyasic_queries) under the driver's deadline and failure mapping."""
+        return query.parse(await self._call(f"{action}: {query.name}", query.call(self._miner), healthy=Failure.GARBAGE))
+
+    async def _read_state(self, action: str) -> _State:
+        """What the firmware says about its boards, and the draw, for a sleep or wake read-back."""
+        data = await self._get_data(STATE_ITEMS, f"{action} read-back")
+        query = self._traits.state_query
+        running = await self._query(query, f"{action} read-back") if query is not None else None
+        if running is None and self._traits.reports_mining and query is None:
+            running = None if data.is_mining is None else bool(data.is_mining)
+        return _State(_float(data.wattage), _float(data.hashrate), running)
 
     async def _confirm(
         self,
         action: str,
-        items: Iterable[str],
-        done: Callable[[Any], bool],
-        describe: Callable[[Any], str],
-    ) -> Any:
+        read: Callable[[], Awaitable[T]],
+        done: Callable[[T], bool],
+        describe: Callable[[T], str],
+    ) -> T:
         """Re-read until ``done``; a miner that said OK and never shows it IGNORED the command."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadlines.confirm_s
         while True:
-            data = await self._get_data(items, f"{action} read-back")
+            data = await read()
             if done(data):
                 return data
             if loop.time() >= deadline:
@@ -213,16 +287,10 @@ class PyasicMiner:
 
     # -- what the readings mean -----------------------------------------------------------------
 
-    def _asleep(self, data: Any) -> bool | None:
-        """Asleep by the best evidence the firmware gives: power first (it is what we control),
-        then the firmware's own mining flag where it can be believed, then hashrate."""
-        if data.wattage is not None:
-            return bool(data.wattage < self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN)
-        if self._traits.reports_mining:
-            return not data.is_mining
-        if data.hashrate is not None:
-            return float(data.hashrate) == 0.0
-        return None
+    @property
+    def _asleep_below(self) -> float:
+        """A draw under this is the sleep draw of boards and fans, whatever the setting."""
+        return self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN
 
     def _mining(self, data: Any) -> bool | None:
         if self._traits.reports_mining:
@@ -230,36 +298,95 @@ class PyasicMiner:
         # LuxOS: pyasic says True even while the miner sleeps; hashrate tells the truth.
         return None if data.hashrate is None else float(data.hashrate) > 0.0
 
-    def _describe_state(self, data: Any) -> str:
-        return f"it draws {data.wattage} W, hashes {_float(data.hashrate)} TH/s, is_mining={data.is_mining}"
 
     # -- capability -----------------------------------------------------------------------------
 
     async def _learn_capability(self, nameplate_watts: float | None) -> MinerCapability:
+        """The firmware's own word first (profiles, constraints, its power limit); then the
+        model table; then, on/off only, the operator's nameplate or what the miner reads."""
         control = self._traits.control
         if control is PowerControl.PROFILES:
             profiles = await self._profile_watts()
             if profiles:
-                return MinerCapability(control, profiles[0], profiles[-1], profiles_watts=profiles)
+                return MinerCapability(
+                    control, profiles[0], profiles[-1], profiles_watts=profiles, source=CapabilitySource.FIRMWARE
+                )
             log.warning("%s: the %s firmware lists no profiles; sleep and wake only", self.device_id, self.firmware)
             control = PowerControl.ON_OFF
         known = power_range_for(self._model)
+        if control is PowerControl.WATTS:
+            learned = await self._firmware_range(known, nameplate_watts)
+            if learned is not None:
+                return learned
         if known is not None:
-            return MinerCapability(control, *known)
-        # No model table entry: only sleep and wake, at its nameplate or at what it is set to now.
-        data = await self._get_data(("wattage_limit", "wattage"), "capability")
-        high = nameplate_watts or max(_float(data.wattage_limit) or 0.0, _float(data.wattage) or 0.0)
-        if high <= 0:
-            detail = f"no power range known for model {self._model!r} and it reports none; give max_kw in the site file"
-            raise self._error(Failure.UNSUPPORTED, detail)
-        log.warning("%s: no power range known for model %r; on/off at %.0f W", self.device_id, self._model, high)
-        return MinerCapability(PowerControl.ON_OFF, high, high)
+            return MinerCapability(control, *known, source=CapabilitySource.MODEL_TABLE)
+        if nameplate_watts:
+            return MinerCapability(
+                PowerControl.ON_OFF, nameplate_watts, nameplate_watts, source=CapabilitySource.NAMEPLATE
+            )
+        # Nothing better: only sleep and wake, at what it is set to or draws now while hashing.
+        # Asleep, its draw says nothing of what it draws awake: then count it as a large unit.
+        data = await self._get_data(("wattage_limit", "wattage", "hashrate"), "capability")
+        high = max(_float(data.wattage_limit) or 0.0, _float(data.wattage) or 0.0)
+        hashing = data.hashrate is not None and float(data.hashrate) > 0.0
+        source = CapabilitySource.READING
+        if not hashing or high <= 0:
+            high, source = UNKNOWN_MINER_WATTS, CapabilitySource.DEFAULT
+        log.warning(
+            "%s: no power range known for model %r; on/off at %.0f W (%s); give max_kw in the site file",
+            self.device_id, self._model, high, source,
+        )
+        return MinerCapability(PowerControl.ON_OFF, high, high, source=source)
+
+    async def _firmware_range(
+        self, known: tuple[float, float] | None, nameplate_watts: float | None
+    ) -> MinerCapability | None:
+        """The watts range the firmware reports, or None where it does not say."""
+        watts = PowerControl.WATTS
+        query = self._traits.range_query
+        if query is not None:
+            try:
+                learned: tuple[float, float] | None = await self._query(query, "capability")
+            except DeviceError as err:
+                if err.failure not in (Failure.REFUSED, Failure.GARBAGE):
+                    raise  # the miner is not answering at all: no capability can be learned
+                log.warning("%s: %s; falling back to the model table", self.device_id, err.detail)
+                return None
+            return None if learned is None else MinerCapability(watts, *learned, source=CapabilitySource.FIRMWARE)
+        if self._traits.range_from_limit:
+            # The limit reads the factory ceiling until lowered. A lowered one (a restart after a
+            # curtailment) is widened to the nameplate: the operator's, else the model table's.
+            data = await self._get_data(("wattage_limit", "wattage"), "capability")
+            reported = _float(data.wattage_limit) or 0.0
+            if reported <= 0:
+                return None  # "Power Limit" 0: this firmware does not limit power
+            ceiling, source = reported, CapabilitySource.FIRMWARE
+            for plate, plate_source in ((nameplate_watts, CapabilitySource.NAMEPLATE),
+                                        (known[1] if known else None, CapabilitySource.MODEL_TABLE)):
+                if plate is not None and plate > ceiling:
+                    ceiling, source = plate, plate_source
+            floor = known[0] if known else ceiling * WHATSMINER_FLOOR_SHARE
+            return MinerCapability(watts, floor, ceiling, source=source)
+        return None
 
     async def _profile_watts(self) -> tuple[float, ...]:
         """The firmware's preset powers, ascending (from pyasic's generic preset config)."""
         config = await self._call("profiles", self._miner.get_config(), healthy=Failure.GARBAGE)
         presets = getattr(config.mining_mode, "available_presets", None) or []
         return tuple(sorted({float(p.power) for p in presets if p.power is not None}))
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """A sleep or wake read-back: the draw, the hashrate, and whether the boards run."""
+
+    watts: float | None
+    hashrate_ths: float | None
+    running: bool | None
+
+    def describe(self) -> str:
+        said = {True: "its boards run", False: "its boards are stopped", None: "it does not say"}[self.running]
+        return f"{said}, it draws {self.watts} W and hashes {self.hashrate_ths} TH/s"
 
 
 def _float(value: Any) -> float | None:

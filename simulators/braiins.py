@@ -30,6 +30,7 @@ GRPC_PORT = 50051
 
 # Chips per hashboard of the Antminers Braiins OS+ runs on (the same numbers pyasic expects).
 CHIPS_PER_BOARD: dict[str, int] = {
+    "Antminer S19 Pro": 114,
     "Antminer S19 XP": 110,
     "Antminer S21": 108,
     "Antminer S21 Pro": 65,
@@ -68,6 +69,8 @@ class BraiinsMiner(SimulatedMiner):
         super().__init__(host, spec, clock=clock, seed=seed, **physics_options)
         self.password = password
         self.locate_enabled = False
+        # Firmware before the power-target constraints API answers GetConstraints UNIMPLEMENTED.
+        self.reports_constraints = True
         self.hostname = f"bos-{self.serial.lower()}"
         self.pool_user = f"wattshift.{self.serial.lower()}"
         spread = self.rng.uniform

@@ -10,6 +10,11 @@ not from the body). Every other call except ``GetApiVersion`` must carry that to
 request metadata, otherwise it fails with UNAUTHENTICATED. A token lives until the miner reboots,
 so pyasic's cached token is rejected after a reboot and pyasic logs in again.
 
+Capability: ``ConfigurationService/GetConstraints`` reports the power-target range of the model
+(``tunerConstraints.powerTarget``), the range ``SetPowerTarget`` enforces. ``GetMinerStatus``
+says PAUSED at once after ``PauseMining`` and NORMAL at once after ``ResumeMining``, while the
+hashboards boot and hash nothing yet (pyasic's ``is_mining`` follows the hashrate, so it lags).
+
 Errors: bad credentials -> UNAUTHENTICATED ("Bad credentials", the real firmware's text); a
 power target outside the model's range -> INVALID_ARGUMENT (rejected, not clamped); a command
 refused by the REFUSE fault -> FAILED_PRECONDITION. Transport faults (NO_ANSWER, HANG, GARBAGE)
@@ -331,6 +336,21 @@ class Configuration(_Bound, bos.ConfigurationServiceBase):
                 enabled=True, tuner_mode=bos.TunerMode.POWER_TARGET, power_target=saved_target
             ),
         )
+
+
+    async def get_constraints(self, request: bos.GetConstraintsRequest) -> bos.GetConstraintsResponse:
+        # The range SetPowerTarget accepts for this model, as the firmware reports it (the same
+        # range _check_range enforces), with the factory target as the default.
+        if not self.miner.reports_constraints:
+            raise GRPCError(Status.UNIMPLEMENTED, "Method not found!")
+        spec = self.miner.spec
+        power = bos.PowerConstraints(
+            default=bos.Power(watt=round(spec.nominal_watts)),
+            min=bos.Power(watt=round(spec.min_watts)),
+            max=bos.Power(watt=round(spec.max_watts)),
+        )
+        tuner = bos.TunerConstraints(power_target=power, default_mode=bos.TunerMode.POWER_TARGET)
+        return bos.GetConstraintsResponse(tuner_constraints=tuner)
 
 
 class Actions(_Bound, bos.ActionsServiceBase):

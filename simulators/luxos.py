@@ -48,7 +48,7 @@ PROFILE_STEP_MHZ = 20
 NOMINAL_CHIP_VOLTS = 13.2  # per-board supply at the default profile
 
 # Chips per hashboard, by model (Bitmain's published counts); LuxOS reports them per chain.
-CHIPS_PER_BOARD = {"Antminer S19 XP": 110, "Antminer S21": 108, "Antminer S21 Pro": 65}
+CHIPS_PER_BOARD = {"Antminer S19 Pro": 114, "Antminer S19 XP": 110, "Antminer S21": 108, "Antminer S21 Pro": 65}
 
 FAN_MAX_RPM = 6000
 
@@ -145,6 +145,8 @@ class LuxOSMiner(SimulatedMiner):
         if not spec.model.startswith("Antminer"):
             raise ValueError(f"{host}: LuxOS runs on Antminers only, not on {spec.model!r}")
         super().__init__(host, spec, clock=clock, seed=seed, **physics_options)
+        # Luxor: "wakeup works by setting the frequency/voltage immediately"; no slow boot.
+        self.physics.wake_boot_s = 0.0
         self.profiles = build_profiles(spec)
         self.active_profile = self._profile(DEFAULT_PROFILE)
         self._apply_profile(self.active_profile)
@@ -304,7 +306,10 @@ class LuxOSMiner(SimulatedMiner):
             raise LuxApiError(CODE_BAD_PARAMETER, f"profileset takes one profile name, got {args}")
         profile = self._profile(args[0])
         self.control(functools.partial(self._set_profile, profile))
-        return self._ok(CODE_OK, "Profile set", PROFILE=[{"Profile": profile.name, "Result": "success"}])
+        # The firmware echoes the profile it now holds: a profileset it did not carry out (the
+        # IGNORE fault) answers success with the old one, and pyasic then returns False.
+        held = self.active_profile.name
+        return self._ok(CODE_OK, "Profile set", PROFILE=[{"Profile": held, "Result": "success"}])
 
     def api_atm(self, _parameter: Any) -> Reply:
         atm = {

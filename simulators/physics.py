@@ -8,11 +8,12 @@ injects a fake clock steps it exactly.
 - power follows the target with a linear ramp (watts per second);
 - hashrate follows power on the curve ``H = H0 * (p / P0) ** (1 / a)`` (DESIGN.md, section 4);
 - temperature relaxes towards ``ambient + k * power`` with a time constant;
-- asleep, the control board and fans still draw a few watts;
-- a reboot drops to idle draw for a while, then comes back mining at the default target;
-- with ``wake_boot_s`` set, a wake (or the end of a reboot) first boots the hashboards: for that
-  long the draw climbs from idle to a share of the set point and nothing is hashed yet; then the
-  ordinary ramp takes over. Real wakes take minutes; tests set it short.
+- asleep, the control board and fans still draw a few watts; told to sleep, the draw winds
+  down on the same ramp (the firmware stops hashing at once, the boards take seconds);
+- woken, the hashboards boot for ``wake_boot_s`` (fans and control board only, no hashrate),
+  then the draw climbs on the ramp: real wakes take minutes; tests set it short;
+- a reboot drops to idle draw for a while, boots the hashboards, then comes back mining at the
+  default target.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 
 Clock = Callable[[], float]
 
-# While the hashboards boot, the draw climbs to this share of the set point (chips powered and
-# being enumerated, no work yet); the ordinary ramp goes on from there.
-BOOT_DRAW_SHARE = 0.3
+# Booting hashboards draw little while their chips are enumerated and brought up and the fans
+# spin up: this share of the nominal draw, over the sleep draw (under a tenth of the lowest
+# setting, so by its draw alone a booting miner looks asleep).
+BOOT_DRAW_SHARE = 0.03
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +56,11 @@ class MinerSpec:
 SPECS: dict[str, MinerSpec] = {
     spec.model: spec
     for spec in (
+        MinerSpec("Antminer S19 Pro", 3250, 110, 1500, 3600),
         MinerSpec("Antminer S19 XP", 3010, 140, 1500, 3600),
         MinerSpec("Antminer S21", 3500, 200, 1800, 4000),
         MinerSpec("Antminer S21 Pro", 3510, 234, 1800, 4000),
+        MinerSpec("Whatsminer M30S+", 3400, 100, 1700, 3400),
         MinerSpec("Whatsminer M50S", 3276, 126, 1800, 3700),
         MinerSpec("Whatsminer M60S", 3422, 186, 1800, 3900),
     )
@@ -83,13 +87,13 @@ class MinerPhysics:
         self.ambient_c = ambient_c
         self.temp_tau_s = temp_tau_s
         self.reboot_s = reboot_s
-        self.wake_boot_s = wake_boot_s
+        self.wake_boot_s = wake_boot_s  # hashboards booting after a wake or a reboot
         self.default_target_watts = spec.nominal_watts
         self.target_watts = spec.nominal_watts
         self.sleeping = False
         self.booted_at = clock()
         self._rebooting_until = -math.inf
-        self._boot_from = self._boot_until = -math.inf
+        self._booting_until = -math.inf
         # Ramp state: draw was `_p0` at `_t0` and moves towards the set point.
         self._t0 = clock()
         self._p0 = spec.nominal_watts
@@ -105,27 +109,37 @@ class MinerPhysics:
         self.target_watts = applied
         return applied
 
-    def sleep(self) -> None:
+    def sleep(self, *, settled: bool = False) -> None:
+        """Stop hashing; the draw winds down on the ramp. ``settled``: as if asleep for a
+        while already, the draw down at once (a test's or a cold site's starting state)."""
         self._rebase()
         self.sleeping = True
+        self._booting_until = -math.inf
+        if settled:
+            self._p0 = self.spec.sleep_watts
 
     def wake(self) -> None:
+        if not self.sleeping:
+            return  # already running: nothing boots again
         self._rebase()
-        if self.sleeping:
-            self._boot_hashboards(self._clock())
         self.sleeping = False
+        if self.wake_boot_s > 0:
+            # The boards boot from the sleep draw; the ramp starts once they are up.
+            self._booting_until = self._clock() + self.wake_boot_s
+            self._p0 = self.boot_watts()
+            self._t0 = self._booting_until
 
     def reboot(self) -> None:
         """Restart: idle draw while booting, then mining again at the default target."""
         self._rebase()
         self._rebooting_until = self._clock() + self.reboot_s
+        # Once restarted, the hashboards boot (where the miner models it), then ramp up.
+        self._booting_until = self._rebooting_until + self.wake_boot_s if self.wake_boot_s > 0 else -math.inf
         self.sleeping = False
         self.target_watts = self.default_target_watts
         self.booted_at = self._rebooting_until
-        # After the boot the hashboards ramp up from idle, like a cold start.
-        self._p0 = self.spec.sleep_watts
-        self._t0 = self._rebooting_until
-        self._boot_hashboards(self._rebooting_until)
+        self._p0 = self.boot_watts() if self.wake_boot_s > 0 else self.spec.sleep_watts
+        self._t0 = max(self._rebooting_until, self._booting_until)
 
     # -- readings -------------------------------------------------------------------------------
 
@@ -135,11 +149,12 @@ class MinerPhysics:
 
     @property
     def booting(self) -> bool:
-        """Hashboards initialising after a wake: drawing more and more, hashing nothing yet."""
-        return self._boot_from <= self._clock() < self._boot_until and not self.sleeping
+        """Woken, and the hashboards are still coming up: the firmware runs, nothing hashes."""
+        return not self.rebooting and self._clock() < self._booting_until
 
     @property
     def mining(self) -> bool:
+        """The firmware runs its hashboards (booting them, or hashing): not asleep, not rebooting."""
         return not self.sleeping and not self.rebooting
 
     def setpoint_watts(self) -> float:
@@ -150,17 +165,18 @@ class MinerPhysics:
         """The true draw at this instant (what a wattmeter on the PDU outlet would read)."""
         now = self._clock()
         setpoint = self.setpoint_watts()
-        if now < self._rebooting_until or self.sleeping:
-            # Sleep and reboot cut the hashboards' supply at once, not with a ramp.
-            return self.spec.sleep_watts
-        if now < self._boot_until:
-            share = (now - self._boot_from) / self.wake_boot_s
-            return self.spec.sleep_watts + (self._boot_end_watts() - self.spec.sleep_watts) * share
-        step = self.ramp_watts_per_s * max(0.0, now - self._t0)
+        if now < self._rebooting_until:
+            return self.spec.sleep_watts  # a reboot cuts the hashboards' supply at once
+        if now < self._booting_until:
+            return self.boot_watts()
+        step = self.ramp_watts_per_s * max(0.0, now - max(self._t0, self._booting_until))
         start = max(self._p0, self.spec.sleep_watts)
         if setpoint >= start:
             return min(setpoint, start + step)
         return max(setpoint, start - step)
+
+    def boot_watts(self) -> float:
+        return self.spec.sleep_watts + BOOT_DRAW_SHARE * self.spec.nominal_watts
 
     def hashrate_ths(self) -> float:
         if not self.mining or self.booting:
@@ -185,23 +201,10 @@ class MinerPhysics:
     def _equilibrium_temp(self, watts: float) -> float:
         return self.ambient_c + 40.0 * watts / self.spec.nominal_watts
 
-    def _boot_end_watts(self) -> float:
-        return max(self.spec.sleep_watts, BOOT_DRAW_SHARE * self.target_watts)
-
-    def _boot_hashboards(self, at: float) -> None:
-        """From ``at``, boot the hashboards for ``wake_boot_s``; the ramp starts where boot ends."""
-        if self.wake_boot_s <= 0:
-            return
-        self._boot_from, self._boot_until = at, at + self.wake_boot_s
-        self._p0 = self._boot_end_watts()
-        self._t0 = self._boot_until
-
     def _rebase(self) -> None:
         """Freeze the current draw and temperature as the start of the next ramp."""
         now = self._clock()
         self._temp0 = self.temperature_c()
         self._temp_t0 = now
-        if now < self._boot_until:
-            return  # the ramp starts where the boot ends, whatever is commanded meanwhile
         self._p0 = self.power_watts()
         self._t0 = now

@@ -53,12 +53,16 @@ def simulator_class(firmware: str) -> type[SimulatedMiner]:
 
 @dataclass(frozen=True, slots=True)
 class MinerBatch:
-    """``count`` miners of one firmware and model on one circuit."""
+    """``count`` miners of one firmware and model on one circuit. ``physics`` overrides the
+    site's physics options for this batch (a slow ramp, a boot delay); ``settings`` sets
+    attributes of each simulator (``reports_constraints=False``: older Braiins OS+)."""
 
     firmware: str
     count: int
     circuit: str = "site"
     model: str | None = None
+    physics: Mapping[str, float] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def spec_model(self) -> str:
@@ -96,9 +100,13 @@ class SimulatedSite:
             for _ in range(batch.count):
                 host = next(hosts)
                 seed = self.seed * 100_003 + len(self.miners)
-                miner = cls(host, spec, clock=self.clock, seed=seed, **self.physics_options)
+                miner = cls(host, spec, clock=self.clock, seed=seed, **{**self.physics_options, **batch.physics})
+                for name, value in batch.settings.items():
+                    if not hasattr(miner, name):
+                        raise ValueError(f"{host}: a {batch.firmware} simulator has no setting {name!r}")
+                    setattr(miner, name, value)
                 if self.start_asleep:
-                    miner.physics.sleep()
+                    miner.physics.sleep(settled=True)
                 self.miners.append(miner)
                 self.circuit_of[host] = batch.circuit
                 self.firmware_of[host] = batch.firmware

@@ -83,6 +83,9 @@ class WhatsminerMiner(SimulatedMiner):
             pool_url="stratum+tcp://pool.wattshift.invalid:3333",
             pool_user=f"wattshift.{self.serial}",
         )
+        # Some API v2 firmware has no power limiting at all: "Power Limit" reads 0 and
+        # adjust_power_limit is an invalid command. Such a miner is driven on/off.
+        self.power_limit_supported = True
         self.channel = PrivilegedChannel(password, rng=self.rng, clock=clock)
         self._server = CgminerServer(self, self._answer, port=API_PORT)
         self._write_commands: dict[str, WriteCommand] = {
@@ -137,7 +140,10 @@ class WhatsminerMiner(SimulatedMiner):
         return flat_reply(replies.CODE_TOKEN_OK, token.as_msg())
 
     def api_summary(self, _: object) -> dict[str, Any]:
-        return replies.summary(Readings.of(self.physics), self.identity)
+        reply = replies.summary(Readings.of(self.physics), self.identity)
+        if not self.power_limit_supported:
+            reply["SUMMARY"][0]["Power Limit"] = 0
+        return reply
 
     def api_devs(self, _: object) -> dict[str, Any]:
         return replies.devs(Readings.of(self.physics), self.identity)
@@ -170,6 +176,8 @@ class WhatsminerMiner(SimulatedMiner):
     # -- writable API (ciphertext only) ---------------------------------------------------------
 
     def _adjust_power_limit(self, request: dict[str, Any]) -> Reply:
+        if not self.power_limit_supported:
+            return flat_reply(CODE_INVALID_COMMAND, "invalid cmd", ok=False)
         try:
             watts = int(str(request.get("power_limit", "")).strip())
         except ValueError:

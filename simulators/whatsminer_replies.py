@@ -51,6 +51,7 @@ class WhatsminerModel:
 
 # Keyed by MinerSpec.model (physics.SPECS). Chip counts are pyasic's expected_chips per board.
 WHATSMINER_MODELS: dict[str, WhatsminerModel] = {
+    "Whatsminer M30S+": WhatsminerModel("M30S+_V10", 215, "P221"),
     "Whatsminer M50S": WhatsminerModel("M50S_VH30", 156, "P221B"),
     "Whatsminer M60S": WhatsminerModel("M60S_VK10", 215, "P222B"),
 }

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from simulated_miners import SimKind
 
-from wattshift.drivers.base import DeviceError, Failure, MinerDriver, PowerControl
+from wattshift.drivers.base import CapabilitySource, DeviceError, Failure, MinerDriver, PowerControl
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
 from wattshift.simulators.luxos import LuxOSMiner, build_profiles
@@ -55,8 +55,17 @@ async def test_it_is_a_miner_driver_with_the_firmwares_capability(
         assert capability.profiles_watts == tuple(float(p.watts) for p in build_profiles(kind.spec))
         assert capability.min_watts == capability.profiles_watts[0]
         assert capability.max_watts == capability.profiles_watts[-1]
-    else:
+        assert capability.source is CapabilitySource.FIRMWARE
+    elif kind.firmware == "whatsminer":
+        # Watts, as its firmware takes them; its power limit reads the factory 3422 W, which
+        # the model table's nameplate widens (see test_pyasic_control for a model without).
         assert (capability.min_watts, capability.max_watts) == (kind.spec.min_watts, kind.spec.max_watts)
+        assert sim.physics.default_target_watts < capability.max_watts
+        assert capability.source is CapabilitySource.MODEL_TABLE
+    else:
+        # Braiins OS+: the power-target constraints it reports over gRPC.
+        assert (capability.min_watts, capability.max_watts) == (kind.spec.min_watts, kind.spec.max_watts)
+        assert capability.source is CapabilitySource.FIRMWARE
 
 
 async def test_read_reports_the_physics(kind: SimKind, sim: SimulatedMiner, driver: PyasicMiner) -> None:
@@ -147,7 +156,7 @@ async def operate(driver: PyasicMiner, operation: str) -> object:
 @pytest.mark.parametrize("fault", list(EXPECTED), ids=str)
 async def test_each_fault_is_classified(sim: SimulatedMiner, driver: PyasicMiner, fault: Fault, operation: str) -> None:
     if operation == "wake":
-        sim.physics.sleep()  # so that waking would change something
+        sim.physics.sleep(settled=True)  # so that waking would change something
     before = (sim.physics.sleeping, sim.physics.target_watts)
     sim.set_fault(fault)
     expected = EXPECTED[fault][operation]

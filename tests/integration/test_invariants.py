@@ -81,7 +81,7 @@ async def test_a_grant_waits_until_telemetry_confirms_the_shed(tmp_path):
     async with running_site(batches, tmp_path, first_address="127.0.12.1", budget_kw=50,
                             circuits=[{"name": "pdu", "limit_kw": 4.2}]) as (sim, daemon, budget, truth):
         xp, s21 = sim.miners
-        s21.physics.sleep()
+        s21.physics.sleep(settled=True)
         xp.physics.set_target(3600)
         await asyncio.sleep(0.1)
         report = await daemon.controller.run_once()

@@ -71,7 +71,7 @@ SWAP = [MinerBatch("braiins", 1, "site", "Antminer S19 XP"), MinerBatch("luxos",
 async def test_a_grant_behind_a_shed_waits_for_room_on_the_meter(tmp_path, hidden_watts, address):
     async with running_site(SWAP, tmp_path, first_address=address, budget_kw=4.2) as (sim, daemon, _budget, truth):
         xp, s21 = sim.miners
-        s21.physics.sleep()
+        s21.physics.sleep(settled=True)
         xp.physics.set_target(2000)
         await asyncio.sleep(1.5)  # the starting state, set by hand, settles
         truth.excursions.clear()  # (on the way there it was over: not the daemon's doing)

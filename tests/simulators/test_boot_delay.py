@@ -1,10 +1,10 @@
-"""The hashboard boot after a wake, on a manual clock: draw climbs, hashrate comes later."""
+"""The hashboard boot after a wake, on a manual clock: a little draw, no hashrate, then the ramp."""
 
 from __future__ import annotations
 
 import pytest
 
-from wattshift.simulators.physics import BOOT_DRAW_SHARE, SPECS, MinerPhysics
+from wattshift.simulators.physics import SPECS, MinerPhysics
 
 S21 = SPECS["Antminer S21"]
 
@@ -26,20 +26,21 @@ def physics(clock: Clock, boot_s: float) -> MinerPhysics:
 def test_a_wake_boots_the_boards_then_ramps() -> None:
     clock = Clock()
     miner = physics(clock, boot_s=60.0)
-    miner.sleep()
+    miner.sleep(settled=True)
     clock.now += 10
     miner.wake()
     assert miner.booting and miner.mining
-    clock.now += 30  # half way through the boot
+    clock.now += 30  # half way through the boot: fans and control board, no hashing
     assert miner.hashrate_ths() == 0.0
-    half = S21.sleep_watts + (BOOT_DRAW_SHARE * 3500 - S21.sleep_watts) / 2
-    assert miner.power_watts() == pytest.approx(half)
-    clock.now += 30  # booted: the ramp starts from the boot's end
+    booting = miner.boot_watts()
+    assert S21.sleep_watts < booting < S21.min_watts / 10  # by its draw alone it looks asleep
+    assert miner.power_watts() == pytest.approx(booting)
+    clock.now += 30  # booted: the ramp starts from the boot's draw
     assert not miner.booting
-    assert miner.power_watts() == pytest.approx(BOOT_DRAW_SHARE * 3500)
-    assert miner.hashrate_ths() > 0
+    assert miner.power_watts() == pytest.approx(booting)
     clock.now += 10
-    assert miner.power_watts() == pytest.approx(BOOT_DRAW_SHARE * 3500 + 1000)
+    assert miner.power_watts() == pytest.approx(booting + 1000)
+    assert miner.hashrate_ths() > 0
 
 
 def test_a_reboot_boots_the_boards_after_the_restart() -> None:
@@ -55,7 +56,7 @@ def test_a_reboot_boots_the_boards_after_the_restart() -> None:
 def test_without_a_boot_delay_nothing_changes() -> None:
     clock = Clock()
     miner = physics(clock, boot_s=0.0)
-    miner.sleep()
+    miner.sleep(settled=True)
     miner.wake()
     assert not miner.booting
     clock.now += 1

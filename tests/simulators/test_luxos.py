@@ -138,8 +138,11 @@ async def test_profileset_is_refused_while_atm_is_on(sim: LuxOSMiner, client: An
     assert sim.active_profile.name == "default"
 
 
-async def test_sleep_cuts_power_but_pyasic_still_says_mining(sim: LuxOSMiner, client: Any) -> None:
+async def test_sleep_cuts_power_but_pyasic_still_says_mining(
+    sim: LuxOSMiner, client: Any, clock: ManualClock
+) -> None:
     assert await client.stop_mining() is True
+    clock.advance(10.0)  # the boards wind down on the ramp
     data = await read(client, "wattage", "hashrate", "hashboards", "is_mining")
     assert sim.physics.sleeping
     assert data.wattage == S21.sleep_watts
@@ -246,7 +249,10 @@ async def test_refuse_answers_errors_and_changes_nothing(sim: LuxOSMiner, client
 async def test_ignore_says_ok_and_changes_nothing(sim: LuxOSMiner, client: Any) -> None:
     sim.set_fault(Fault.IGNORE)
     assert await client.stop_mining() is True
-    assert await client.set_power_limit(3000) is True
+    # profileset answers success and echoes the profile it still holds, so pyasic says False:
+    # the driver must call that IGNORED (it said OK), not REFUSED.
+    assert await client.set_power_limit(3000) is False
+    assert "profileset" in sim.commands_received
     assert not sim.physics.sleeping
     data = await read(client, "wattage", "wattage_limit")
     assert (data.wattage, data.wattage_limit) == (3500, 3500)

@@ -92,6 +92,7 @@ async def read(miner: BTMinerV2) -> pyasic.MinerData:
     [
         ("127.0.3.10", "Whatsminer M50S", "BTMinerM50SVH30"),
         ("127.0.3.11", "Whatsminer M60S", "BTMinerM60SVK10"),
+        ("127.0.3.12", "Whatsminer M30S+", "BTMinerM30SPlusV10"),
     ],
 )
 async def test_get_miner_identifies_the_model_class_on_the_api_v2_backend(
@@ -192,6 +193,33 @@ async def test_stop_and_resume_mining_sleep_and_wake_the_machine(
     assert awake.wattage == M50S.nominal_watts
     assert simulator.commands_received.count("power_off") == 1
     assert simulator.commands_received.count("power_on") == 1
+
+
+async def test_a_wake_boots_the_boards_while_the_firmware_says_it_is_on(
+    start_simulator: StartSimulator, clock: ManualClock
+) -> None:
+    simulator = await start_simulator("127.0.3.16", wake_boot_s=90.0)
+    miner = await identify("127.0.3.16")
+    assert await miner.stop_mining() is True
+    clock.advance(60)
+    assert await miner.resume_mining() is True
+    clock.advance(60)
+    booting = await read(miner)
+    # mineroff is false at once: pyasic says mining; the boards draw little and hash nothing.
+    assert booting.is_mining is True and float(booting.hashrate) == 0.0
+    assert booting.wattage == round(simulator.physics.boot_watts())
+    clock.advance(30 + 10)
+    assert (await read(miner)).wattage == M50S.nominal_watts
+
+
+async def test_firmware_without_power_limiting_reads_zero_and_refuses_a_limit(start_simulator: StartSimulator) -> None:
+    simulator = await start_simulator("127.0.3.17", SPECS["Whatsminer M30S+"])
+    simulator.power_limit_supported = False
+    miner = await identify("127.0.3.17")
+    assert (await read(miner)).wattage_limit == 0
+    # adjust_power_limit is answered as an invalid command, which pyasic turns into False.
+    assert await miner.set_power_limit(2000) is False
+    assert simulator.physics.target_watts == SPECS["Whatsminer M30S+"].nominal_watts
 
 
 async def test_reboot_drops_the_miner_off_the_network_until_it_has_booted(
