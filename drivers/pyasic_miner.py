@@ -43,6 +43,9 @@ NUMBERS = ("wattage", "wattage_limit", "hashrate")
 # A miner drawing less than this share of its lowest setting is not hashing at any setting:
 # asleep, its control board and fans draw tens of watts, and an S21's lowest is ~1.8 kW.
 ASLEEP_BELOW_SHARE_OF_MIN = 0.1
+# A woken miner that tells nothing of its boards is taken as booting once its draw has climbed
+# this much over its draw before the wake: booting boards draw a few percent of nominal (~100 W).
+WAKE_RISE_WATTS = 50.0
 # Firmwares hold an integer number of watts.
 LIMIT_TOLERANCE_WATTS = 1.0
 # A paused miner whose draw has come down by this much since the first read-back is releasing
@@ -195,15 +198,22 @@ class PyasicMiner:
         the control loop counts a booting miner at its limit until it reads on."""
         if not self._capability.can_sleep:
             raise self._error(Failure.UNSUPPORTED, f"wake: {self.firmware} firmware cannot sleep or wake here")
+        # A firmware that tells nothing of its boards (LuxOS, Whatsminer API v3) is judged by
+        # its draw: read it before the command, so the climb of booting boards shows.
+        silent = self._traits.state_query is None and not self._traits.reports_mining
+        before = (await self._read_state("wake")).watts if silent else None
         await self._command("wake", self._miner.resume_mining)
 
         def started(state: _State) -> bool:
             if state.running is not None:
                 return state.running
             # No word from the firmware (LuxOS, which sets its boards' frequency at once on
-            # wakeup): hashing, or drawing more than boards and fans do asleep.
-            hashing = state.hashrate_ths is not None and state.hashrate_ths > 0.0
-            return hashing or (state.watts is not None and state.watts >= self._asleep_below)
+            # wakeup; Whatsminer API v3): hashing, or a draw that climbs as booting boards
+            # start to draw. A level draw is no sign: a miner slept a moment ago is still
+            # winding down, and one that ignored the wake stays where it was.
+            if state.hashrate_ths is not None and state.hashrate_ths > 0.0:
+                return True
+            return state.watts is not None and before is not None and state.watts >= before + WAKE_RISE_WATTS
 
         await self._confirm("wake", lambda: self._read_state("wake"), started, _State.describe)
 

@@ -218,11 +218,10 @@ async def test_sleep_then_wake(sim: SimulatedMiner, driver: PyasicMiner) -> None
 
 async def test_a_wake_boots_the_hashboards_before_they_hash(kind: Kind) -> None:
     async with kind.build(21, wake_boot_s=1.5) as sim:
-        sim.physics.sleep()
-        # The read-back may take a while: the draw passes the driver's "awake" mark (a tenth of
-        # the lowest setting) a few tenths of a second into the boot.
+        sim.physics.sleep(settled=True)
         driver = await open_driver(sim, Deadlines(call_s=1.0, confirm_s=3.0, poll_s=0.02))
-        await driver.wake()
+        await driver.wake()  # confirmed by the firmware's word or the climbing draw, not by hashing
+        assert sim.physics.booting
         booting = await driver.read()
         assert booting.hashrate_ths == 0  # the boards are still booting
         if kind.reads_watts:

@@ -50,7 +50,9 @@ def test_a_reboot_boots_the_boards_after_the_restart() -> None:
     clock.now += 5  # the restart is over, the boards boot
     assert miner.booting and miner.hashrate_ths() == 0.0
     clock.now += 20
-    assert not miner.booting and miner.hashrate_ths() > 0
+    assert not miner.booting
+    clock.now += 10  # up the ramp
+    assert miner.hashrate_ths() > 0
 
 
 def test_without_a_boot_delay_nothing_changes() -> None:
@@ -75,5 +77,7 @@ def test_a_command_during_the_boot_does_not_skip_it() -> None:
     clock.now += 10
     miner.set_target(3000)
     assert miner.booting and miner.hashrate_ths() == 0.0
-    clock.now += 50
+    clock.now += 50  # booted; then up the ramp
+    assert not miner.booting
+    clock.now += 10
     assert miner.hashrate_ths() > 0
