@@ -199,8 +199,10 @@ class Controller:
         """Devices told to wake by a command whose outcome is unknown (it was open when the last
         run died): counted as waking, on and at their limit, until seen running, as after a
         wake that timed out."""
+        now = self._clock()
         for device_id in device_ids & self._memory.keys():
             self._memory[device_id].waking = True
+            self._memory[device_id].waking_since = now  # the boot allowance runs from the restart
 
     # -- the loop -------------------------------------------------------------------------------
 

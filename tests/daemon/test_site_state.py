@@ -282,7 +282,7 @@ async def test_a_wake_left_open_counts_at_its_limit_and_manual_mode_is_saved_fir
                             budget_kw=10) as (sim, daemon, _, _):
         controller = daemon.controller
         for miner in sim.miners:
-            miner.physics.sleep()  # both asleep; the last run told the first one to wake
+            miner.physics.sleep(settled=True)  # both asleep; the last run told the first one to wake
         woken, other = (m.host for m in sim.miners)
         controller.assume_waking(frozenset({woken, "not-a-device"}))
         snapshot = await controller.observe()

@@ -190,7 +190,7 @@ async def test_a_shed_miner_that_goes_dark_while_confirmed_is_planned_for_at_onc
                             circuits=[{"name": "pdu", "limit_kw": 4.2}],
                             drivers={"confirm_timeout_seconds": confirm_s}) as (sim, daemon, _, truth):
         xp, s21 = sim.miners
-        s21.physics.sleep()
+        s21.physics.sleep(settled=True)
         xp.physics.set_target(3600)
         await asyncio.sleep(0.1)
         full = xp.physics.target_watts
