@@ -16,11 +16,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from wattshift.daemon.backtest import run_backtest
-from wattshift.daemon.backtest_site import load_backtest_site
-from wattshift.daemon.backtest_trace import Trace, load_trace
-from wattshift.daemon.optimum import solve_optimum
-from wattshift.policies.base import make_policy
+from wattshift.daemon.backtest.optimum import solve_optimum
+from wattshift.daemon.backtest.replay import run_backtest
+from wattshift.daemon.backtest.site import load_backtest_site
+from wattshift.daemon.backtest.trace import Trace, load_trace
+from wattshift.policies.catalog import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def main() -> None:
 
 def policy_share(site, policy, trace: Trace) -> float:  # noqa: ANN001 - a benchmark helper
     """Seconds per decide + plan, timed on the snapshots a one-day back-test sees."""
-    from wattshift.daemon import backtest as engine  # noqa: PLC0415
+    from wattshift.daemon.backtest import replay as engine  # noqa: PLC0415
 
     timings: list[float] = []
     original_decide = policy.decide

@@ -18,11 +18,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from wattshift.daemon.backtest_site import BacktestSite
-from wattshift.daemon.model import Prices, SiteSnapshot
-from wattshift.daemon.sequencer import plan_transition
-from wattshift.policies.base import Policy, make_policy
-from wattshift.simulators.site_model import SiteModel
+from wattshift.daemon.backtest.site import BacktestSite
+from wattshift.daemon.backtest.site_model import SiteModel
+from wattshift.daemon.control.sequencer import plan_transition
+from wattshift.model.snapshot import Prices, SiteSnapshot
+from wattshift.policies.base import Policy
+from wattshift.policies.catalog import make_policy
 
 MODELS = ("Antminer S21", "Antminer S19 XP", "Whatsminer M60S", "Whatsminer M50S")
 PER_CONTAINER = 100  # miners per container (PDU); ten containers per transformer

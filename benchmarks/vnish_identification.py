@@ -15,7 +15,7 @@ import asyncio
 import time
 
 from wattshift.drivers.pyasic_backends import identify, import_pyasic, traits_for
-from wattshift.simulators.physics import SPECS
+from wattshift.model.specs import SPECS
 from wattshift.simulators.vnish import VNishMiner
 
 FIRST = "127.6.0."

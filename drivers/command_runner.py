@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .jobs import ActionTimes, JobError, JobSpec, JobState, JobStatus
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from wattshift.model.jobs import JobState
+
+from .jobs import ActionTimes, JobError, JobSpec, JobStatus
 from .subprocess_run import CommandTimeout, Completed, run_program
 
 SHELL = "/bin/sh"

@@ -13,39 +13,11 @@ Errors surface as :class:`~wattshift.drivers.base.DeviceError` with a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .base import DeviceError, Registry
+from wattshift.model.gpu import GpuReading
 
-
-@dataclass(frozen=True, slots=True)
-class GpuLimits:
-    """What the card lets us set (``nvmlDeviceGetPowerManagementLimitConstraints``)."""
-
-    min_watts: float
-    max_watts: float
-    default_watts: float
-
-
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    """One poll of one GPU. ``None`` means the card did not say (or cannot)."""
-
-    uuid: str
-    index: int
-    model: str | None
-    watts: float | None
-    limit_watts: float | None  # the management limit we set
-    enforced_limit_watts: float | None  # what the card enforces (may be lower: thermal, system)
-    limits: GpuLimits | None
-    energy_joules: float | None  # counter since the driver loaded: use deltas
-    utilisation_pct: float | None
-    temperature_c: float | None
-    processes: tuple[int, ...] = ()  # PIDs of compute processes
-    # Set once a permission error was seen: the cap cannot be changed on this card, so it is
-    # driven through its jobs only (DESIGN.md, NVML errors by class).
-    cap_settable: bool = True
+from .base import DeviceError
 
 
 @runtime_checkable
@@ -68,10 +40,3 @@ class GpuDriver(Protocol):
 GpuDriverFactory = Callable[..., GpuDriver]
 
 
-def gpu_drivers() -> Registry[GpuDriverFactory]:
-    """GPU driver kinds by the name the site file uses (``driver: nvml``)."""
-    registry: Registry[GpuDriverFactory] = Registry("GPU driver")
-    from .nvml_gpu import NvmlGpus  # noqa: PLC0415 - the binding is imported only when used
-
-    registry.register("nvml")(NvmlGpus)
-    return registry

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from wattshift.model.registry import Registry
 
-from .base import Registry
 from .price_checks import CheckedFeed, SanityLimits
 from .price_http import DEFAULT_TIMEOUT_S, http_get, json_body
 from .prices import Clock, FixedPrice, PriceError, PriceQuote, TracePrice

@@ -9,43 +9,11 @@ takes minutes to come back.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from .base import Registry
-
-
-class FlexTier(enum.StrEnum):
-    """How far a job may be moved to free power. Firm load is never touched."""
-
-    FIRM = "firm"  # rented on an on-demand contract, or promised: never curtailed by us
-    SUSPENDABLE = "suspendable"  # may be paused (SIGSTOP / scontrol suspend) and resumed
-    PREEMPTIBLE = "preemptible"  # may be stopped and requeued (checkpoint, then restart later)
-
-
-class JobState(enum.StrEnum):
-    PENDING = "pending"  # queued, not running (also: requeued, waiting)
-    RUNNING = "running"
-    SUSPENDED = "suspended"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    UNKNOWN = "unknown"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchingCost:
-    """What moving a job costs, beyond the power it stops using."""
-
-    checkpoint_seconds: float = 0.0  # time to save state before it can be stopped
-    restart_seconds: float = 0.0  # time from start/resume until it does useful work again
-    penalty_usd: float = 0.0  # contract penalty or lost work per interruption
+from wattshift.model.jobs import JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +106,3 @@ class JobRunner(Protocol):
 JobRunnerFactory = Callable[..., JobRunner]
 
 
-def job_runners() -> Registry[JobRunnerFactory]:
-    """Runner kinds by the name the site file uses (``runner: slurm``)."""
-    from .command_runner import CommandRunner  # noqa: PLC0415
-    from .slurm_runner import SlurmRunner  # noqa: PLC0415
-
-    registry: Registry[JobRunnerFactory] = Registry("job runner")
-    registry.register("slurm")(SlurmRunner)
-    registry.register("command")(CommandRunner)
-    return registry

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pynvml
+from wattshift.model.gpu import GpuLimits
 
-from .gpu import GpuLimits
 from .nvml_failures import Remedy, remedy_for
 
 

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .base import DeviceError, Failure
-from .gpu import GpuReading
+from wattshift.model.gpu import GpuReading
+from wattshift.model.miner import Failure
+
+from .base import DeviceError
 from .nvml_gpu import NvmlGpus, NvmlUnavailable, average_watts
 
 

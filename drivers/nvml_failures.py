@@ -6,8 +6,7 @@ from __future__ import annotations
 import enum
 
 import pynvml
-
-from .base import Failure
+from wattshift.model.miner import Failure
 
 
 class Remedy(enum.Enum):

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pynvml
+from wattshift.model.gpu import GpuLimits, GpuReading
+from wattshift.model.miner import Failure
 
-from .base import DeviceError, Failure
-from .gpu import GpuLimits, GpuReading
+from .base import DeviceError
 from .nvml_calls import probe, read_fields, set_and_read_back
 from .nvml_failures import Remedy, describe, failure_for, remedy_for
 from .nvml_worker import BlockingWorker, CallTimeout

@@ -16,12 +16,10 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Protocol
-
-from .base import Registry
 
 Clock = Callable[[], float]
 
@@ -125,16 +123,3 @@ def _is_number(text: str) -> bool:
 PriceFactory = Callable[..., PriceFeed]
 
 
-def price_sources() -> Registry[PriceFactory]:
-    # Imported here: those modules build on this one (PriceQuote, PriceError).
-    from .hashprice_feeds import LuxorHashprice, MempoolHashprice
-    from .power_prices import RealTimePrice, TimeOfUsePrice
-
-    registry: Registry[PriceFactory] = Registry("price source")
-    registry.register("fixed")(FixedPrice)
-    registry.register("trace")(TracePrice)
-    registry.register("mempool")(MempoolHashprice)
-    registry.register("luxor")(LuxorHashprice)
-    registry.register("time_of_use")(TimeOfUsePrice)
-    registry.register("http")(RealTimePrice)
-    return registry

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from .base import PowerControl
+from wattshift.model.miner import PowerControl
+
 from .pyasic_queries import BOSER_RANGE, BOSER_STATE, Query
 
 # Loggers pyasic's import reconfigures: the root (basicConfig + level) and asyncssh's level.

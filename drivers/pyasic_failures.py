@@ -25,7 +25,9 @@ import struct
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from .base import DeviceError, Failure
+from wattshift.model.miner import Failure
+
+from .base import DeviceError
 
 T = TypeVar("T")
 

@@ -28,13 +28,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .base import DeviceError, Failure, MinerCapability, MinerReading
+from wattshift.model.miner import Failure, MinerCapability, MinerReading
+
+from .base import DeviceError
 from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, identify, set_credentials
 from .pyasic_failures import CGMINER_PORT, diagnose, within
 from .pyasic_miner import Deadlines, PyasicMiner
 
 if TYPE_CHECKING:
-    from wattshift.daemon.config import SiteConfig
+    from wattshift.daemon.config.site import SiteConfig
 
 log = logging.getLogger(__name__)
 

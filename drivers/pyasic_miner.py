@@ -16,15 +16,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .base import (
+from wattshift.model.miner import (
     UNKNOWN_MINER_WATTS,
     CapabilitySource,
-    DeviceError,
     Failure,
     MinerCapability,
     MinerReading,
     PowerControl,
 )
+
+from .base import DeviceError
 from .pyasic_backends import BackendTraits, model_name, power_range_for, traits_for
 from .pyasic_failures import diagnose, probe_port, within
 from .pyasic_queries import Query

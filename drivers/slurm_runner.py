@@ -25,7 +25,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .jobs import ActionTimes, JobError, JobSpec, JobState, JobStatus
+from wattshift.model.jobs import JobState
+
+from .jobs import ActionTimes, JobError, JobSpec, JobStatus
 from .subprocess_run import CommandTimeout, Completed, run_program
 
 # Slurm's long state names (squeue %T, scontrol JobState) onto ours.

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from wattshift.daemon.model import GpuNodeState, SiteSnapshot
-from wattshift.drivers.jobs import FlexTier
+from wattshift.model.jobs import FlexTier
+from wattshift.model.snapshot import GpuNodeState, SiteSnapshot
 
 from .base import Allocation, Policy, parse_options
 from .fill import Fill, fixed

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wattshift.daemon.limits import LimitTree
-from wattshift.daemon.model import GpuNodeState, Load, MinerState, SiteSnapshot
-from wattshift.drivers.base import PowerControl
+from wattshift.model.limits import LimitTree
+from wattshift.model.miner import PowerControl
+from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapshot
 
 from .base import Target
 

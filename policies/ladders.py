@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wattshift.daemon.model import GpuNodeState, Load, MinerState
-from wattshift.drivers.base import PowerControl
+from wattshift.model.miner import PowerControl
+from wattshift.model.snapshot import GpuNodeState, Load, MinerState
 
 # Throughput share of a GPU at a power cap: (cap / max_cap) ** (1 / GPU_CAP_EXPONENT).
 GPU_CAP_EXPONENT = 3.0

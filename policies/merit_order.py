@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from wattshift.daemon.limits import LimitTree
-from wattshift.daemon.model import GpuNodeState, Load, SiteSnapshot
+from wattshift.model.limits import LimitTree
+from wattshift.model.snapshot import GpuNodeState, Load, SiteSnapshot
 
 from .base import Allocation, Target
 from .ladders import Ladder, ladder_for

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from wattshift.daemon.model import DeviceClass, GpuNodeState, Load, SiteSnapshot
-from wattshift.drivers.base import PowerControl
+from wattshift.model.miner import PowerControl
+from wattshift.model.snapshot import DeviceClass, GpuNodeState, Load, SiteSnapshot
 
 from .base import Allocation, Policy, Target
 
@@ -40,7 +40,7 @@ class Override:
 
 
 class OverrideListener(Protocol):
-    """Told of every change before it is made (wattshift.daemon.site_state persists them);
+    """Told of every change before it is made (wattshift.daemon.runtime.site_state persists them);
     ``scope`` is "device" or "class", ``override`` None means back to auto. A listener that
     raises stops the change."""
 

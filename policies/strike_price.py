@@ -27,9 +27,8 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from wattshift.daemon.model import GpuNodeState, MinerState, SiteSnapshot
-from wattshift.drivers.jobs import JobState
+from wattshift.model.jobs import JobState
+from wattshift.model.snapshot import GpuNodeState, MinerState, SiteSnapshot
 
 from .base import Allocation, Target, parse_options
 from .fill import Fill, dwelling, fixed, gpu_settings, miner_settings

@@ -22,9 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, PrivateAttr, field_validator, model_validator
-
-from wattshift.daemon.config_types import Name, Strict
-from wattshift.daemon.model import SiteSnapshot
+from wattshift.model.fields import Name, Strict
+from wattshift.model.snapshot import SiteSnapshot
 
 from .base import Allocation, Policy, is_stateful
 

@@ -33,10 +33,12 @@ import asyncio
 import time
 from typing import Any, ClassVar
 
+from wattshift.model.specs import MinerSpec
+
 from .bmminer import BMMINER_VERSION, FIRMWARE_DATE, BmminerApi, BoardModel
 from .cgminer import CgminerServer, Reply, dispatch_commands
 from .miner import CommandRefused, SimulatedMiner
-from .physics import Clock, MinerSpec
+from .physics import Clock
 from .web_server import DigestAuth, HttpReply, HttpRequest, WebServer
 
 CGMINER_PORT = 4028

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+from wattshift.model.specs import MinerSpec
+
 from .braiins_grpc import braiins_services
 from .cgminer import CgminerServer, Reply, dispatch_commands, status
 from .grpc_server import GrpcServer
 from .miner import SimulatedMiner
-from .physics import Clock, MinerSpec
+from .physics import Clock
 
 CGMINER_PORT = 4028
 GRPC_PORT = 50051

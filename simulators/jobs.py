@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from wattshift.drivers.jobs import ActionTimes, JobError, JobSpec, JobState, JobStatus
+from wattshift.drivers.jobs import ActionTimes, JobError, JobSpec, JobStatus
+from wattshift.model.jobs import JobState
 
 Clock = Callable[[], float]
 FIRST_PID = 40000  # fake process ids for NVML's process list: one per job, stable

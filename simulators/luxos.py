@@ -31,9 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from wattshift.model.specs import MinerSpec
+
 from .cgminer import CgminerServer, dispatch_commands, status
 from .miner import CommandRefused, SimulatedMiner
-from .physics import Clock, MinerSpec
+from .physics import Clock
 
 Reply = dict[str, Any]
 

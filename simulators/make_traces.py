@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from wattshift.daemon.backtest_trace import HEADER_COLUMNS
+from wattshift.model.trace_columns import HEADER_COLUMNS
 
 STEP = timedelta(minutes=5)
 ERCOT = ZoneInfo("America/Chicago")

@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
-from .physics import Clock, MinerPhysics, MinerSpec
+from wattshift.model.specs import MinerSpec
+
+from .physics import Clock, MinerPhysics
 
 T = TypeVar("T")
 

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wattshift.model.specs import SPECS
+
 from .gpu_site import SimulatedGpuSite
 from .miner import SimulatedMiner
-from .physics import SPECS, Clock
+from .physics import Clock
 
 FIRMWARE_MODULES = {
     "luxos": ("wattshift.simulators.luxos", "LuxOSMiner"),

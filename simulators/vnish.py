@@ -34,10 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from wattshift.model.specs import MinerSpec
+
 from .bmminer import BmminerApi, BoardModel
 from .cgminer import CgminerServer, Reply, dispatch_commands
 from .miner import CommandRefused, SimulatedMiner
-from .physics import Clock, MinerSpec
+from .physics import Clock
 from .web_server import HttpReply, HttpRequest, WebServer
 
 CGMINER_PORT = 4028

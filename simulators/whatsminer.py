@@ -32,10 +32,12 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from wattshift.model.specs import MinerSpec
+
 from . import whatsminer_replies as replies
 from .cgminer import CgminerServer, Reply, dispatch_commands
 from .miner import CommandRefused, SimulatedMiner
-from .physics import Clock, MinerSpec
+from .physics import Clock
 from .whatsminer_auth import PrivilegedChannel, PrivilegeError
 from .whatsminer_replies import CODE_OK, MSG_OK, Identity, Readings, flat_reply
 

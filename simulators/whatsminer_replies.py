@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from wattshift.model.specs import MinerSpec
+
 from .cgminer import status
-from .physics import MinerPhysics, MinerSpec
+from .physics import MinerPhysics
 
 FIRMWARE_VERSION = "20230911.12.Rel"  # before 2024.11, so pyasic picks its API v2 backend
 API_VERSION = "2.0.5"  # adjust_power_limit needs 2.0.5 or later

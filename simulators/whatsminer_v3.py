@@ -41,10 +41,12 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+from wattshift.model.specs import MinerSpec
+
 from . import whatsminer_replies as replies
 from .cgminer import GARBAGE, CgminerServer, Reply, _reset
 from .miner import CommandRefused, Fault, SimulatedMiner
-from .physics import Clock, MinerSpec
+from .physics import Clock
 from .whatsminer_replies import Identity, Readings
 
 API_PORT = 4433

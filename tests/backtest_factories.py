@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from wattshift.daemon.backtest_site import BacktestSite
-from wattshift.daemon.backtest_trace import HEADER_COLUMNS, Trace, parse_trace
+from wattshift.daemon.backtest.site import BacktestSite
+from wattshift.daemon.backtest.trace import Trace, parse_trace
+from wattshift.model.trace_columns import HEADER_COLUMNS
 
 START = datetime(2025, 8, 1, tzinfo=UTC)
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from wattshift.daemon.model import EfficiencyCurve, GpuNodeState, MinerState, Prices, SiteSnapshot
-from wattshift.drivers.base import Failure, MinerCapability, MinerReading, PowerControl
+from wattshift.model.miner import Failure, MinerCapability, MinerReading, PowerControl
+from wattshift.model.snapshot import (
+    EfficiencyCurve,
+    GpuNodeState,
+    MinerState,
+    Prices,
+    SiteSnapshot,
+)
 
 S21 = EfficiencyCurve(3500, 200)
 S19XP = EfficiencyCurve(3010, 140)

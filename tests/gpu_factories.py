@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from wattshift.daemon.model import GpuJob, GpuNodeState, SiteSnapshot
-from wattshift.drivers.base import Failure
-from wattshift.drivers.gpu import GpuLimits, GpuReading
-from wattshift.drivers.jobs import FlexTier, JobState, SwitchingCost
+from wattshift.model.gpu import GpuLimits, GpuReading
+from wattshift.model.jobs import FlexTier, JobState, SwitchingCost
+from wattshift.model.miner import Failure
+from wattshift.model.snapshot import GpuJob, GpuNodeState, SiteSnapshot
 
 H100_FULL_NODE_WATTS = 1500 + 8 * 700
 

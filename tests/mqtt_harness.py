@@ -13,13 +13,12 @@ from typing import Any
 import aiomqtt
 from mosquitto import Broker
 from simsite import running_site
-
-from wattshift.daemon.budget import BudgetSchedule
-from wattshift.daemon.mqtt_bridge import MqttBridge
-from wattshift.daemon.mqtt_config import Login, MqttConfig
-from wattshift.daemon.mqtt_handler import PolicySwitcher
-from wattshift.daemon.recorder import FanOut
+from wattshift.daemon.config.mqtt import Login, MqttConfig
+from wattshift.daemon.control.recorder import FanOut
+from wattshift.daemon.mqtt.bridge import MqttBridge
+from wattshift.daemon.mqtt.handler import PolicySwitcher
 from wattshift.drivers.mqtt_meter import SiteMeter
+from wattshift.model.budget import BudgetSchedule
 from wattshift.policies.overrides import OverridePolicy, Overrides
 from wattshift.simulators.site import MinerBatch, SimulatedSite, TruthMonitor
 

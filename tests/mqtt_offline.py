@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from wattshift.daemon.config import SiteConfig
-from wattshift.daemon.controller import Controller
-from wattshift.daemon.journal_entries import EntryKind, NewEntry, to_row
-from wattshift.daemon.mqtt_bridge import MqttBridge
-from wattshift.daemon.mqtt_config import MqttConfig
+from wattshift.daemon.config.mqtt import MqttConfig
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.control.controller import Controller
+from wattshift.daemon.journal.entries import EntryKind, NewEntry, to_row
+from wattshift.daemon.mqtt.bridge import MqttBridge
 from wattshift.policies.base import Allocation
 from wattshift.policies.overrides import OverridePolicy, Overrides
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wattshift.daemon.app import open_daemon
-from wattshift.daemon.budget import BudgetSchedule
-from wattshift.daemon.config import SiteConfig
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.runtime.app import open_daemon
+from wattshift.model.budget import BudgetSchedule
 from wattshift.simulators.gpu_site import SimulatedGpuSite
 from wattshift.simulators.site import MinerBatch, SimulatedSite, TruthMonitor
 

@@ -11,12 +11,12 @@ import gc
 import warnings
 from dataclasses import dataclass
 
-from wattshift.drivers.base import PowerControl
 from wattshift.drivers.pyasic_miner import Deadlines
+from wattshift.model.miner import PowerControl
+from wattshift.model.specs import SPECS, MinerSpec
 from wattshift.simulators.braiins import BraiinsMiner
 from wattshift.simulators.luxos import LuxOSMiner
 from wattshift.simulators.miner import SimulatedMiner
-from wattshift.simulators.physics import SPECS, MinerSpec
 from wattshift.simulators.whatsminer import WhatsminerMiner
 
 # Power moves at once, so a read right after a command sees where it settled; a reboot is short.

@@ -16,14 +16,14 @@ from simulated_miners import (
     SimKind,
     collect_pyasic_leftovers,
 )
-from wattshift.daemon.actuator import StepResult, execute
-from wattshift.daemon.sequencer import Action, Step
-from wattshift.drivers.base import Failure, PowerControl
+from wattshift.daemon.control.actuator import StepResult, execute
+from wattshift.daemon.control.sequencer import Action, Step
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_miner import PyasicMiner
+from wattshift.model.miner import Failure, PowerControl
+from wattshift.model.specs import SPECS
 from wattshift.simulators.braiins import BraiinsMiner
 from wattshift.simulators.miner import Fault, SimulatedMiner
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.whatsminer import WhatsminerMiner
 
 pytestmark = [

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 from backtest_factories import gpu_node, site, trace
-
-from wattshift.daemon.backtest import run_backtest
-from wattshift.daemon.backtest_site import BacktestSite
-from wattshift.daemon.backtest_trace import TraceInvalid, parse_trace
-from wattshift.daemon.optimum import solve_optimum
-from wattshift.daemon.sequencer import Action, Step
-from wattshift.policies.base import make_policy
-from wattshift.simulators.site_model import SiteModel
+from wattshift.daemon.backtest.optimum import solve_optimum
+from wattshift.daemon.backtest.replay import run_backtest
+from wattshift.daemon.backtest.site import BacktestSite
+from wattshift.daemon.backtest.site_model import SiteModel
+from wattshift.daemon.backtest.trace import TraceInvalid, parse_trace
+from wattshift.daemon.control.sequencer import Action, Step
+from wattshift.policies.catalog import make_policy
 
 MERIT = make_policy("merit-order", {})
 
@@ -113,8 +112,8 @@ def test_a_site_naming_an_unknown_model_or_circuit_is_refused() -> None:
 
 
 def test_an_operators_site_file_back_tests_as_counts_of_its_models(tmp_path) -> None:  # noqa: ANN001
-    from wattshift.daemon.backtest_site import load_backtest_site
-    from wattshift.daemon.yamlfile import FileInvalid
+    from wattshift.daemon.backtest.site import load_backtest_site
+    from wattshift.daemon.config.yamlfile import FileInvalid
 
     real = tmp_path / "site.yaml"
     real.write_text("name: barn\nbudget_kw: 50\ncircuits: [{name: pdu, limit_kw: 20}]\nminers:\n"

@@ -11,12 +11,11 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-
-from wattshift.daemon.backtest import run_backtest
-from wattshift.daemon.backtest_site import BacktestSite, load_backtest_site
-from wattshift.daemon.backtest_trace import Trace, load_trace
-from wattshift.daemon.optimum import Optimum, solve_optimum
-from wattshift.policies.base import make_policy
+from wattshift.daemon.backtest.optimum import Optimum, solve_optimum
+from wattshift.daemon.backtest.replay import run_backtest
+from wattshift.daemon.backtest.site import BacktestSite, load_backtest_site
+from wattshift.daemon.backtest.trace import Trace, load_trace
+from wattshift.policies.catalog import make_policy
 from wattshift.simulators.make_traces import TRACES, write
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from wattshift.daemon.cli import main
-from wattshift.daemon.config import expand_addresses, load_site
-from wattshift.daemon.yamlfile import FileInvalid
+from wattshift.daemon.cli.main import main
+from wattshift.daemon.config.site import expand_addresses, load_site
+from wattshift.daemon.config.yamlfile import FileInvalid
 
 GOOD = """\
 name: north-barn

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from wattshift.daemon.budget import BudgetEvent, BudgetSchedule
-from wattshift.daemon.demo import LimitsToMeet
+from wattshift.daemon.demo.scenario import LimitsToMeet
+from wattshift.model.budget import BudgetEvent, BudgetSchedule
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

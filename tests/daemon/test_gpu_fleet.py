@@ -2,12 +2,13 @@
 caps, the simulated scheduler for the jobs. Sleep suspends or requeues by tier; firm refuses."""
 
 import pytest
-
-from wattshift.daemon.gpu_config import GpuNodeConfig, JobClass, JobsConfig
-from wattshift.daemon.gpu_fleet import GpuFleet
-from wattshift.drivers.base import DeviceError, Failure
-from wattshift.drivers.jobs import ActionTimes, FlexTier, JobSpec, JobState
+from wattshift.daemon.config.gpu import GpuNodeConfig, JobClass, JobsConfig
+from wattshift.daemon.control.gpu_fleet import GpuFleet
+from wattshift.drivers.base import DeviceError
+from wattshift.drivers.jobs import ActionTimes, JobSpec
 from wattshift.drivers.nvml_gpu import NvmlGpus
+from wattshift.model.jobs import FlexTier, JobState
+from wattshift.model.miner import Failure
 from wattshift.simulators.gpu_site import GpuNodeSpec, SimulatedGpuSite
 from wattshift.simulators.jobs import SimulatedJobRunner
 

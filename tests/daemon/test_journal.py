@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from wattshift.daemon.journal import (
+from wattshift.daemon.journal.entries import looks_secret
+from wattshift.daemon.journal.store import (
     SCHEMA_VERSION,
     AsyncJournal,
     EntryKind,
@@ -28,7 +28,6 @@ from wattshift.daemon.journal import (
     JournalError,
     NewEntry,
 )
-from wattshift.daemon.journal_entries import looks_secret
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -266,7 +265,7 @@ def test_closed_journal_says_so(db: Path) -> None:
 KILLED_WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from wattshift.daemon.journal import Journal
+    from wattshift.daemon.journal.store import Journal
 
     journal = Journal(Path(sys.argv[1]))
     n = 0

@@ -9,13 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
-from wattshift.daemon.journal import (
-    SCHEMA_VERSION,
-    Journal,
-    journal_path,
-)
-from wattshift.daemon.journal_cmd import parse_time, register
+from wattshift.daemon.cli.journal import parse_time, register
+from wattshift.daemon.journal.store import SCHEMA_VERSION, Journal, journal_path
 
 MINUTE = timedelta(minutes=1)
 

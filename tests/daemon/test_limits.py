@@ -1,8 +1,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from wattshift.daemon.limits import LimitTree
+from wattshift.model.limits import LimitTree
 
 TREE = LimitTree(
     {"site": 100.0, "tx": 60.0, "a": 30.0, "b": 40.0},

@@ -1,11 +1,10 @@
 """Metrics carry the snapshot's numbers under Prometheus names and base units."""
 
 from factories import miner, snapshot
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
-
-from wattshift.daemon.metrics import MetricsRecorder
-from wattshift.daemon.sequencer import plan_transition
+from prometheus_client.parser import text_string_to_metric_families
+from wattshift.daemon.control.sequencer import plan_transition
+from wattshift.daemon.runtime.metrics import MetricsRecorder
 from wattshift.policies.merit_order import MeritOrderPolicy
 
 

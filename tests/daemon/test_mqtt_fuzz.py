@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 from mqtt_offline import MINERS, PREFIX, offline
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from wattshift.daemon.budget import BudgetEvent
-from wattshift.daemon.mqtt_commands import COMMANDS
-from wattshift.daemon.policy_reload import ReloadResult
+from wattshift.daemon.mqtt.commands import COMMANDS
+from wattshift.daemon.runtime.policy_reload import ReloadResult
+from wattshift.model.budget import BudgetEvent
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2000"))
 ID_CHARS = string.ascii_letters + string.digits + "_.:-"

@@ -9,20 +9,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import miner, snapshot
 from pydantic import ValidationError
-
-from wattshift.daemon.budget import BudgetEvent, BudgetSchedule
-from wattshift.daemon.meter_checks import (
+from wattshift.daemon.config.mqtt import MqttConfig, broker_login
+from wattshift.daemon.control.meter_checks import (
     MeterRoom,
     OverheadEstimate,
     hold_increases,
     increases_allowed,
     shed_confirmed,
 )
-from wattshift.daemon.model import DeviceClass
-from wattshift.daemon.mqtt_commands import BudgetCommand, ForceCommand, Rejection, parse_command
-from wattshift.daemon.mqtt_config import MqttConfig, broker_login
-from wattshift.daemon.sequencer import plan_transition
+from wattshift.daemon.control.sequencer import plan_transition
+from wattshift.daemon.mqtt.commands import (
+    BudgetCommand,
+    ForceCommand,
+    Rejection,
+    parse_command,
+)
 from wattshift.drivers.mqtt_meter import MeterError, MeterReading, SiteMeter, extract
+from wattshift.model.budget import BudgetEvent, BudgetSchedule
+from wattshift.model.snapshot import DeviceClass
 from wattshift.policies.base import Allocation, Target
 from wattshift.policies.overrides import Forced, Override, OverridePolicy, Overrides
 

@@ -3,9 +3,9 @@ ones at their one setting (pure: readings in, MinerState out)."""
 
 from __future__ import annotations
 
-from wattshift.daemon.config import MinerGroup
-from wattshift.daemon.observe import MinerSlot, miner_state
-from wattshift.drivers.base import (
+from wattshift.daemon.config.site import MinerGroup
+from wattshift.daemon.control.observe import MinerSlot, miner_state
+from wattshift.model.miner import (
     CapabilitySource,
     MinerCapability,
     MinerReading,

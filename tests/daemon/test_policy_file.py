@@ -4,10 +4,13 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from wattshift.daemon.cli import main
-from wattshift.daemon.policy_file import load_policy_file, parse_policy_file, read_policy_file
-from wattshift.daemon.yamlfile import FileInvalid
+from wattshift.daemon.cli.main import main
+from wattshift.daemon.config.policy_file import (
+    load_policy_file,
+    parse_policy_file,
+    read_policy_file,
+)
+from wattshift.daemon.config.yamlfile import FileInvalid
 from wattshift.policies.base import Carried, bare
 from wattshift.policies.windows import WindowedPolicy
 

@@ -14,10 +14,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-
-from wattshift.daemon.policy_file import load_policy_file
-from wattshift.daemon.policy_reload import PolicyReloader
-from wattshift.daemon.recorder import NullRecorder
+from wattshift.daemon.config.policy_file import load_policy_file
+from wattshift.daemon.control.recorder import NullRecorder
+from wattshift.daemon.runtime.policy_reload import PolicyReloader
 from wattshift.policies.base import Policy
 
 MARKER = "import pathlib\npathlib.Path(__file__).with_suffix('.ran').touch()\n\ndef make(options):\n    return None\n"

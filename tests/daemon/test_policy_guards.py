@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-
-from wattshift.daemon.journal import AsyncJournal
-from wattshift.daemon.journal_entries import EntryKind
-from wattshift.daemon.policy_file import MAX_POLICY_BYTES, load_policy_file
-from wattshift.daemon.policy_reload import PolicyReloader
-from wattshift.daemon.recorder import JournalRecorder
+from wattshift.daemon.config.policy_file import MAX_POLICY_BYTES, load_policy_file
+from wattshift.daemon.control.recorder import JournalRecorder
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.daemon.journal.store import AsyncJournal
+from wattshift.daemon.runtime.policy_reload import PolicyReloader
 
 MERIT = "policy: merit-order\noptions:\n  min_dwell_seconds: 0\n"
 STRIKE = "policy: strike-price\noptions:\n  strike_usd_per_mwh: 20\n"

@@ -10,10 +10,9 @@ import signal
 
 import pytest
 from simsite import running_site
-
-from wattshift.daemon.journal_entries import EntryKind
-from wattshift.daemon.policy_file import load_policy_file
-from wattshift.daemon.policy_reload import PolicyReloader
+from wattshift.daemon.config.policy_file import load_policy_file
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.daemon.runtime.policy_reload import PolicyReloader
 from wattshift.simulators.site import MinerBatch
 
 SITE = [MinerBatch("luxos", 2, "site", "Antminer S21")]
@@ -160,7 +159,7 @@ class _Stub:
     """Just what the reloader touches on a controller."""
 
     def __init__(self, policy) -> None:
-        from wattshift.daemon.recorder import NullRecorder
+        from wattshift.daemon.control.recorder import NullRecorder
 
         self.policy = policy
         self.recorder = NullRecorder()
@@ -173,7 +172,7 @@ class _Stub:
 async def test_run_wiring_reloads_the_sites_policy_file_on_sighup(tmp_path):
     from types import SimpleNamespace
 
-    from wattshift.daemon.policy_reload import policy_reloading
+    from wattshift.daemon.runtime.policy_reload import policy_reloading
 
     write(tmp_path / "p.yaml", MERIT)
     stub = _Stub(load_policy_file(tmp_path / "p.yaml"))
@@ -189,7 +188,7 @@ async def test_run_wiring_reloads_the_sites_policy_file_on_sighup(tmp_path):
 async def test_without_a_policy_file_sighup_is_caught_not_fatal(tmp_path, caplog):
     from types import SimpleNamespace
 
-    from wattshift.daemon.policy_reload import policy_reloading
+    from wattshift.daemon.runtime.policy_reload import policy_reloading
 
     stub = _Stub(None)
     async with policy_reloading(stub, SimpleNamespace(policy_file=None), tmp_path, None) as reloader:
@@ -206,8 +205,8 @@ SITE_FILE = "name: barn\nbudget_kw: 100\npolicy_file: policies/live.yaml\n"
     ("policy_dir: library\n", "library"),  # relative to the site file, like policy_file
 ])
 async def test_the_site_file_names_the_policy_directory_and_the_allowed_modules(tmp_path, extra, folder):
-    from wattshift.daemon.config import load_site
-    from wattshift.daemon.policy_reload import policy_reloading
+    from wattshift.daemon.config.site import load_site
+    from wattshift.daemon.runtime.policy_reload import policy_reloading
 
     for name in ("policies", "library"):
         (tmp_path / name).mkdir()
@@ -224,8 +223,8 @@ async def test_the_site_file_names_the_policy_directory_and_the_allowed_modules(
 
 
 def test_a_policy_module_must_be_a_module_name(tmp_path):
-    from wattshift.daemon.config import load_site
-    from wattshift.daemon.yamlfile import FileInvalid
+    from wattshift.daemon.config.site import load_site
+    from wattshift.daemon.config.yamlfile import FileInvalid
 
     (tmp_path / "site.yaml").write_text(SITE_FILE + "policy_modules: [acme_policies, 'os; rm -rf /']\n")
     with pytest.raises(FileInvalid) as caught:

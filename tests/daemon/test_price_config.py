@@ -18,11 +18,14 @@ from price_payloads import (
     vast_offer,
 )
 from pydantic import SecretStr
-
-from wattshift.daemon.config import Credentials, load_site
-from wattshift.daemon.feeds import MissingSecret, make_price_feed, make_price_feeds
-from wattshift.daemon.price_config import PricesConfig
-from wattshift.daemon.yamlfile import FileInvalid, parse_model
+from wattshift.daemon.config.price import PricesConfig
+from wattshift.daemon.config.site import Credentials, load_site
+from wattshift.daemon.config.yamlfile import FileInvalid, parse_model
+from wattshift.daemon.runtime.feeds import (
+    MissingSecret,
+    make_price_feed,
+    make_price_feeds,
+)
 from wattshift.drivers.price_checks import CheckedFeed
 from wattshift.drivers.prices import PriceError
 

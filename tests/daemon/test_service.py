@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from wattshift.daemon.app import open_daemon
-from wattshift.daemon.config import SiteConfig
-from wattshift.daemon.service import (
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.runtime.app import open_daemon
+from wattshift.daemon.runtime.service import (
     LoopHealth,
     Notifier,
     describe_report,

@@ -4,12 +4,11 @@ import pytest
 from factories import miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS, gpu_node, job, with_gpus
 from prometheus_client import CollectorRegistry
-
-from wattshift.daemon.journal import AsyncJournal
-from wattshift.daemon.journal_entries import EntryKind
-from wattshift.daemon.sequencer import Plan
-from wattshift.daemon.shadow import ShadowRecorder, compare, value_usd_per_hour
-from wattshift.policies.base import make_policy
+from wattshift.daemon.control.sequencer import Plan
+from wattshift.daemon.control.shadow import ShadowRecorder, compare, value_usd_per_hour
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.daemon.journal.store import AsyncJournal
+from wattshift.policies.catalog import make_policy
 
 EMPTY_PLAN = Plan((), (), ())
 # An S21 at 4 kW: 200 TH/s * sqrt(4000/3500) = 213.8 TH/s; at $45/PH/day that is

@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from wattshift.daemon import validate_cmd
-from wattshift.daemon.config import SiteConfig, load_site
-from wattshift.daemon.yamlfile import FileInvalid
+from wattshift.daemon.cli import validate as validate_cmd
+from wattshift.daemon.config.site import SiteConfig, load_site
+from wattshift.daemon.config.yamlfile import FileInvalid
 
 GOOD = """\
 name: north-barn

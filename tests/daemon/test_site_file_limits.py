@@ -11,11 +11,15 @@ import stat
 from pathlib import Path
 
 import pytest
-from wattshift.daemon.cli import main
-from wattshift.daemon.config import load_site
-from wattshift.daemon.journal import Journal
-from wattshift.daemon.policy_file import MAX_POLICY_BYTES, parse_policy_file, read_policy_file
-from wattshift.daemon.yamlfile import FileInvalid
+from wattshift.daemon.cli.main import main
+from wattshift.daemon.config.policy_file import (
+    MAX_POLICY_BYTES,
+    parse_policy_file,
+    read_policy_file,
+)
+from wattshift.daemon.config.site import load_site
+from wattshift.daemon.config.yamlfile import FileInvalid
+from wattshift.daemon.journal.store import Journal
 
 HEAD = "name: s\nbudget_kw: 1000\n"
 
@@ -88,9 +92,7 @@ def test_ranges_are_counted_before_they_are_expanded(tmp_path, capsys):
 
 
 def test_thousands_of_unknown_keys_are_counted_not_all_printed(tmp_path, capsys):
-    from wattshift.daemon.yamlfile import (
-        MAX_PROBLEMS,  # new with this limit: a failure, not an error, on the code before it
-    )
+    from wattshift.daemon.config.yamlfile import MAX_PROBLEMS
 
     path = tmp_path / "site.yaml"
     path.write_text(HEAD + "".join(f"k{i}: {i}\n" for i in range(5_000)))

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 from simsite import running_site
-from wattshift.daemon.budget import BudgetEvent, BudgetSchedule
-from wattshift.daemon.journal import AsyncJournal, EntryKind, Journal, NewEntry
-from wattshift.daemon.model import DeviceClass
-from wattshift.daemon.restore import (
+from wattshift.daemon.journal.store import AsyncJournal, EntryKind, Journal, NewEntry
+from wattshift.daemon.runtime.restore import (
     RESTARTED,
     close_open_commands,
     restore_operator_state,
 )
-from wattshift.daemon.site_state import SiteState, StateError, state_path
+from wattshift.daemon.runtime.site_state import SiteState, StateError, state_path
+from wattshift.model.budget import BudgetEvent, BudgetSchedule
+from wattshift.model.snapshot import DeviceClass
 from wattshift.policies.overrides import Forced, Override, Overrides
 from wattshift.simulators.site import MinerBatch
 
@@ -124,8 +124,8 @@ def test_a_saved_change_survives_a_sigkill_right_after_it(path):
         import os, signal
         from datetime import datetime, UTC
         from pathlib import Path
-        from wattshift.daemon.budget import BudgetEvent, BudgetSchedule
-        from wattshift.daemon.site_state import SiteState
+        from wattshift.model.budget import BudgetEvent, BudgetSchedule
+        from wattshift.daemon.runtime.site_state import SiteState
         budget = BudgetSchedule(100_000)
         budget.listener = SiteState(Path({str(path)!r}))
         budget.add(BudgetEvent("cut", 50_000, datetime.now(UTC)))
@@ -304,9 +304,9 @@ async def test_a_wake_left_open_counts_at_its_limit_and_manual_mode_is_saved_fir
 
 
 async def test_a_policy_switch_is_saved_first_and_a_refused_one_leaves_the_running_file_saved(path, tmp_path):
-    from wattshift.daemon.controls import _saving_switcher
-    from wattshift.daemon.policy_file import load_policy_file
-    from wattshift.daemon.policy_reload import PolicyReloader
+    from wattshift.daemon.config.policy_file import load_policy_file
+    from wattshift.daemon.runtime.controls import _saving_switcher
+    from wattshift.daemon.runtime.policy_reload import PolicyReloader
 
     site_file, good, bad = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
     site_file.write_text("policy: merit-order\n")

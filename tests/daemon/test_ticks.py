@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 
-from wattshift.daemon.ticks import TickSchedule
+from wattshift.daemon.control.ticks import TickSchedule
 
 
 def ticks_of(schedule: TickSchedule, requests: list[float], *, tick_s: float, until: float) -> list[tuple[float, bool]]:

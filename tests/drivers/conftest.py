@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from simulated_miners import LUXOS, SIM_KINDS, TEST_DEADLINES, SimKind, collect_pyasic_leftovers
-
+from simulated_miners import (
+    LUXOS,
+    SIM_KINDS,
+    TEST_DEADLINES,
+    SimKind,
+    collect_pyasic_leftovers,
+)
 from wattshift.drivers.pyasic_miner import Deadlines
 from wattshift.simulators.miner import SimulatedMiner
 

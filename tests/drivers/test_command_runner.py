@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-
-from wattshift.drivers.command_runner import CommandActions, CommandRunner, CommandRunnerOptions, parse_status
-from wattshift.drivers.jobs import JobError, JobRunner, JobSpec, JobState, JobStatus, job_runners
+from wattshift.drivers.catalog import job_runners
+from wattshift.drivers.command_runner import (
+    CommandActions,
+    CommandRunner,
+    CommandRunnerOptions,
+    parse_status,
+)
+from wattshift.drivers.jobs import JobError, JobRunner, JobSpec, JobStatus
+from wattshift.model.jobs import JobState
 
 # One file per job: "<state> <node> <name>". Every fact comes from the environment.
 FAKE_SCHEDULER = r"""#!/bin/sh

@@ -17,9 +17,13 @@ from price_payloads import (
     mempool_reward_stats,
 )
 from pydantic import SecretStr
-
-from wattshift.drivers.hashprice_feeds import LuxorHashprice, MempoolHashprice, TokenBucket
-from wattshift.drivers.prices import PriceError, price_sources
+from wattshift.drivers.catalog import price_sources
+from wattshift.drivers.hashprice_feeds import (
+    LuxorHashprice,
+    MempoolHashprice,
+    TokenBucket,
+)
+from wattshift.drivers.prices import PriceError
 
 KEY = "hi-live-7f3c9a1e0b5d42c8a6e1"  # a made-up key; the test checks it never shows
 

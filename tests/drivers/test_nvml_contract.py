@@ -14,7 +14,6 @@ from importlib.metadata import version
 
 import pynvml
 import pytest
-
 from wattshift.simulators.nvml_lib import SimulatedNvmlLib
 
 UPDATE = (

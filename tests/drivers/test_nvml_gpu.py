@@ -8,10 +8,17 @@ from collections.abc import AsyncIterator, Iterator
 import pynvml
 import pytest
 from simulated_gpus import ManualClock
-
-from wattshift.drivers.base import DeviceError, Failure
-from wattshift.drivers.gpu import GpuDriver, GpuReading, gpu_drivers
-from wattshift.drivers.nvml_gpu import NvmlGpus, NvmlUnavailable, average_watts, energy_delta_joules
+from wattshift.drivers.base import DeviceError
+from wattshift.drivers.catalog import gpu_drivers
+from wattshift.drivers.gpu import GpuDriver
+from wattshift.drivers.nvml_gpu import (
+    NvmlGpus,
+    NvmlUnavailable,
+    average_watts,
+    energy_delta_joules,
+)
+from wattshift.model.gpu import GpuReading
+from wattshift.model.miner import Failure
 from wattshift.simulators.gpu_physics import GPU_MODELS
 from wattshift.simulators.nvml_lib import SimulatedGpu, SimulatedNvmlLib, simulated_nvml
 

@@ -7,8 +7,7 @@ import logging
 import math
 
 import pytest
-
-from wattshift.daemon.observe import quote_prices
+from wattshift.daemon.control.observe import quote_prices
 from wattshift.drivers.price_checks import (
     HASHPRICE_LIMITS,
     POWER_LIMITS,

@@ -3,8 +3,12 @@
 from pathlib import Path
 
 import pytest
-
-from wattshift.drivers.prices import FixedPrice, PriceError, TracePrice, hashprice_usd_per_ph_day
+from wattshift.drivers.prices import (
+    FixedPrice,
+    PriceError,
+    TracePrice,
+    hashprice_usd_per_ph_day,
+)
 
 
 def test_hashprice_matches_the_worked_example_in_the_design_notes():

@@ -8,8 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
-from wattshift.drivers.base import PowerControl
 from wattshift.drivers.pyasic_backends import (
     BACKENDS,
     FIRMWARE_HINTS,
@@ -18,6 +16,7 @@ from wattshift.drivers.pyasic_backends import (
     power_range_for,
     traits_for,
 )
+from wattshift.model.miner import PowerControl
 
 
 def test_importing_pyasic_leaves_logging_alone_and_warns_nothing() -> None:

@@ -22,12 +22,13 @@ from simulated_miners import (
     SimKind,
     collect_pyasic_leftovers,
 )
-from wattshift.drivers.base import CapabilitySource, DeviceError, Failure, PowerControl
+from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_backends import import_pyasic, power_range_for
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
+from wattshift.model.miner import CapabilitySource, Failure, PowerControl
+from wattshift.model.specs import SPECS
 from wattshift.simulators.braiins import BraiinsMiner
 from wattshift.simulators.miner import Fault, SimulatedMiner
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.whatsminer import WhatsminerMiner
 
 pytestmark = [

@@ -13,14 +13,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
-from simulated_miners import SIM_KINDS, TEST_DEADLINES, SimKind, collect_pyasic_leftovers
-
-from wattshift.daemon.config import SiteConfig
-from wattshift.drivers.base import DeviceError, Failure, MinerReading
+from simulated_miners import (
+    SIM_KINDS,
+    TEST_DEADLINES,
+    SimKind,
+    collect_pyasic_leftovers,
+)
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
+from wattshift.model.miner import Failure, MinerReading
+from wattshift.model.specs import SPECS
 from wattshift.simulators.luxos import LuxOSMiner
 from wattshift.simulators.miner import Fault, SimulatedMiner
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.whatsminer import WhatsminerMiner
 
 pytestmark = [

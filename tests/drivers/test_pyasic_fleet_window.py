@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from simulated_miners import collect_pyasic_leftovers
-
-from wattshift.drivers.base import DeviceError, Failure, MinerReading
+from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines
+from wattshift.model.miner import Failure, MinerReading
+from wattshift.model.specs import SPECS
 from wattshift.simulators.luxos import LuxOSMiner
 from wattshift.simulators.miner import Fault
-from wattshift.simulators.physics import SPECS
 
 pytestmark = pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning")
 

@@ -15,14 +15,18 @@ import importlib
 import pytest
 from privileged_ports import needs_port_80
 from simulated_miners import collect_pyasic_leftovers
-
-from wattshift.drivers.base import MinerReading
-from wattshift.drivers.pyasic_backends import backend_of, identify, import_pyasic, traits_for
+from wattshift.drivers.pyasic_backends import (
+    backend_of,
+    identify,
+    import_pyasic,
+    traits_for,
+)
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines
+from wattshift.model.miner import MinerReading
+from wattshift.model.specs import SPECS
 from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.miner import SimulatedMiner
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.vnish import VNishMiner
 from wattshift.simulators.whatsminer import WhatsminerMiner
 from wattshift.simulators.whatsminer_v3 import WhatsminerV3Miner

@@ -11,10 +11,10 @@ import asyncio
 
 import pytest
 from simulated_miners import SimKind
-
-from wattshift.drivers.base import CapabilitySource, DeviceError, Failure, MinerDriver, PowerControl
+from wattshift.drivers.base import DeviceError, MinerDriver
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
+from wattshift.model.miner import CapabilitySource, Failure, PowerControl
 from wattshift.simulators.luxos import LuxOSMiner, build_profiles
 from wattshift.simulators.miner import Fault, SimulatedMiner
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import pytest
 from privileged_ports import needs_port_80
 from simulated_miners import collect_pyasic_leftovers
-
-from wattshift.drivers.base import DeviceError, Failure, MinerReading, PowerControl
+from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner
+from wattshift.model.miner import Failure, MinerReading, PowerControl
+from wattshift.model.specs import SPECS
 from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.miner import Fault, SimulatedMiner
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.vnish import VNishMiner
 from wattshift.simulators.whatsminer_v3 import WhatsminerV3Miner
 

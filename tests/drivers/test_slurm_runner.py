@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from slurmctl import LocalSlurm, local_slurm
-
-from wattshift.drivers.jobs import JobError, JobRunner, JobSpec, JobState, JobStatus, job_runners
+from wattshift.drivers.catalog import job_runners
+from wattshift.drivers.jobs import JobError, JobRunner, JobSpec, JobStatus
 from wattshift.drivers.slurm_runner import (
     SlurmRunner,
     gpus_requested,
@@ -22,6 +22,7 @@ from wattshift.drivers.slurm_runner import (
     parse_squeue,
     slurm_state,
 )
+from wattshift.model.jobs import JobState
 
 WAIT_SECONDS = 30.0
 

@@ -10,7 +10,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from mqtt_harness import site_with_bridge  # tests/ is on PYTHONPATH: the tests' own helpers
+from mqtt_harness import (
+    site_with_bridge,  # tests/ is on PYTHONPATH: the tests' own helpers
+)
 
 
 class _Given:

@@ -22,9 +22,14 @@ import pytest
 import yaml
 from mosquitto import Broker, free_port
 from mqtt_harness import PREFIX, operator
-from wattshift.daemon.journal import Journal, JournalEntry, JournalError, journal_path
-from wattshift.daemon.journal_entries import EntryKind
-from wattshift.daemon.restore import RESTARTED
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.daemon.journal.store import (
+    Journal,
+    JournalEntry,
+    JournalError,
+    journal_path,
+)
+from wattshift.daemon.runtime.restore import RESTARTED
 from wattshift.simulators.miner import Fault, SimulatedMiner
 from wattshift.simulators.site import MinerBatch, SimulatedSite, TruthMonitor
 

@@ -11,9 +11,8 @@ import sys
 
 import aiomqtt
 import pytest
-
-from wattshift.daemon.demo import Scenario
-from wattshift.daemon.demo_cmd import run_demo
+from wattshift.daemon.cli.demo import run_demo
+from wattshift.daemon.demo.scenario import Scenario
 
 
 async def test_the_demo_runs_a_cut_and_ends_with_a_truthful_summary(tmp_path):

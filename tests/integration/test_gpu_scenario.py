@@ -10,9 +10,9 @@ import asyncio
 import time
 
 from simsite import assert_never_over, running_site
-
-from wattshift.daemon.journal import Journal, journal_path
-from wattshift.drivers.jobs import ActionTimes, JobSpec, JobState
+from wattshift.daemon.journal.store import Journal, journal_path
+from wattshift.drivers.jobs import ActionTimes, JobSpec
+from wattshift.model.jobs import JobState
 from wattshift.simulators.gpu_site import GpuNodeSpec, SimulatedGpuSite
 from wattshift.simulators.jobs import SimulatedJobRunner
 from wattshift.simulators.site import MinerBatch

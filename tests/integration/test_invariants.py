@@ -9,11 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from simsite import assert_never_over, running_site
-
-from wattshift.daemon.budget import BudgetEvent
-from wattshift.daemon.journal_entries import EntryKind
-from wattshift.daemon.sequencer import Action
-from wattshift.drivers.base import Failure
+from wattshift.daemon.control.sequencer import Action
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.model.budget import BudgetEvent
+from wattshift.model.miner import Failure
 from wattshift.simulators.miner import Fault
 from wattshift.simulators.site import MinerBatch
 

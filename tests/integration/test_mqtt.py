@@ -15,18 +15,17 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from mosquitto import Broker, make_tls, site_acl
+from mqtt_harness import PREFIX, operator, settled, site_with_bridge
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
-from mosquitto import Broker, make_tls, site_acl
-from mqtt_harness import PREFIX, operator, settled, site_with_bridge
 from simsite import assert_never_over
-
-from wattshift.daemon.budget import BudgetEvent
-from wattshift.daemon.journal_entries import EntryKind
-from wattshift.daemon.mqtt_config import Login
-from wattshift.daemon.mqtt_metrics import MqttCollector
-from wattshift.daemon.policy_reload import PolicyReloader
+from wattshift.daemon.config.mqtt import Login
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.daemon.mqtt.metrics import MqttCollector
+from wattshift.daemon.runtime.policy_reload import PolicyReloader
+from wattshift.model.budget import BudgetEvent
 from wattshift.policies.overrides import InnerPolicy
 from wattshift.simulators.site import MinerBatch
 

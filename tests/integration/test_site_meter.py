@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from simsite import assert_never_over, running_site
-
-from wattshift.daemon.sequencer import Action
+from wattshift.daemon.control.sequencer import Action
 from wattshift.drivers.mqtt_meter import SiteMeter
 from wattshift.simulators.site import MinerBatch
 

@@ -4,10 +4,9 @@ import pytest
 from factories import S19XP, miner, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from wattshift.daemon.limits import LimitTree
-from wattshift.drivers.base import MinerCapability, PowerControl
-from wattshift.policies.merit_order import MeritOrderPolicy, MeritOrderOptions
+from wattshift.model.limits import LimitTree
+from wattshift.model.miner import MinerCapability, PowerControl
+from wattshift.policies.merit_order import MeritOrderOptions, MeritOrderPolicy
 
 POLICY = MeritOrderPolicy(MeritOrderOptions(min_dwell_seconds=0, hysteresis_usd_per_mwh=0))
 

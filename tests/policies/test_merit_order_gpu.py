@@ -8,9 +8,8 @@ comes first, miners absorb the rest, and a short budget sheds miners before it t
 from factories import miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS as NODE_FULL
 from gpu_factories import gpu_node, job
-
-from wattshift.daemon.sequencer import Action, plan_transition
-from wattshift.drivers.jobs import FlexTier, JobState
+from wattshift.daemon.control.sequencer import Action, plan_transition
+from wattshift.model.jobs import FlexTier, JobState
 from wattshift.policies.merit_order import MeritOrderOptions, MeritOrderPolicy
 
 POLICY = MeritOrderPolicy(MeritOrderOptions(min_dwell_seconds=0, hysteresis_usd_per_mwh=0))

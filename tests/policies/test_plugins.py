@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 from factories import S19XP, miner, snapshot
-
-from wattshift.policies.base import (
+from wattshift.policies.base import Carried, PolicyLoadError
+from wattshift.policies.catalog import (
     ENTRY_POINT_GROUP,
-    Carried,
-    PolicyLoadError,
     installed_policies,
     known_policy_names,
     make_policy,
@@ -145,7 +143,7 @@ def keep_logging():
 def test_validate_runs_no_code_a_policy_file_names(plugin_dir, capsys, keep_logging):
     """``wattshift validate`` on a policy file naming a module: refused, and the module's code
     never ran; with the module in the site file's policy_modules, the same file loads."""
-    from wattshift.daemon.cli import main
+    from wattshift.daemon.cli.main import main
 
     (plugin_dir / "acme_marker.py").write_text(MARKER)
     (plugin_dir / "acme_ok.py").write_text(example_source())

@@ -7,10 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import S19XP, miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS, gpu_node, job, with_gpus
-
-from wattshift.drivers.jobs import FlexTier
-from wattshift.policies.base import Carried, make_policy
-from wattshift.policies.strike_price import StrikePriceOptions, StrikePricePolicy, StrikeState, advance
+from wattshift.model.jobs import FlexTier
+from wattshift.policies.base import Carried
+from wattshift.policies.catalog import make_policy
+from wattshift.policies.strike_price import (
+    StrikePriceOptions,
+    StrikePricePolicy,
+    StrikeState,
+    advance,
+)
 
 T0 = datetime(2026, 7, 1, 15, 0, tzinfo=UTC)
 POLICY = StrikePricePolicy(StrikePriceOptions(

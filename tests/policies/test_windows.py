@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from factories import miner, snapshot
 from pydantic import ValidationError
-
-from wattshift.policies.base import build_policy
+from wattshift.policies.catalog import build_policy
 from wattshift.policies.windows import Window, WindowedPolicy, active_windows
 
 # ERCOT 4CP: weekday afternoons, June to September, Central time.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from wattshift.simulators.physics import SPECS, MinerPhysics
+from wattshift.model.specs import SPECS
+from wattshift.simulators.physics import MinerPhysics
 
 S21 = SPECS["Antminer S21"]
 

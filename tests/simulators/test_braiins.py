@@ -18,11 +18,14 @@ from grpclib.client import Channel
 from grpclib.exceptions import StreamTerminatedError
 from pyasic.errors import APIError
 from pyasic.miners.backends.braiins_os import BOSer
-from pyasic.web.braiins_os.proto.braiins.bos.v1 import GetMinerStatsRequest, MinerServiceStub, MinerStatus
-
+from pyasic.web.braiins_os.proto.braiins.bos.v1 import (
+    GetMinerStatsRequest,
+    MinerServiceStub,
+    MinerStatus,
+)
+from wattshift.model.specs import SPECS, MinerSpec
 from wattshift.simulators.braiins import BraiinsMiner
 from wattshift.simulators.miner import Fault
-from wattshift.simulators.physics import SPECS, MinerSpec
 
 S21 = SPECS["Antminer S21"]
 SHORT_S = 0.3  # how long a test waits on a call that must hang

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from wattshift.drivers.jobs import ActionTimes, JobError, JobRunner, JobSpec, JobState
+from wattshift.drivers.jobs import ActionTimes, JobError, JobRunner, JobSpec
+from wattshift.model.jobs import JobState
 from wattshift.simulators.jobs import ScriptedJob, SimulatedJob, SimulatedJobRunner
 
 TIMES = ActionTimes(suspend_release=2, resume_draw=3, requeue_release=10, start_draw=20, stop_release=5)

@@ -15,10 +15,9 @@ from typing import Any
 import pyasic
 import pytest
 from pyasic.errors import APIError
-
+from wattshift.model.specs import SPECS
 from wattshift.simulators.luxos import LuxOSMiner, build_profiles
 from wattshift.simulators.miner import Fault
-from wattshift.simulators.physics import SPECS
 
 S21 = SPECS["Antminer S21"]
 HOST = "127.0.2.1"

@@ -8,7 +8,6 @@ import threading
 import pynvml
 import pytest
 from simulated_gpus import ManualClock
-
 from wattshift.simulators.gpu_physics import GPU_MODELS, SimulatedGpu, gpu_uuid
 from wattshift.simulators.nvml_lib import simulated_nvml
 

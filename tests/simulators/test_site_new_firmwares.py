@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 from privileged_ports import needs_port_80
-
-from wattshift.daemon.config import SiteConfig
-from wattshift.drivers.base import MinerReading
+from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.pyasic_fleet import MinerFleet
+from wattshift.model.miner import MinerReading
 from wattshift.simulators.site import SITE_FILE_FIRMWARE, MinerBatch, SimulatedSite
 
 pytestmark = [

@@ -8,9 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 from privileged_ports import needs_port_80
-
+from wattshift.model.specs import SPECS
 from wattshift.simulators.miner import Fault
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.vnish import VNishMiner, build_presets
 
 S21 = SPECS["Antminer S21"]

@@ -17,9 +17,8 @@ import pyasic
 import pytest
 from pyasic.errors import APIError
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
-
+from wattshift.model.specs import SPECS, MinerSpec
 from wattshift.simulators.miner import Fault
-from wattshift.simulators.physics import SPECS, MinerSpec
 from wattshift.simulators.whatsminer import WhatsminerMiner
 from wattshift.simulators.whatsminer_auth import MAX_LIVE_TOKENS, TOKEN_LIFETIME_S
 from wattshift.simulators.whatsminer_replies import Readings

@@ -13,9 +13,8 @@ import time
 from typing import Any
 
 import pytest
-
+from wattshift.model.specs import SPECS
 from wattshift.simulators.miner import Fault
-from wattshift.simulators.physics import SPECS
 from wattshift.simulators.whatsminer_v3 import (
     CODE_INVALID_COMMAND,
     CODE_PERMISSION_DENIED,

@@ -1,0 +1,144 @@
+"""Replay a trace through a policy and the sequencer on an in-process site model.
+
+The same code as the live loop decides: at each step the site is read into a
+:class:`SiteSnapshot`, ``policy.decide`` says where power should go, ``plan_transition`` says what
+may be sent now, and the model carries it out. Like the controller, a step whose plan deferred
+grants (sheds not yet confirmed) is read and planned again one tick later, up to a few times.
+
+Events in the trace are known one step ahead: the loop plans for the lower of this step's budget
+and the next's, the way a 4CP window is scheduled and a demand-response call comes with notice,
+so the site is already under a cut when it begins. Limit violations are judged on the *true*
+draw against the budget in force at that step, never on what the loop believed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from wattshift.daemon.config.site import SITE_CIRCUIT
+from wattshift.daemon.control.sequencer import plan_transition
+from wattshift.model.snapshot import Prices
+from wattshift.policies.base import Policy
+
+from .site import BacktestSite
+from .site_model import SiteModel, Totals
+from .trace import Trace
+
+MAX_ROUNDS = 4  # reads and plans per step: sheds confirmed, then the grants they made room for
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One step, for the plot: prices, the budget and the mean draw of each class."""
+
+    at: Any  # datetime
+    hashprice_usd_per_ph_day: float
+    power_usd_per_mwh: float
+    gpu_rate_usd_per_gpu_hour: float | None
+    budget_watts: float
+    miner_watts: float
+    gpu_watts: float
+
+
+@dataclass
+class BacktestResult:
+    site: str
+    policy: str
+    trace: str
+    steps: int
+    step_seconds: float
+    totals: Totals
+    wall_seconds: float
+    decide_calls: int
+    records: list[StepRecord] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # "time: circuit: ..." at every step over
+
+    def summary(self) -> dict[str, Any]:
+        t = self.totals
+        return {
+            "site": self.site,
+            "policy": self.policy,
+            "trace": self.trace,
+            "steps": self.steps,
+            "step_seconds": self.step_seconds,
+            "hours": round(t.seconds / 3600, 3),
+            "energy_mwh": round(t.energy_wh / 1e6, 4),
+            "miner_energy_mwh": round(t.miner_wh / 1e6, 4),
+            "gpu_energy_mwh": round(t.gpu_wh / 1e6, 4),
+            "mining_revenue_usd": round(t.mining_usd, 2),
+            "ai_revenue_usd": round(t.ai_usd, 2),
+            "revenue_usd": round(t.revenue_usd, 2),
+            "power_cost_usd": round(t.power_usd, 2),
+            "switching_cost_usd": round(t.switching_usd, 2),
+            "margin_usd": round(t.margin_usd, 2),
+            "miner_switches": t.miner_switches,
+            "gpu_starts": t.gpu_starts,
+            "job_interruptions": t.job_interruptions,
+            "limit_violations": len(self.violations),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "steps_per_second": round(self.steps / self.wall_seconds, 1) if self.wall_seconds else None,
+        }
+
+
+def true_limits(site: BacktestSite, budget_watts: float | None) -> dict[str, float]:
+    """The circuit limits in force: the site's own, lowered by a trace event (never raised)."""
+    limits = site.circuit_limits()
+    if budget_watts is not None:
+        limits[SITE_CIRCUIT] = min(limits[SITE_CIRCUIT], budget_watts)
+    return limits
+
+
+def run_backtest(site: BacktestSite, policy: Policy, trace: Trace, *, keep_records: bool = True) -> BacktestResult:
+    model = SiteModel(site)
+    totals = Totals()
+    records: list[StepRecord] = []
+    violations: list[str] = []
+    rows = trace.rows
+    start = rows[0].at
+    tick = site.tick_seconds
+    decides = 0
+    began = time.perf_counter()
+    for index, row in enumerate(rows):
+        seconds = trace.durations[index]
+        limits = true_limits(site, row.budget_watts)
+        upcoming = true_limits(site, rows[index + 1].budget_watts) if index + 1 < len(rows) else limits
+        planned_budget = min(limits[SITE_CIRCUIT], upcoming[SITE_CIRCUIT]) - site.reserve_watts
+        gpu_models = {g.gpu_model for g in site.gpu_nodes}
+        rate = row.gpu_rate_usd_per_gpu_hour
+        prices = Prices(row.hashprice_usd_per_ph_day, row.power_usd_per_mwh,
+                        gpu_rates_usd_per_gpu_hour={m: rate for m in gpu_models} if rate is not None else {})
+        model.set_gpu_work(row.gpu_demand, rate)
+        clock0 = (row.at - start).total_seconds()
+        step = Totals()
+
+        def advance(span: float, *, _limits: dict[str, float] = limits, _row: Any = row, _step: Totals = step) -> None:
+            _step.add(model.advance(span, hashprice=_row.hashprice_usd_per_ph_day,
+                                    power_price=_row.power_usd_per_mwh, limits=_limits))
+
+        elapsed = 0.0
+        for _ in range(MAX_ROUNDS):
+            snapshot = model.snapshot(at=row.at + timedelta(seconds=elapsed), clock=clock0 + elapsed,
+                                      budget_watts=max(0.0, planned_budget), prices=prices)
+            allocation = policy.decide(snapshot)
+            decides += 1
+            plan = plan_transition(snapshot, allocation)
+            model.apply(plan.now, clock0 + elapsed)
+            span = min(tick, seconds - elapsed)
+            if not plan.deferred or span <= 0:
+                break
+            advance(span)
+            elapsed += span
+        advance(seconds - elapsed)
+        violations.extend(f"{row.at.isoformat()}: {v}" for v in step.violations)
+        step.violations.clear()
+        totals.add(step)
+        if keep_records:
+            records.append(StepRecord(
+                row.at, row.hashprice_usd_per_ph_day, row.power_usd_per_mwh, rate,
+                limits[SITE_CIRCUIT], step.miner_wh * 3600 / seconds, step.gpu_wh * 3600 / seconds,
+            ))
+    return BacktestResult(site.name, policy.name, trace.name, len(rows), trace.step_seconds, totals,
+                          time.perf_counter() - began, decides, records, violations)

@@ -1,0 +1,310 @@
+"""A whole site as fast in-process state, for back-tests: no sockets, no clock, no threads.
+
+The protocol simulators answer over the wire and tick against a wall clock; replaying a month
+at 5-minute steps through them would take hours. This model keeps only what decides energy and
+money, with the same numbers as :mod:`wattshift.simulators.physics` and the policies:
+
+- a miner's draw follows its set point on a linear ramp (watts per second, as the miner
+  simulator does); asleep it draws its board's sleep watts at once; it hashes on the policies'
+  efficiency curve at its draw;
+- a GPU node draws its host's busy draw plus its cards at their cap while its job runs, and its
+  idle draw otherwise; a running job earns its $/GPU-hour times the share of full speed its cap
+  allows; a start costs ``restart_seconds`` of work at its rate, an interruption its checkpoint
+  time and penalty (``switching_usd``);
+- :meth:`SiteModel.advance` integrates energy, revenue and each circuit's highest draw over an
+  interval; :meth:`SiteModel.snapshot` shows the site as the control loop would read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from wattshift.daemon.control.sequencer import Step
+from wattshift.model.gpu import GpuLimits, GpuReading
+from wattshift.model.jobs import FlexTier, JobState
+from wattshift.model.limits import LimitTree
+from wattshift.model.miner import MinerCapability, MinerReading, PowerControl
+from wattshift.model.snapshot import (
+    EfficiencyCurve,
+    GpuJob,
+    GpuNodeState,
+    MinerState,
+    Prices,
+    SiteSnapshot,
+)
+from wattshift.policies.ladders import gpu_speed_share
+
+from .site import BacktestSite, GpuNodeCount, spec_for
+
+RAMP_WATTS_PER_S = 600.0  # the miner simulator's default ramp
+
+# Step actions by what they do to a load; the sequencer may name GPU actions its own way.
+_OFF = {"sleep", "suspend", "requeue", "stop"}
+_ON = {"wake", "resume", "start"}
+
+
+@dataclass(slots=True)
+class SimMiner:
+    device_id: str
+    circuit: str
+    model: str
+    curve: EfficiencyCurve
+    capability: MinerCapability
+    sleep_watts: float
+    target: float
+    sleeping: bool = False
+    draw: float = 0.0
+    state_since: float | None = None
+
+    def setpoint(self) -> float:
+        return self.sleep_watts if self.sleeping else self.target
+
+
+@dataclass(slots=True)
+class SimGpuNode:
+    device_id: str
+    circuit: str
+    kind: GpuNodeCount
+    cap: float
+    job: GpuJob | None = None
+    state_since: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.state is JobState.RUNNING
+
+    @property
+    def idle_watts(self) -> float:
+        k = self.kind
+        return k.host_idle_watts + k.gpus * k.gpu_idle_watts
+
+    def draw(self) -> float:
+        if not self.running:
+            return self.idle_watts
+        return self.kind.host_max_watts + self.kind.gpus * self.cap
+
+
+@dataclass(slots=True)
+class Totals:
+    """What an interval (or a whole run) added up to."""
+
+    seconds: float = 0.0
+    miner_wh: float = 0.0
+    gpu_wh: float = 0.0
+    mining_usd: float = 0.0
+    ai_usd: float = 0.0
+    power_usd: float = 0.0
+    switching_usd: float = 0.0
+    miner_switches: int = 0
+    gpu_starts: int = 0
+    job_interruptions: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def energy_wh(self) -> float:
+        return self.miner_wh + self.gpu_wh
+
+    @property
+    def revenue_usd(self) -> float:
+        return self.mining_usd + self.ai_usd
+
+    @property
+    def margin_usd(self) -> float:
+        return self.revenue_usd - self.power_usd - self.switching_usd
+
+    def add(self, other: Totals) -> None:
+        for name in ("seconds", "miner_wh", "gpu_wh", "mining_usd", "ai_usd", "power_usd", "switching_usd",
+                     "miner_switches", "gpu_starts", "job_interruptions"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.violations.extend(other.violations)
+
+
+class SiteModel:
+    """The true state of a back-tested site. Power in watts, time in seconds on a loop clock."""
+
+    def __init__(self, site: BacktestSite) -> None:
+        self.site = site
+        self.tree = LimitTree(site.circuit_limits(), site.circuit_parents())
+        self.miners: list[SimMiner] = []
+        for g, group in enumerate(site.miners):
+            kind = spec_for(group.model)
+            spec = kind.spec
+            cap = MinerCapability(PowerControl.WATTS, spec.min_watts, spec.max_watts)
+            for n in range(group.count):
+                # Every miner starts asleep (cold, as the demo does): a site powered up at
+                # nominal may already be over a circuit before the first decision.
+                self.miners.append(SimMiner(
+                    f"m{g}-{n}", group.circuit, spec.model, kind.curve, cap, spec.sleep_watts,
+                    target=spec.nominal_watts, sleeping=True, draw=spec.sleep_watts,
+                ))
+        self.gpu_nodes: list[SimGpuNode] = [
+            SimGpuNode(f"g{g}-{n}", group.circuit, group, cap=group.cap_max_w)
+            for g, group in enumerate(site.gpu_nodes)
+            for n in range(group.count)
+        ]
+        self._by_id: dict[str, SimMiner | SimGpuNode] = {d.device_id: d for d in (*self.miners, *self.gpu_nodes)}
+        self._jobs = 0
+        self.rate: float | None = None
+        self.switches = Totals()  # counts and switching costs since the last advance
+
+    # -- the outside world ----------------------------------------------------------------------
+
+    def set_gpu_work(self, demand: int, rate: float | None) -> None:
+        """``demand`` nodes have work (the first ones, in order); each job is worth ``rate``.
+
+        A node that loses its work has finished its job: not an interruption.
+        """
+        self.rate = rate
+        for index, node in enumerate(self.gpu_nodes):
+            if index < demand:
+                if node.job is None:
+                    self._jobs += 1
+                    k = node.kind
+                    node.job = GpuJob(f"job-{self._jobs}", f"job-{self._jobs}", JobState.PENDING, k.tier,
+                                      k.gpus, rate, switching=k.switching)
+                elif node.job.value_usd_per_gpu_hour != rate:
+                    node.job = _with(node.job, value_usd_per_gpu_hour=rate)
+            elif node.job is not None:
+                node.job = None
+
+    # -- what the loop reads --------------------------------------------------------------------
+
+    def snapshot(self, *, at: datetime, clock: float, budget_watts: float, prices: Prices) -> SiteSnapshot:
+        return SiteSnapshot(
+            at=at,
+            clock=clock,
+            budget_watts=budget_watts,
+            circuit_limits=self.tree.limits,
+            circuit_parents=self.tree.parents,
+            miners=tuple(self._miner_state(m) for m in self.miners),
+            prices=prices,
+            gpu_nodes=tuple(self._node_state(n) for n in self.gpu_nodes),
+        )
+
+    def _miner_state(self, m: SimMiner) -> MinerState:
+        mining = not m.sleeping
+        reading = MinerReading(m.device_id, m.model, "sim", m.draw, m.target,
+                               m.curve.ths_at(m.draw) if mining else 0.0, mining)
+        return MinerState(m.device_id, m.circuit, m.model, m.capability, m.curve, reading, None,
+                          m.capability.max_watts, state_since=m.state_since)
+
+    def _node_state(self, node: SimGpuNode) -> GpuNodeState:
+        k = node.kind
+        running = node.running
+        card = node.cap if running else k.gpu_idle_watts
+        limits = GpuLimits(k.cap_min_w, k.cap_max_w, k.cap_max_w)
+        readings = tuple(
+            GpuReading(f"{node.device_id}-gpu{i}", i, k.gpu_model, card, node.cap, node.cap, limits,
+                       None, 100.0 if running else 0.0, None)
+            for i in range(k.gpus)
+        )
+        return GpuNodeState(
+            device_id=node.device_id, circuit=node.circuit, gpu_model=k.gpu_model, gpu_count=k.gpus,
+            host_idle_watts=k.host_idle_watts, host_max_watts=k.host_max_watts,
+            gpu_idle_watts=k.gpu_idle_watts, cap_min_watts=k.cap_min_w, cap_max_watts=k.cap_max_w,
+            readings=readings, failure=None, job=node.job, state_since=node.state_since,
+        )
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def apply(self, steps: Iterable[Step], clock: float) -> None:
+        for step in steps:
+            device = self._by_id[step.device_id]
+            action = str(step.action.value)
+            if isinstance(device, SimMiner):
+                self._apply_miner(device, action, step.watts, clock)
+            else:
+                self._apply_gpu(device, action, step.watts, clock)
+
+    def _apply_miner(self, m: SimMiner, action: str, watts: float, clock: float) -> None:
+        cap = m.capability
+        if action in _OFF:
+            if not m.sleeping:
+                m.sleeping = True
+                m.draw = m.sleep_watts  # sleep cuts the hashboards at once
+                m.state_since = clock
+                self.switches.miner_switches += 1
+            return
+        m.target = min(max(watts, cap.min_watts), cap.max_watts)
+        if action in _ON and m.sleeping:
+            m.sleeping = False
+            m.state_since = clock
+            self.switches.miner_switches += 1
+
+    def _apply_gpu(self, node: SimGpuNode, action: str, watts: float, clock: float) -> None:
+        k = node.kind
+        job = node.job
+        if action in _OFF:
+            if job is not None and node.running:
+                rate = job.value_usd_per_hour or 0.0
+                self.switches.switching_usd += job.switching.penalty_usd + rate * job.switching.checkpoint_seconds / 3600
+                self.switches.job_interruptions += 1
+                back = JobState.SUSPENDED if job.tier is FlexTier.SUSPENDABLE else JobState.PENDING
+                node.job = _with(job, state=back)
+                node.state_since = clock
+            return
+        if watts > 0:
+            node.cap = min(max((watts - k.host_max_watts) / k.gpus, k.cap_min_w), k.cap_max_w)
+        if action in _ON and job is not None and not node.running:
+            node.job = _with(job, state=JobState.RUNNING)
+            node.state_since = clock
+            # The work lost while it comes up, at the full rate (as the merit order counts it).
+            self.switches.switching_usd += (job.value_usd_per_hour or 0.0) * job.switching.restart_seconds / 3600
+            self.switches.gpu_starts += 1
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def advance(self, seconds: float, *, hashprice: float, power_price: float, limits: Mapping[str, float]) -> Totals:
+        """Move ``seconds`` on: integrate energy and money, and check every circuit's peak."""
+        out, self.switches = self.switches, Totals()
+        out.seconds = seconds
+        peak = dict.fromkeys(self.tree.limits, 0.0)
+        paths = self.tree._paths
+        joules = gpu_joules = 0.0
+        ths_seconds = 0.0
+        for m in self.miners:
+            start = m.draw
+            target = m.setpoint()
+            need = abs(target - start) / RAMP_WATTS_PER_S
+            if need <= seconds:
+                end, reach = target, need
+            else:  # still ramping when the interval ends
+                step = RAMP_WATTS_PER_S * seconds
+                end, reach = (start + step if target > start else start - step), seconds
+            joules += reach * (start + end) / 2 + (seconds - reach) * end
+            if not m.sleeping:
+                ths_seconds += reach * m.curve.ths_at((start + end) / 2) + (seconds - reach) * m.curve.ths_at(end)
+            m.draw = end
+            high = max(start, end)
+            for node in paths[m.circuit]:
+                peak[node] += high
+        ai = 0.0
+        for n in self.gpu_nodes:
+            watts = n.draw()
+            gpu_joules += watts * seconds
+            for node in paths[n.circuit]:
+                peak[node] += watts
+            if n.running and n.job is not None:
+                rate = n.job.value_usd_per_hour or 0.0
+                ai += rate * gpu_speed_share(n.cap, n.kind.cap_max_w) * seconds / 3600
+        out.miner_wh = joules / 3600
+        out.gpu_wh = gpu_joules / 3600
+        out.mining_usd = hashprice * ths_seconds / 3600 / 1000 / 24
+        out.ai_usd = ai
+        out.power_usd = power_price * out.energy_wh / 1e6
+        out.violations = [str(v) for v in _over(peak, limits)]
+        return out
+
+
+def _over(peak: Mapping[str, float], limits: Mapping[str, float]) -> list[str]:
+    return [
+        f"{c}: {peak[c] / 1000:.2f} kW over its {limit / 1000:.2f} kW limit"
+        for c, limit in limits.items()
+        if peak[c] > limit + 1.0  # a watt of rounding is not a violation
+    ]
+
+
+def _with(job: GpuJob, **changes: object) -> GpuJob:
+    return replace(job, **changes)  # type: ignore[arg-type]

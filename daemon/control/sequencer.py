@@ -1,0 +1,115 @@
+"""Turn a wanted allocation into commands that keep every limit at every instant.
+
+The policy says where power should be; the sequencer decides what may be sent *now*
+(DESIGN.md invariants 1-3):
+
+- sheds (lower a limit, sleep) are always safe and go first;
+- grants (raise a limit, wake) go only while they fit under every circuit with every other load
+  counted at its worst case, and a shed load still counted at its old draw: its release is not
+  believed until telemetry shows it;
+- grants that do not fit yet are deferred; the controller confirms the sheds from readings and
+  plans again from a fresh snapshot.
+
+Pure: snapshot and allocation in, plan out.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from wattshift.model.limits import LimitTree
+from wattshift.model.snapshot import GpuNodeState, Load, SiteSnapshot
+from wattshift.policies.base import Allocation
+
+DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
+
+
+class Action(enum.StrEnum):
+    SET_LIMIT = "set_limit"
+    SLEEP = "sleep"
+    WAKE = "wake"  # set the limit first, then wake: it must not come up at an old, higher one
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    device_id: str
+    circuit: str
+    action: Action
+    watts: float  # the limit to hold (0 for sleep)
+    worst_before: float
+    worst_after: float
+    reason: str
+
+    @property
+    def is_shed(self) -> bool:
+        return self.worst_after < self.worst_before
+
+    def describe(self) -> str:
+        if self.action is Action.SLEEP:
+            return f"{self.device_id}: sleep"
+        verb = "wake at" if self.action is Action.WAKE else "limit"
+        return f"{self.device_id}: {verb} {self.watts:.0f} W"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    sheds: tuple[Step, ...]
+    grants: tuple[Step, ...]
+    deferred: tuple[Step, ...]
+
+    @property
+    def now(self) -> tuple[Step, ...]:
+        """What to send now, sheds first."""
+        return self.sheds + self.grants
+
+    @property
+    def empty(self) -> bool:
+        return not (self.sheds or self.grants or self.deferred)
+
+
+def plan_transition(
+    snapshot: SiteSnapshot, allocation: Allocation, *, deadband_watts: float = DEADBAND_WATTS
+) -> Plan:
+    tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
+    loads = tree.loads((d.circuit, d.worst_case_watts) for d in snapshot.loads)
+    sheds: list[Step] = []
+    grants: list[Step] = []
+    deferred: list[Step] = []
+    for target in allocation:  # merit order: the best use of freed power is granted first
+        load = snapshot.load(target.device_id)
+        if not load.controllable:
+            continue
+        step = _step_for(load, target.watts, target.reason, deadband_watts)
+        if step is None:
+            continue
+        if step.is_shed:
+            if isinstance(load, GpuNodeState) and load.firm:
+                continue  # firm load is never curtailed, whatever a policy asks
+            sheds.append(step)
+            continue
+        delta = step.worst_after - step.worst_before
+        if tree.headroom(step.circuit, loads) >= delta:
+            tree.add(step.circuit, delta, loads)
+            grants.append(step)
+        else:
+            deferred.append(step)
+    return Plan(tuple(sheds), tuple(grants), tuple(deferred))
+
+
+def _step_for(load: Load, watts: float, reason: str, deadband: float) -> Step | None:
+    before = load.worst_case_watts
+    limit = load.limit_watts
+    if watts <= 0:
+        if not load.is_on:
+            return None
+        return Step(load.device_id, load.circuit, Action.SLEEP, 0.0, before, load.idle_watts, reason)
+    if not load.is_on:
+        return Step(load.device_id, load.circuit, Action.WAKE, watts, before, max(watts, before), reason)
+    if limit is not None and abs(limit - watts) <= deadband:
+        return None
+    measured = load.measured_watts or 0.0
+    # Lowering a limit releases power only once the draw has come down; until then the load
+    # still counts at what it draws (worst_case_watts), which the next snapshot will show.
+    after = watts if watts < before else max(watts, measured)
+    return Step(load.device_id, load.circuit, Action.SET_LIMIT, watts, before, after, reason)

@@ -1,0 +1,134 @@
+"""Assemble a running daemon from a site file: drivers, feeds, policy, recorders, loop."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wattshift.daemon.config.policy_file import (
+    policy_for_site,
+    resolve,
+    site_policy_modules,
+)
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.control.controller import Controller
+from wattshift.daemon.control.gpu_fleet import GpuFleet
+from wattshift.daemon.control.recorder import FanOut, JournalRecorder, Recorder
+from wattshift.daemon.control.shadow import ShadowRecorder
+from wattshift.daemon.journal.entries import EntryKind
+from wattshift.daemon.journal.store import AsyncJournal, journal_path
+from wattshift.daemon.mqtt.metrics import MeterCollector
+from wattshift.drivers.catalog import gpu_drivers, job_runners
+from wattshift.drivers.jobs import JobRunner
+from wattshift.drivers.mqtt_meter import SiteMeter
+from wattshift.model.budget import BudgetSchedule
+
+from .feeds import make_price_feeds
+from .metrics import MetricsRecorder
+from .restore import STARTED, close_open_commands
+
+if TYPE_CHECKING:
+    from wattshift.drivers.pyasic_fleet import MinerFleet
+
+Clock = Callable[[], float]
+
+
+def make_gpu_fleet(site: SiteConfig, runner: JobRunner | None = None) -> GpuFleet | None:
+    """The site's GPU nodes, each read through its driver; ``runner`` stands in for the site
+    file's (the demo passes its simulated scheduler)."""
+    if not site.gpu_nodes:
+        return None
+    drivers = gpu_drivers()
+    timeout = site.drivers.call_timeout_seconds
+    node_drivers = {
+        n.name: drivers.get(n.driver)(n.selection(), call_timeout_seconds=timeout, name=n.name) for n in site.gpu_nodes
+    }
+    if runner is None and site.jobs.runner is not None:
+        runner = job_runners().get(site.jobs.runner.kind)(**site.jobs.runner_options())
+    return GpuFleet(site.gpu_nodes, node_drivers, runner, site.jobs, call_timeout_seconds=timeout * 2)
+
+
+def make_fleet(site: SiteConfig) -> MinerFleet:
+    # Imported here: pyasic is heavy and configures logging at import; `validate` needs neither.
+    from wattshift.drivers.pyasic_fleet import MinerFleet
+
+    return MinerFleet.from_site(site)
+
+
+@dataclass
+class Daemon:
+    site: SiteConfig
+    fleet: MinerFleet
+    gpus: GpuFleet | None
+    controller: Controller
+    metrics: MetricsRecorder
+    journal: AsyncJournal | None
+
+
+@contextlib.asynccontextmanager
+async def open_daemon(
+    site: SiteConfig,
+    *,
+    base_dir: Path,
+    dry_run: bool = False,
+    journal: bool = True,
+    serve_metrics: bool = False,
+    budget: BudgetSchedule | None = None,
+    clock: Clock = time.monotonic,
+    runner: JobRunner | None = None,
+) -> AsyncIterator[Daemon]:
+    """Everything the loop needs, opened in order and closed in reverse (journal last)."""
+    feeds = make_price_feeds(site.prices, base_dir, clock, site.credentials)
+    fleet = make_fleet(site)
+    gpus = make_gpu_fleet(site, runner)
+    # The meter arrives over MQTT: the bridge (wattshift run) feeds it.
+    meter = SiteMeter.from_config(site.mqtt.meter, clock) if site.mqtt is not None and site.mqtt.meter else None
+    metrics = MetricsRecorder()
+    if serve_metrics:
+        metrics.serve(site.metrics_listen)
+    opened: AsyncJournal | None = None
+    recorders: list[Recorder] = [metrics]
+    if journal:
+        opened = await AsyncJournal.open(journal_path(site.state_dir))
+        recorders.insert(0, JournalRecorder(opened))
+    if site.shadow_policy_file is not None:
+        shadow = resolve(site.shadow_policy_file, base_dir)
+        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened,
+                                                  modules=site_policy_modules(site)))
+    try:
+        controller = Controller(
+            site,
+            fleet,
+            policy_for_site(site, base_dir),
+            hashprice=feeds.hashprice,
+            power_price=feeds.power,
+            budget=budget or BudgetSchedule(site.budget_watts),
+            recorder=FanOut(*recorders),
+            dry_run=dry_run,
+            gpus=gpus,
+            gpu_rates=feeds.gpu_rates,
+            meter=meter,
+            clock=clock,
+        )
+        if meter is not None:
+            metrics.registry.register(MeterCollector(meter, lambda: controller.overhead.watts))
+        if opened is not None:
+            # Before this run's "started" row: what the last run left open is closed first.
+            await close_open_commands(opened, controller)
+            await opened.record(EntryKind.EVENT, f"{STARTED}{' (dry run)' if dry_run else ''}: site {site.name}",
+                                data={"budget_watts": site.budget_watts, "miners": len(controller.miner_ids)})
+        await fleet.discover()
+        if gpus is not None:
+            await gpus.start()
+        yield Daemon(site, fleet, gpus, controller, metrics, opened)
+    finally:
+        if gpus is not None:
+            await gpus.close()
+        await fleet.close()
+        if opened is not None:
+            await opened.record(EntryKind.EVENT, f"stopped: site {site.name}")
+            await opened.aclose()

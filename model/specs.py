@@ -1,0 +1,41 @@
+"""Nameplate figures of miner models: the spec table simulators and the back-test share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MinerSpec:
+    """One row of the model table: nominal point and the range the firmware accepts."""
+
+    model: str
+    nominal_watts: float
+    nominal_ths: float
+    min_watts: float
+    max_watts: float
+    sleep_watts: float = 12.0
+    curve_exponent: float = 2.0  # the `a` in H = H0 * (p/P0) ** (1/a)
+    hashboards: int = 3
+    fans: int = 4
+
+    def hashrate_at(self, watts: float) -> float:
+        """TH/s at a steady draw of `watts` (0 below the minimum: the chips stop)."""
+        if watts < self.min_watts * 0.5:
+            return 0.0
+        return self.nominal_ths * (watts / self.nominal_watts) ** (1.0 / self.curve_exponent)
+
+
+# Nominal points from DESIGN.md, section 4; ranges as the firmwares accept them.
+SPECS: dict[str, MinerSpec] = {
+    spec.model: spec
+    for spec in (
+        MinerSpec("Antminer S19 Pro", 3250, 110, 1500, 3600),
+        MinerSpec("Antminer S19 XP", 3010, 140, 1500, 3600),
+        MinerSpec("Antminer S21", 3500, 200, 1800, 4000),
+        MinerSpec("Antminer S21 Pro", 3510, 234, 1800, 4000),
+        MinerSpec("Whatsminer M30S+", 3400, 100, 1700, 3400),
+        MinerSpec("Whatsminer M50S", 3276, 126, 1800, 3700),
+        MinerSpec("Whatsminer M60S", 3422, 186, 1800, 3900),
+    )
+}
