@@ -65,21 +65,21 @@ def main() -> None:
               f"solve {best.solve_seconds:6.2f} s (total {total:.2f} s); {args.policy} reaches {ratio:.2%}")
 
 
-def policy_share(site, policy, trace: Trace) -> float:  # noqa: ANN001 - a benchmark helper
+def policy_share(site, policy, trace: Trace) -> float:
     """Seconds per decide + plan, timed on the snapshots a one-day back-test sees."""
-    from wattshift.daemon.backtest import replay as engine  # noqa: PLC0415
+    from wattshift.daemon.backtest import replay as engine
 
     timings: list[float] = []
     original_decide = policy.decide
     original_plan = engine.plan_transition
 
-    def timed_decide(snapshot):  # noqa: ANN001, ANN202
+    def timed_decide(snapshot):
         t0 = time.perf_counter()
         out = original_decide(snapshot)
         timings.append(time.perf_counter() - t0)
         return out
 
-    def timed_plan(snapshot, allocation):  # noqa: ANN001, ANN202
+    def timed_plan(snapshot, allocation):
         t0 = time.perf_counter()
         out = original_plan(snapshot, allocation)
         timings[-1] += time.perf_counter() - t0

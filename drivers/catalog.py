@@ -19,7 +19,7 @@ from wattshift.model.registry import Registry
 def gpu_drivers() -> Registry[GpuDriverFactory]:
     """GPU driver kinds by the name the site file uses (``driver: nvml``)."""
     registry: Registry[GpuDriverFactory] = Registry("GPU driver")
-    from .nvml_gpu import NvmlGpus  # noqa: PLC0415 - the binding is imported only when used
+    from .nvml_gpu import NvmlGpus
 
     registry.register("nvml")(NvmlGpus)
     return registry
@@ -27,8 +27,8 @@ def gpu_drivers() -> Registry[GpuDriverFactory]:
 
 def job_runners() -> Registry[JobRunnerFactory]:
     """Runner kinds by the name the site file uses (``runner: slurm``)."""
-    from .command_runner import CommandRunner  # noqa: PLC0415
-    from .slurm_runner import SlurmRunner  # noqa: PLC0415
+    from .command_runner import CommandRunner
+    from .slurm_runner import SlurmRunner
 
     registry: Registry[JobRunnerFactory] = Registry("job runner")
     registry.register("slurm")(SlurmRunner)

@@ -34,6 +34,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from wattshift.model.jobs import JobState
 
 from .jobs import ActionTimes, JobError, JobSpec, JobStatus
@@ -81,7 +82,7 @@ class CommandRunner:
         commands: CommandActions | Mapping[str, str],
         *,
         timeout_seconds: float = 10.0,
-        times: ActionTimes = ActionTimes(),  # noqa: B008 - frozen, so sharing it is safe
+        times: ActionTimes = ActionTimes(),
         name: str = "command",
     ) -> None:
         options = CommandRunnerOptions.model_validate({"commands": commands, "timeout_seconds": timeout_seconds})
@@ -92,7 +93,7 @@ class CommandRunner:
         self._specs: dict[str, JobSpec] = {}  # what we submitted, for names in status and env
 
     @classmethod
-    def from_options(cls, options: CommandRunnerOptions, *, times: ActionTimes = ActionTimes()) -> CommandRunner:  # noqa: B008
+    def from_options(cls, options: CommandRunnerOptions, *, times: ActionTimes = ActionTimes()) -> CommandRunner:
         return cls(options.commands, timeout_seconds=options.timeout_seconds, times=times)
 
     async def submit(self, spec: JobSpec) -> str:

@@ -6,7 +6,7 @@ NVML implementation lives in :mod:`wattshift.drivers.nvml_gpu`, the simulated li
 in :mod:`wattshift.simulators.nvml_lib`.
 
 Errors surface as :class:`~wattshift.drivers.base.DeviceError` with a
-:class:`~wattshift.drivers.base.Failure` kind, as for miners; a lost GPU is reported as
+:class:`~wattshift.model.miner.Failure` kind, as for miners; a lost GPU is reported as
 ``Failure.NO_ANSWER`` and the loop counts it at its maximum until it is read again.
 """
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+
 from wattshift.model.registry import Registry
 
 from .price_checks import CheckedFeed, SanityLimits

@@ -2,7 +2,7 @@
 
 Someone else publishes the meter: a Tasmota/Shelly plug, a Modbus gateway, the utility's
 interface. :class:`SiteMeter` takes each message on the configured topic
-(:class:`wattshift.daemon.mqtt_bridge.MqttBridge` subscribes and feeds it), pulls the configured
+(:class:`wattshift.daemon.mqtt.bridge.MqttBridge` subscribes and feeds it), pulls the configured
 JSON field out of it, converts to watts, and keeps the latest good reading with the time it
 arrived. A bad message is counted and ignored: it never replaces a good reading, and the meter
 goes stale on its own if nothing good arrives.
@@ -71,7 +71,7 @@ class SiteMeter:
 
     @classmethod
     def from_config(cls, config: Any, clock: Callable[[], float] = time.monotonic) -> SiteMeter:
-        """From :class:`wattshift.daemon.mqtt_config.MeterConfig`."""
+        """From :class:`wattshift.daemon.config.mqtt.MeterConfig`."""
         return cls(config.topic, config.field, config.units, stale_after_seconds=config.stale_after_seconds,
                    clock=clock)
 

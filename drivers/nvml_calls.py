@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pynvml
+
 from wattshift.model.gpu import GpuLimits
 
 from .nvml_failures import Remedy, remedy_for

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 
 import pynvml
+
 from wattshift.model.miner import Failure
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pynvml
+
 from wattshift.model.gpu import GpuLimits, GpuReading
 from wattshift.model.miner import Failure
 

@@ -64,7 +64,7 @@ class _Thread:
             error: BaseException | None = None
             try:
                 result = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            except BaseException as exc:
                 error = exc
             try:
                 loop.call_soon_threadsafe(_settle, future, result, error)

@@ -136,7 +136,7 @@ class SlurmRunner:
         slurm_conf: Path | None = None,
         partition: str | None = None,
         timeout_seconds: float = 10.0,
-        times: ActionTimes = ActionTimes(),  # noqa: B008 - frozen, so sharing it is safe
+        times: ActionTimes = ActionTimes(),
         gres_gpus: bool = True,
         hold_requeued: bool = True,
         output: str | None = None,

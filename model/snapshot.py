@@ -1,6 +1,6 @@
 """The site as the control loop sees it at one instant: immutable, built once per tick.
 
-Drivers produce readings; :func:`wattshift.daemon.observe.build_snapshot` turns them into a
+Drivers produce readings; :func:`wattshift.daemon.control.observe.build_snapshot` turns them into a
 :class:`SiteSnapshot`; policies read it and nothing else. Every power here is in watts.
 """
 
@@ -36,7 +36,7 @@ class EfficiencyCurve:
     def ths_at(self, watts: float) -> float:
         if watts <= 0:
             return 0.0
-        return self.nominal_ths * (watts / self.nominal_watts) ** (1.0 / self.exponent)
+        return self.nominal_ths * float((watts / self.nominal_watts) ** (1.0 / self.exponent))
 
     @property
     def joules_per_th(self) -> float:

@@ -23,7 +23,7 @@ class MinerSpec:
         """TH/s at a steady draw of `watts` (0 below the minimum: the chips stop)."""
         if watts < self.min_watts * 0.5:
             return 0.0
-        return self.nominal_ths * (watts / self.nominal_watts) ** (1.0 / self.curve_exponent)
+        return self.nominal_ths * float((watts / self.nominal_watts) ** (1.0 / self.curve_exponent))
 
 
 # Nominal points from DESIGN.md, section 4; ranges as the firmwares accept them.

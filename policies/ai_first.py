@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from wattshift.model.jobs import FlexTier
 from wattshift.model.snapshot import GpuNodeState, SiteSnapshot
 

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
+
 from wattshift.model.snapshot import SiteSnapshot
 
 M = TypeVar("M", bound=BaseModel)
@@ -91,7 +92,8 @@ class Policy(Protocol):
     - say why: ``reason`` is what an operator reads (``S21 10.0.0.7 -> 2800 W: ...``).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: a plain attribute or a property both satisfy it
 
     def decide(self, snapshot: SiteSnapshot) -> Allocation: ...
 

@@ -139,7 +139,7 @@ def _as_factory(obj: object, ref: str) -> PolicyFactory:
     if isinstance(obj, type) and callable(from_options):
         return from_options  # type: ignore[no-any-return]
     if callable(obj):
-        return obj  # type: ignore[return-value]
+        return obj
     raise PolicyLoadError(f"policy {ref!r}: {type(obj).__name__} is neither a factory nor a class")
 
 

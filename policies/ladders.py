@@ -50,7 +50,7 @@ class Ladder:
 
 def gpu_speed_share(cap_watts: float, cap_max_watts: float) -> float:
     """Share of full speed a GPU keeps at a power cap."""
-    return max(0.0, min(1.0, cap_watts / cap_max_watts)) ** (1 / GPU_CAP_EXPONENT)
+    return float(max(0.0, min(1.0, cap_watts / cap_max_watts)) ** (1 / GPU_CAP_EXPONENT))
 
 
 def revenue_usd_per_hour(load: Load, watts: float, hashprice_usd_per_ph_day: float) -> float:

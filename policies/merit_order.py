@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from wattshift.model.limits import LimitTree
 from wattshift.model.snapshot import GpuNodeState, Load, SiteSnapshot
 

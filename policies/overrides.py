@@ -95,7 +95,7 @@ class OverridePolicy:
         self.overrides = overrides
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.inner.name
 
     def decide(self, snapshot: SiteSnapshot) -> Allocation:
@@ -123,7 +123,7 @@ class OverridePolicy:
 
 class InnerPolicy:
     """A controller seen through its :class:`OverridePolicy`: ``policy`` reads and replaces
-    the wrapped policy, so a policy reload (``wattshift.daemon.policy_reload.PolicyReloader``)
+    the wrapped policy, so a policy reload (``wattshift.daemon.runtime.policy_reload.PolicyReloader``)
     swaps what decides without dropping the operator's overrides."""
 
     def __init__(self, controller: Any) -> None:
@@ -133,7 +133,8 @@ class InnerPolicy:
 
     @property
     def policy(self) -> Policy:
-        return self._controller.policy.inner
+        inner: Policy = self._controller.policy.inner
+        return inner
 
     @policy.setter
     def policy(self, policy: Policy) -> None:

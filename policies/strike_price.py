@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from wattshift.model.jobs import JobState
 from wattshift.model.snapshot import GpuNodeState, MinerState, SiteSnapshot
 

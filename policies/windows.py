@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, PrivateAttr, field_validator, model_validator
+
 from wattshift.model.fields import Name, Strict
 from wattshift.model.snapshot import SiteSnapshot
 
@@ -104,7 +105,7 @@ def active_windows(windows: Sequence[Window], at: datetime) -> list[Window]:
 class WindowedPolicy:
     """Any policy, with its budget lowered and its options changed while windows are open.
 
-    ``factory`` builds the bare policy from options (``wattshift.policies.base.build_policy``
+    ``factory`` builds the bare policy from options (``wattshift.policies.catalog.build_policy``
     bound to a name): one instance per set of options, built once and reused, so a window's
     options are checked when the file is loaded, not when the window first opens.
     """

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpclib.const
 import grpclib.server
@@ -107,9 +107,9 @@ class _Guarded:
 
     def _guard(self, path: str, handler: grpclib.const.Handler) -> grpclib.const.Handler:
         name = path.rsplit("/", 1)[-1]
-        serve: Callable[[grpclib.server.Stream], object] = handler.func
+        serve: Callable[[grpclib.server.Stream[Any, Any]], object] = handler.func
 
-        async def guarded(stream: grpclib.server.Stream) -> None:
+        async def guarded(stream: grpclib.server.Stream[Any, Any]) -> None:
             self._miner.record(name)
             if path not in PUBLIC_PATHS:
                 self._sessions.authorize(stream.metadata)
@@ -139,7 +139,7 @@ class Authentication(_Bound, bos.AuthenticationServiceBase):
         mapping[LOGIN_PATH] = mapping[LOGIN_PATH]._replace(func=self._login)
         return mapping
 
-    async def _login(self, stream: grpclib.server.Stream) -> None:
+    async def _login(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await stream.recv_message()
         assert request is not None
         token = self.sessions.login(request.username, request.password)

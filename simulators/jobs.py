@@ -103,7 +103,7 @@ class SimulatedJobRunner:
         nodes: Mapping[str, int],
         *,
         clock: Clock = time.monotonic,
-        times: ActionTimes = ActionTimes(),  # noqa: B008 - frozen, so sharing it is safe
+        times: ActionTimes = ActionTimes(),
         timeout_seconds: float = 10.0,
         script: Iterable[ScriptedJob] = (),
         on_change: Callable[[SimulatedJob], None] | None = None,

@@ -337,7 +337,7 @@ class SimulatedNvmlLib:
                 pynvml.nvmlLib = self
             else:
                 pynvml.nvmlLib = None
-                pynvml.CDLL = _no_library  # type: ignore[misc,assignment]
+                pynvml.CDLL = _no_library
         try:
             yield self
         finally:

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 from wattshift.simulators.broker import PrivateBroker as Broker
 from wattshift.simulators.broker import TlsFiles, free_port
 

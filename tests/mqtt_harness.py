@@ -13,6 +13,7 @@ from typing import Any
 import aiomqtt
 from mosquitto import Broker
 from simsite import running_site
+
 from wattshift.daemon.config.mqtt import Login, MqttConfig
 from wattshift.daemon.control.recorder import FanOut
 from wattshift.daemon.mqtt.bridge import MqttBridge

@@ -1,3 +1,4 @@
 def test_pyasic_imports_cleanly():
-    import pyasic  # noqa: F401
-    from wattshift.simulators import physics  # noqa: F401
+    import pyasic
+
+    from wattshift.simulators import physics

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import highspy
 import numpy as np
-from wattshift.daemon.config.site import SITE_CIRCUIT
+
+from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.policies.ladders import GPU_CAP_EXPONENT
 
 from .replay import true_limits
@@ -174,27 +175,27 @@ def solve_optimum(site: BacktestSite, trace: Trace, *, integer: bool = False, ti
         miner_cols.append((k, P, idle, float(n)))
 
     first = 0
-    for group in site.gpu_nodes:
-        n, G = group.count, group.gpus
-        idle = group.host_idle_watts + G * group.gpu_idle_watts
-        host = group.host_max_watts
-        qmin, qmax = host + G * group.cap_min_w, host + G * group.cap_max_w
+    for nodes in site.gpu_nodes:
+        n, G = nodes.count, nodes.gpus
+        idle = nodes.host_idle_watts + G * nodes.gpu_idle_watts
+        host = nodes.host_max_watts
+        qmin, qmax = host + G * nodes.cap_min_w, host + G * nodes.cap_max_w
         avail = np.clip(demand - first, 0, n).astype(float)
         first += n
         usd_per_node_hour = rate * G
-        firm = group.tier.value == "firm"
+        firm = nodes.tier.value == "firm"
         r = m.cols(lower=avail if firm else 0.0, upper=avail, cost=price * hours * idle / 1e6, integer=True)
         Q = m.cols(upper=n * qmax, cost=-price * hours / 1e6)
         V = m.cols(cost=usd_per_node_hour * hours)
-        restart = usd_per_node_hour * group.restart_seconds / 3600
-        interrupt = group.penalty_usd + usd_per_node_hour * group.checkpoint_seconds / 3600
+        restart = usd_per_node_hour * nodes.restart_seconds / 3600
+        interrupt = nodes.penalty_usd + usd_per_node_hour * nodes.checkpoint_seconds / 3600
         s = m.cols(cost=-restart)
         u = m.cols(cost=-interrupt)
         m.rows([(Q, 1.0), (r, -(qmax if firm else qmin))], lower=0.0)
         m.rows([(Q, 1.0), (r, -qmax)], upper=0.0)
         m.rows([(V, 1.0), (r, -1.0)], upper=0.0)
         for q in np.linspace(qmin, qmax, TANGENTS):
-            phi = ((q - host) / (G * group.cap_max_w)) ** (1 / GPU_CAP_EXPONENT)
+            phi = ((q - host) / (G * nodes.cap_max_w)) ** (1 / GPU_CAP_EXPONENT)
             slope = phi / (GPU_CAP_EXPONENT * (q - host))
             m.rows([(V, 1.0), (r, -(phi - slope * q)), (Q, -slope)], upper=0.0)
         before = np.concatenate([[-1], r[:-1]])
@@ -220,7 +221,7 @@ def solve_optimum(site: BacktestSite, trace: Trace, *, integer: bool = False, ti
         if draws[circuit]:
             m.rows(draws[circuit], upper=headroom)
 
-    h = highspy.Highs()
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.passModel(m.lp(integer))
@@ -253,7 +254,8 @@ def _paths(site: BacktestSite) -> dict[str, list[str]]:
     parents = site.circuit_parents()
     paths: dict[str, list[str]] = {}
     for circuit in parents:
-        path, node = [], circuit
+        path: list[str] = []
+        node: str | None = circuit
         while node is not None:
             path.append(node)
             node = parents[node]

@@ -16,10 +16,10 @@ from .site import BacktestSite, spec_for
 
 def plot_backtest(result: BacktestResult, site: BacktestSite, path: Path,
                   optimum_watts: Sequence[float] | None = None) -> None:
-    import matplotlib  # noqa: PLC0415 - only the plot needs it, and only when asked
+    import matplotlib
 
     matplotlib.use("Agg")  # files only: a site controller has no display
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     records = result.records
     times = [r.at for r in records]

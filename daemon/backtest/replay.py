@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from wattshift.daemon.config.site import SITE_CIRCUIT
 from wattshift.daemon.control.sequencer import plan_transition
+from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.model.snapshot import Prices
 from wattshift.policies.base import Policy
 

@@ -13,17 +13,12 @@ from typing import Any
 
 import yaml
 from pydantic import Field, model_validator
+
 from wattshift.daemon.config.gpu import GpuHost
-from wattshift.daemon.config.site import (
-    SITE_CIRCUIT,
-    Name,
-    SiteConfig,
-    SiteLimits,
-    Strict,
-    load_site,
-)
+from wattshift.daemon.config.site import SiteConfig, SiteLimits, load_site
 from wattshift.daemon.config.yamlfile import FileInvalid, Problem, load_model
 from wattshift.model.efficiency import CURVES, normalise_model
+from wattshift.model.fields import SITE_CIRCUIT, Name, Strict
 from wattshift.model.jobs import FlexTier, SwitchingCost
 from wattshift.model.snapshot import EfficiencyCurve
 from wattshift.model.specs import SPECS, MinerSpec
@@ -73,9 +68,10 @@ class BacktestSite(SiteLimits):
 
     @model_validator(mode="after")
     def _placed(self) -> BacktestSite:
-        for kind, groups in (("miners", self.miners), ("gpu_nodes", self.gpu_nodes)):
-            for index, group in enumerate(groups):
-                self.on_a_circuit(f"{kind}[{index}]", group.circuit)
+        circuits = {"miners": [g.circuit for g in self.miners], "gpu_nodes": [g.circuit for g in self.gpu_nodes]}
+        for kind, names in circuits.items():
+            for index, circuit in enumerate(names):
+                self.on_a_circuit(f"{kind}[{index}]", circuit)
         return self
 
 

@@ -144,7 +144,8 @@ class SiteModel:
             for g, group in enumerate(site.gpu_nodes)
             for n in range(group.count)
         ]
-        self._by_id: dict[str, SimMiner | SimGpuNode] = {d.device_id: d for d in (*self.miners, *self.gpu_nodes)}
+        devices: list[SimMiner | SimGpuNode] = [*self.miners, *self.gpu_nodes]
+        self._by_id = {d.device_id: d for d in devices}
         self._jobs = 0
         self.rate: float | None = None
         self.switches = Totals()  # counts and switching costs since the last advance

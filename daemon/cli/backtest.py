@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"hindsight optimum: {err}", file=sys.stderr)
     report = build_report(result, optimum)
     if args.plot:
-        from wattshift.daemon.backtest.plot import plot_backtest  # noqa: PLC0415 - matplotlib only when asked
+        from wattshift.daemon.backtest.plot import plot_backtest
 
         total = [m + g for m, g in zip(optimum.miner_watts, optimum.gpu_watts, strict=True)] if optimum else None
         plot_backtest(result, site, args.plot, total)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from wattshift.daemon.config.price import FixedPrice, TracePrice
-from wattshift.daemon.config.site import SITE_CIRCUIT, SiteConfig
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.model.snapshot import MinerState, SiteSnapshot
 from wattshift.policies.base import Allocation
 from wattshift.policies.ladders import FIRM_VALUE_USD_PER_MWH

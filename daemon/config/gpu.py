@@ -12,6 +12,7 @@ import fnmatch
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+
 from wattshift.model.fields import SITE_CIRCUIT, Name, Strict
 from wattshift.model.jobs import FlexTier, SwitchingCost
 

@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from wattshift.model.fields import Strict
 
 # A topic we publish to or subscribe to literally: MQTT wildcards would make a publish fail

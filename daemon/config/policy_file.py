@@ -14,7 +14,7 @@ Loading validates the shape with pydantic (every error with file, line and key, 
 :mod:`wattshift.daemon.config.yamlfile`), then builds the policy once with its options and once per
 window with the window's options, so a plug-in that refuses an option is caught here, named at
 the line of that option. Nothing is half-applied: a file either gives a policy or raises
-:class:`~wattshift.daemon.yamlfile.FileInvalid`.
+:class:`~wattshift.daemon.config.yamlfile.FileInvalid`.
 
 Reading is guarded (:func:`read_policy_text`): only a regular file of at most
 :data:`MAX_POLICY_BYTES` of UTF-8 is read. A name that arrives from outside (the MQTT ``policy``
@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from wattshift.policies.base import Policy, PolicyLoadError, carried
 from wattshift.policies.catalog import make_policy, policy_factory, policy_from
 from wattshift.policies.windows import Window, WindowedPolicy

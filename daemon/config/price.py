@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from wattshift.drivers.power_prices import (
     TouPeriod,
     TouSchedule,

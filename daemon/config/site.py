@@ -23,6 +23,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
 from wattshift.model.fields import SITE_CIRCUIT, Kilowatts, Name, Strict, one_or_many
 from wattshift.policies.catalog import module_name
 

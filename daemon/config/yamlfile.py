@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import yaml
 import yaml.reader
@@ -30,7 +30,9 @@ from yaml.resolver import Resolver
 try:  # libyaml scans and parses ~5x faster; the composing and its limits below stay in Python
     from yaml._yaml import CParser as _Parser
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    from yaml.loader import Parser, Reader, Scanner
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
 
     class _Parser(Reader, Scanner, Parser):  # type: ignore[no-redef]
         def __init__(self, stream: str) -> None:
@@ -163,9 +165,9 @@ def parse_document(text: str, file: str) -> Document:
                                    f"{err.reason}")]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
+        at = mark.line + 1 if mark is not None else None
         reason = getattr(err, "problem", None) or str(err)
-        raise FileInvalid([Problem(file, line, "", f"not valid YAML: {reason}")]) from None
+        raise FileInvalid([Problem(file, at, "", f"not valid YAML: {reason}")]) from None
     finally:
         loader.dispose()
     return Document(file, data, lines)
@@ -286,6 +288,10 @@ class _LimitedComposer(Composer):
     """PyYAML's composer, refusing deep nesting and many aliases as it goes, and noting each
     node as it is finished (children before parents) for :func:`_check_expansion`."""
 
+    # Supplied by the parser this composer is mixed with (see _Loader).
+    check_event: Callable[..., bool]
+    peek_event: Callable[[], Any]
+
     def __init__(self) -> None:
         super().__init__()
         self.depth = 0
@@ -297,12 +303,12 @@ class _LimitedComposer(Composer):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
                 raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
+            return cast(yaml.Node, super().compose_node(parent, index))
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
         try:
-            node: yaml.Node = super().compose_node(parent, index)
+            node = cast(yaml.Node, super().compose_node(parent, index))
         finally:
             self.depth -= 1
         if not isinstance(node, yaml.ScalarNode):  # a scalar counts 1 and nests nothing
@@ -325,13 +331,14 @@ class _Constructor(SafeConstructor):
         if digits > MAX_INT_DIGITS:
             raise ConstructorError(None, None, f"an integer of {digits} digits (at most {MAX_INT_DIGITS})",
                                    node.start_mark)
-        return super().construct_yaml_int(node)  # type: ignore[no-any-return]
+        return super().construct_yaml_int(node)
 
 
-_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
+# The stubs type add_constructor for loaders only; a constructor class is what PyYAML takes.
+_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)  # type: ignore[type-var]
 
 
-class _Loader(_LimitedComposer, _Parser, _Constructor, Resolver):  # type: ignore[misc]
+class _Loader(_LimitedComposer, _Parser, _Constructor, Resolver):
     def __init__(self, stream: str) -> None:
         _Parser.__init__(self, stream)
         _LimitedComposer.__init__(self)

@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from wattshift.daemon.config.gpu import GpuNodeConfig
-from wattshift.daemon.config.site import SITE_CIRCUIT, SiteConfig
+from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.base import DeviceError, MinerDriver
 from wattshift.drivers.mqtt_meter import SiteMeter
 from wattshift.drivers.prices import PriceError, PriceFeed
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
+from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.model.miner import Failure, MinerCapability, MinerReading
 from wattshift.model.snapshot import GpuNodeState, Load, Prices, SiteSnapshot
 from wattshift.policies.base import Allocation, Policy

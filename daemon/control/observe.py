@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from wattshift.daemon.config.gpu import GpuNodeConfig, JobsConfig
-from wattshift.daemon.config.site import SITE_CIRCUIT, MinerGroup, SiteConfig
+from wattshift.daemon.config.site import MinerGroup, SiteConfig
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.jobs import JobStatus
 from wattshift.model.efficiency import curve_for
+from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.model.gpu import GpuLimits
 from wattshift.model.jobs import FlexTier
 from wattshift.model.miner import (

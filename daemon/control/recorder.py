@@ -5,7 +5,7 @@ decided, sent and saw; the journal, the metrics (and later MQTT) each implement 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wattshift.daemon.journal.entries import EntryKind, NewEntry
 from wattshift.daemon.journal.store import AsyncJournal
@@ -103,13 +103,13 @@ class JournalRecorder:
         for target in allocation:
             load = snapshot.load(target.device_id)
             if target.device_id in moves or not load.controllable:
-                data = {"target_watts": target.watts}
+                entry: dict[str, Any] = {"target_watts": target.watts}
                 if isinstance(load, MinerState):
                     # How it is driven, and whether the firmware said so or a table guessed.
                     capability = load.capability
-                    data.update(control=capability.control.value, min_watts=capability.min_watts,
-                                max_watts=capability.max_watts, capability_source=capability.source.value)
-                entries.append(NewEntry(EntryKind.DECISION, target.reason, target.device_id, data))
+                    entry.update(control=capability.control.value, min_watts=capability.min_watts,
+                                 max_watts=capability.max_watts, capability_source=capability.source.value)
+                entries.append(NewEntry(EntryKind.DECISION, target.reason, target.device_id, entry))
         await self.journal.record_many(entries)
 
     async def commands(self, steps: Sequence[Step]) -> None:

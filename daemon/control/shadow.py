@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
+
 from wattshift.daemon.config.policy_file import load_policy_file
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.journal.store import AsyncJournal

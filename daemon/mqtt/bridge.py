@@ -1,6 +1,6 @@
 """The daemon on MQTT: state out, commands in, one connection, never in the loop's way.
 
-:class:`MqttBridge` is a :class:`~wattshift.daemon.recorder.Recorder`. Its recorder methods only
+:class:`MqttBridge` is a :class:`~wattshift.daemon.control.recorder.Recorder`. Its recorder methods only
 store the latest report or append to a bounded queue and return: the control loop never waits
 for the broker. A background task owns the connection (aiomqtt): it connects with a last will
 (``<prefix>/availability`` = ``offline``, retained), says ``online``, subscribes to the command
@@ -9,7 +9,7 @@ topic (and the site meter's), and publishes:
 - state (site, circuits, classes, devices) as retained JSON, each topic at most once per
   ``publish_min_interval_seconds`` and only when it changed; the latest value always goes out;
 - decisions and events, not retained, in order, from a queue that drops the oldest when full
-  (what goes out when is :class:`~wattshift.daemon.mqtt_outbox.Outbox`'s job).
+  (what goes out when is :class:`~wattshift.daemon.mqtt.outbox.Outbox`'s job).
 
 When the broker goes away the task reconnects with exponential backoff (with jitter); after a
 reconnect every state topic is published again. Commands are validated
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
 from wattshift.daemon.config.mqtt import Login, MqttConfig
 from wattshift.daemon.control.sequencer import Plan, Step
 from wattshift.drivers.mqtt_meter import SiteMeter
@@ -350,7 +351,7 @@ class MqttBridge:
             body["data"] = data
         properties = None
         if reply.correlation is not None:
-            properties = Properties(PacketTypes.PUBLISH)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = reply.correlation
         self._enqueue(reply.topic, _json(body), properties)
 

@@ -32,6 +32,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
 from wattshift.daemon.config.mqtt import check_topic
 from wattshift.daemon.journal.entries import looks_secret
 
@@ -188,7 +189,7 @@ def parse_command(payload: bytes) -> Any:
     """A validated command model, or a :class:`Rejection` (never raises, whatever the bytes)."""
     try:
         result = _parse(payload)
-    except Exception as err:  # noqa: BLE001 -- the bounds make this unreachable; it stays the last word
+    except Exception as err:
         result = Rejection(f"could not be read ({type(err).__name__})", "payload", None)
     return result.redacted() if isinstance(result, Rejection) else result
 

@@ -2,7 +2,7 @@
 
 Each command is checked against the live site (is the device there, is the limit below the
 contract, is the window still ahead) before anything changes; a refusal changes nothing. The
-caller (:class:`wattshift.daemon.mqtt_bridge.MqttBridge`) replies and journals the outcome.
+caller (:class:`wattshift.daemon.mqtt.bridge.MqttBridge`) replies and journals the outcome.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class CommandHandler:
 
     def _force(self, command: ForceCommand) -> Outcome:
         overrides = self.overrides
-        if overrides is None or getattr(self.controller.policy, "overrides", None) is not overrides:
+        if getattr(self.controller.policy, "overrides", None) is not overrides or overrides is None:
             return Outcome.refuse("forcing devices is not available (no override policy installed)",
                                   "state", command.state)
         now = self._wall()
@@ -143,6 +143,7 @@ class CommandHandler:
             overrides.set_device(command.device, override)
             target = f"device {command.device}"
         else:
+            assert command.device_class is not None  # the parser let through exactly one of the two
             device_class = DeviceClass(command.device_class)
             if device_class not in known.values():
                 return Outcome.refuse("no device of this class on this site", "class", command.device_class)
@@ -172,7 +173,7 @@ class CommandHandler:
         try:
             result = self.policy_switcher(Path(command.path))
             described = await result if inspect.isawaitable(result) else result
-        except Exception as err:  # noqa: BLE001 -- whatever the switcher raised, the command is refused
+        except Exception as err:
             log.warning("mqtt: policy %s refused: %s", command.path, err)
             return Outcome.refuse(f"refused ({type(err).__name__}); the daemon's log says why", "path", command.path)
         # PolicyReloader.switch_policy answers with a result rather than raising.

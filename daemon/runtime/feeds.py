@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 
 import httpx
 from pydantic import SecretStr
+
 from wattshift.daemon.config.price import (
     FixedPrice,
     GpuRateSource,

@@ -20,6 +20,7 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+
 from wattshift.daemon.control.earnings import class_earnings
 from wattshift.daemon.control.sequencer import Action, Plan, Step
 from wattshift.model.jobs import FlexTier, JobState

@@ -4,7 +4,7 @@ MQTT ``policy`` command, which picks another file by name from the policy direct
 A reload reads and fully checks the file before anything changes. The reading, parsing and
 building happen in a thread, under a deadline: a file on a hung mount or a slow parse must not
 stall the control loop, which keeps ticking (and applying cuts) meanwhile. Only a regular file
-under the size cap is read (:func:`~wattshift.daemon.policy_file.read_policy_text`); a name from
+under the size cap is read (:func:`~wattshift.daemon.config.policy_file.read_policy_text`); a name from
 a command is confined to the policy directory (no absolute path, no ``..``, no symlink leading
 out), on the switch and on every reload after it.
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
+
 from wattshift.daemon.config.policy_file import (
     LoadedPolicy,
     confined_policy_path,
@@ -69,7 +70,9 @@ class Reloadable(Protocol):
     """What the reloader needs from the controller."""
 
     policy: Policy
-    recorder: Any  # wattshift.daemon.recorder.Recorder
+
+    @property
+    def recorder(self) -> Any: ...  # a wattshift.daemon.control.recorder.Recorder
 
     def request_replan(self, reason: str) -> None: ...
 

@@ -9,7 +9,7 @@ is answered. After a crash the restarted daemon reads it back before its first d
 
 The store is synchronous and is used from the event loop. Changes come from operators' commands
 (a few a day, one small commit each) and must be on disk before the synchronous setters of
-:class:`~wattshift.daemon.budget.BudgetSchedule` and :class:`~wattshift.policies.overrides.Overrides`
+:class:`~wattshift.model.budget.BudgetSchedule` and :class:`~wattshift.policies.overrides.Overrides`
 return; a write handed to another thread could not promise that. A write that fails raises
 :class:`StateError` before the change is made in memory, so the command is refused, not lost.
 """

@@ -16,6 +16,7 @@ from simulated_miners import (
     SimKind,
     collect_pyasic_leftovers,
 )
+
 from wattshift.daemon.control.actuator import StepResult, execute
 from wattshift.daemon.control.sequencer import Action, Step
 from wattshift.drivers.pyasic_backends import import_pyasic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from backtest_factories import gpu_node, site, trace
+
 from wattshift.daemon.backtest.optimum import solve_optimum
 from wattshift.daemon.backtest.replay import run_backtest
 from wattshift.daemon.backtest.site import BacktestSite
@@ -111,7 +112,7 @@ def test_a_site_naming_an_unknown_model_or_circuit_is_refused() -> None:
         site(gpu_nodes=[gpu_node(circuit="pdu-9")])
 
 
-def test_an_operators_site_file_back_tests_as_counts_of_its_models(tmp_path) -> None:  # noqa: ANN001
+def test_an_operators_site_file_back_tests_as_counts_of_its_models(tmp_path) -> None:
     from wattshift.daemon.backtest.site import load_backtest_site
     from wattshift.daemon.config.yamlfile import FileInvalid
 

@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
 from wattshift.daemon.backtest.optimum import Optimum, solve_optimum
 from wattshift.daemon.backtest.replay import run_backtest
 from wattshift.daemon.backtest.site import BacktestSite, load_backtest_site

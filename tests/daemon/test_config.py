@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from wattshift.daemon.cli.main import main
 from wattshift.daemon.config.site import expand_addresses, load_site
 from wattshift.daemon.config.yamlfile import FileInvalid

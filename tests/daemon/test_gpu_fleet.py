@@ -2,6 +2,7 @@
 caps, the simulated scheduler for the jobs. Sleep suspends or requeues by tier; firm refuses."""
 
 import pytest
+
 from wattshift.daemon.config.gpu import GpuNodeConfig, JobClass, JobsConfig
 from wattshift.daemon.control.gpu_fleet import GpuFleet
 from wattshift.drivers.base import DeviceError

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from wattshift.daemon.journal.entries import looks_secret
 from wattshift.daemon.journal.store import (
     SCHEMA_VERSION,

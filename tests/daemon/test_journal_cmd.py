@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
 from wattshift.daemon.cli.journal import parse_time, register
 from wattshift.daemon.journal.store import SCHEMA_VERSION, Journal, journal_path
 

@@ -3,6 +3,7 @@
 from factories import miner, snapshot
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
 from wattshift.daemon.control.sequencer import plan_transition
 from wattshift.daemon.runtime.metrics import MetricsRecorder
 from wattshift.policies.merit_order import MeritOrderPolicy

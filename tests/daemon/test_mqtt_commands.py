@@ -12,6 +12,7 @@ from mqtt_offline import MINERS, PREFIX, offline
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
+
 from wattshift.daemon.config.mqtt import MqttConfig
 from wattshift.daemon.mqtt.commands import MAX_PAYLOAD_BYTES, Rejection, parse_command
 from wattshift.daemon.runtime.policy_reload import PolicyReloader

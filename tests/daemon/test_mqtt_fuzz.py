@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from mqtt_offline import MINERS, PREFIX, offline
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
 from wattshift.daemon.mqtt.commands import COMMANDS
 from wattshift.daemon.runtime.policy_reload import ReloadResult
 from wattshift.model.budget import BudgetEvent

@@ -4,6 +4,7 @@ reading, stale once it is old, and refused messages counted apart."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
+
 from wattshift.daemon.mqtt.metrics import MeterCollector
 from wattshift.drivers.mqtt_meter import SiteMeter
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import miner, snapshot
 from pydantic import ValidationError
+
 from wattshift.daemon.config.mqtt import MqttConfig, broker_login
 from wattshift.daemon.control.meter_checks import (
     MeterRoom,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 from backtest_factories import gpu_node, site, trace
+
 from wattshift.daemon.backtest.optimum import OptimumError, solve_optimum
 
 HASHPRICE = 45.0

@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from wattshift.daemon.cli.main import main
 from wattshift.daemon.config.policy_file import (
     load_policy_file,

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+
 from wattshift.daemon.config.policy_file import load_policy_file
 from wattshift.daemon.control.recorder import NullRecorder
 from wattshift.daemon.runtime.policy_reload import PolicyReloader

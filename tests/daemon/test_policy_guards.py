@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+
 from wattshift.daemon.config.policy_file import MAX_POLICY_BYTES, load_policy_file
 from wattshift.daemon.control.recorder import JournalRecorder
 from wattshift.daemon.journal.entries import EntryKind

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 from simsite import running_site
+
 from wattshift.daemon.config.policy_file import load_policy_file
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.runtime.policy_reload import PolicyReloader

@@ -18,6 +18,7 @@ from price_payloads import (
     vast_offer,
 )
 from pydantic import SecretStr
+
 from wattshift.daemon.config.price import PricesConfig
 from wattshift.daemon.config.site import Credentials, load_site
 from wattshift.daemon.config.yamlfile import FileInvalid, parse_model

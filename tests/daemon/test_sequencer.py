@@ -3,6 +3,7 @@
 from factories import miner, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from wattshift.daemon.control.sequencer import Action, plan_transition
 from wattshift.model.limits import LimitTree
 from wattshift.policies.base import Allocation, Target

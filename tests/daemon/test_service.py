@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.daemon.runtime.app import open_daemon
 from wattshift.daemon.runtime.service import (

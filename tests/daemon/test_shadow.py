@@ -4,6 +4,7 @@ import pytest
 from factories import miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS, gpu_node, job, with_gpus
 from prometheus_client import CollectorRegistry
+
 from wattshift.daemon.control.sequencer import Plan
 from wattshift.daemon.control.shadow import ShadowRecorder, compare, value_usd_per_hour
 from wattshift.daemon.journal.entries import EntryKind

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+
 from wattshift.daemon.cli import validate as validate_cmd
 from wattshift.daemon.config.site import SiteConfig, load_site
 from wattshift.daemon.config.yamlfile import FileInvalid

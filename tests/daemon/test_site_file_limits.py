@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from wattshift.daemon.cli.main import main
 from wattshift.daemon.config.policy_file import (
     MAX_POLICY_BYTES,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from simsite import running_site
+
 from wattshift.daemon.journal.store import AsyncJournal, EntryKind, Journal, NewEntry
 from wattshift.daemon.runtime.restore import (
     RESTARTED,

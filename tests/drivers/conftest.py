@@ -12,6 +12,7 @@ from simulated_miners import (
     SimKind,
     collect_pyasic_leftovers,
 )
+
 from wattshift.drivers.pyasic_miner import Deadlines
 from wattshift.simulators.miner import SimulatedMiner
 

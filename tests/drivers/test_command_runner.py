@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+
 from wattshift.drivers.catalog import job_runners
 from wattshift.drivers.command_runner import (
     CommandActions,

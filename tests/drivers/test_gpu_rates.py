@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from httpstub import HttpStub, Reply, Seen
 from price_payloads import vast_offer
+
 from wattshift.drivers.gpu_rates import (
     CheckedGpuRate,
     FixedGpuRate,

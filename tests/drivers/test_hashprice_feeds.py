@@ -17,6 +17,7 @@ from price_payloads import (
     mempool_reward_stats,
 )
 from pydantic import SecretStr
+
 from wattshift.drivers.catalog import price_sources
 from wattshift.drivers.hashprice_feeds import (
     LuxorHashprice,

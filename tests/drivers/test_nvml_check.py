@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from wattshift.drivers import nvml_check
 from wattshift.simulators.nvml_lib import SimulatedGpu, simulated_nvml
 

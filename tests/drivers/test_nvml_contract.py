@@ -14,6 +14,7 @@ from importlib.metadata import version
 
 import pynvml
 import pytest
+
 from wattshift.simulators.nvml_lib import SimulatedNvmlLib
 
 UPDATE = (

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pynvml
 import pytest
 from simulated_gpus import ManualClock
+
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.catalog import gpu_drivers
 from wattshift.drivers.gpu import GpuDriver

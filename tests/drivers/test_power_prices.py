@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from httpstub import HttpStub, Reply
+
 from wattshift.drivers.power_prices import (
     RealTimePrice,
     TimeOfUsePrice,

@@ -7,6 +7,7 @@ import logging
 import math
 
 import pytest
+
 from wattshift.daemon.control.observe import quote_prices
 from wattshift.drivers.price_checks import (
     HASHPRICE_LIMITS,

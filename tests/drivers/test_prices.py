@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from wattshift.drivers.prices import (
     FixedPrice,
     PriceError,

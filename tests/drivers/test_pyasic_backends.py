@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+
 from wattshift.drivers.pyasic_backends import (
     BACKENDS,
     FIRMWARE_HINTS,

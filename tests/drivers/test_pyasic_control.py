@@ -22,6 +22,7 @@ from simulated_miners import (
     SimKind,
     collect_pyasic_leftovers,
 )
+
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_backends import import_pyasic, power_range_for
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner

@@ -19,6 +19,7 @@ from simulated_miners import (
     SimKind,
     collect_pyasic_leftovers,
 )
+
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from simulated_miners import collect_pyasic_leftovers
+
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines

@@ -15,6 +15,7 @@ import importlib
 import pytest
 from privileged_ports import needs_port_80
 from simulated_miners import collect_pyasic_leftovers
+
 from wattshift.drivers.pyasic_backends import (
     backend_of,
     identify,

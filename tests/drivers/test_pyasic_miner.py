@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 from simulated_miners import SimKind
+
 from wattshift.drivers.base import DeviceError, MinerDriver
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_miner import Deadlines, PyasicMiner

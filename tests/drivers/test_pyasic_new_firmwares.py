@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 from privileged_ports import needs_port_80
 from simulated_miners import collect_pyasic_leftovers
+
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget

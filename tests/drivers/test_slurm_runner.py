@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from slurmctl import LocalSlurm, local_slurm
+
 from wattshift.drivers.catalog import job_runners
 from wattshift.drivers.jobs import JobError, JobRunner, JobSpec, JobStatus
 from wattshift.drivers.slurm_runner import (

@@ -115,8 +115,8 @@ def test_plan_follows_the_site_policy_file_and_refuses_a_bad_one(simulators, tmp
 
 
 def test_run_speaks_mqtt_when_the_site_file_has_an_mqtt_section(simulators, tmp_path):
-    import aiomqtt  # noqa: PLC0415 - only this test needs a client
-    from mosquitto import Broker  # noqa: PLC0415
+    import aiomqtt
+    from mosquitto import Broker
 
     async def talk(broker: Broker) -> tuple[bytes, dict]:
         async with aiomqtt.Client("127.0.21.40", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:

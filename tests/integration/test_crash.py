@@ -22,6 +22,7 @@ import pytest
 import yaml
 from mosquitto import Broker, free_port
 from mqtt_harness import PREFIX, operator
+
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.journal.store import (
     Journal,

@@ -11,6 +11,7 @@ import sys
 
 import aiomqtt
 import pytest
+
 from wattshift.daemon.cli.demo import run_demo
 from wattshift.daemon.demo.scenario import Scenario
 

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from simsite import assert_never_over, running_site
+
 from wattshift.daemon.journal.store import Journal, journal_path
 from wattshift.drivers.jobs import ActionTimes, JobSpec
 from wattshift.model.jobs import JobState

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from simsite import assert_never_over, running_site
+
 from wattshift.daemon.control.sequencer import Action
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.model.budget import BudgetEvent

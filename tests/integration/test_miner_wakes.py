@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from simsite import assert_never_over, running_site
+
 from wattshift.daemon.cli.summary import plan_table
 from wattshift.daemon.control.sequencer import Action
 from wattshift.daemon.journal.entries import EntryKind

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 from simsite import assert_never_over
+
 from wattshift.daemon.config.mqtt import Login
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.mqtt.metrics import MqttCollector

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 from simsite import assert_never_over, running_site
+
 from wattshift.daemon.control.sequencer import Action
 from wattshift.drivers.mqtt_meter import SiteMeter
 from wattshift.simulators.site import MinerBatch

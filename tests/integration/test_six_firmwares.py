@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from privileged_ports import needs_port_80
 from simsite import assert_never_over, running_site
+
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.model.budget import BudgetEvent
 from wattshift.model.miner import PowerControl

@@ -3,6 +3,7 @@
 import pytest
 from factories import miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS, gpu_node, job, with_gpus
+
 from wattshift.model.jobs import FlexTier
 from wattshift.policies.ai_first import AiFirstPolicy
 from wattshift.policies.merit_order import MeritOrderPolicy

@@ -4,6 +4,7 @@ import pytest
 from factories import S19XP, miner, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from wattshift.model.limits import LimitTree
 from wattshift.model.miner import MinerCapability, PowerControl
 from wattshift.policies.merit_order import MeritOrderOptions, MeritOrderPolicy

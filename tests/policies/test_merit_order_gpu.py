@@ -8,6 +8,7 @@ comes first, miners absorb the rest, and a short budget sheds miners before it t
 from factories import miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS as NODE_FULL
 from gpu_factories import gpu_node, job
+
 from wattshift.daemon.control.sequencer import Action, plan_transition
 from wattshift.model.jobs import FlexTier, JobState
 from wattshift.policies.merit_order import MeritOrderOptions, MeritOrderPolicy

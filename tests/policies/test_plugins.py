@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from factories import S19XP, miner, snapshot
+
 from wattshift.policies.base import Carried, PolicyLoadError
 from wattshift.policies.catalog import (
     ENTRY_POINT_GROUP,

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from factories import S19XP, miner, snapshot
 from gpu_factories import H100_FULL_NODE_WATTS, gpu_node, job, with_gpus
+
 from wattshift.model.jobs import FlexTier
 from wattshift.policies.base import Carried
 from wattshift.policies.catalog import make_policy

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from factories import miner, snapshot
 from pydantic import ValidationError
+
 from wattshift.policies.catalog import build_policy
 from wattshift.policies.windows import Window, WindowedPolicy, active_windows
 

@@ -12,6 +12,7 @@ import json
 import httpx
 import pytest
 from privileged_ports import needs_port_80
+
 from wattshift.model.specs import SPECS
 from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.miner import Fault

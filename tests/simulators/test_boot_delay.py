@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from wattshift.model.specs import SPECS
 from wattshift.simulators.physics import MinerPhysics
 

@@ -23,6 +23,7 @@ from pyasic.web.braiins_os.proto.braiins.bos.v1 import (
     MinerServiceStub,
     MinerStatus,
 )
+
 from wattshift.model.specs import SPECS, MinerSpec
 from wattshift.simulators.braiins import BraiinsMiner
 from wattshift.simulators.miner import Fault

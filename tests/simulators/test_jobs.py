@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from wattshift.drivers.jobs import ActionTimes, JobError, JobRunner, JobSpec
 from wattshift.model.jobs import JobState
 from wattshift.simulators.jobs import ScriptedJob, SimulatedJob, SimulatedJobRunner

@@ -15,6 +15,7 @@ from typing import Any
 import pyasic
 import pytest
 from pyasic.errors import APIError
+
 from wattshift.model.specs import SPECS
 from wattshift.simulators.luxos import LuxOSMiner, build_profiles
 from wattshift.simulators.miner import Fault

@@ -8,6 +8,7 @@ import threading
 import pynvml
 import pytest
 from simulated_gpus import ManualClock
+
 from wattshift.simulators.gpu_physics import GPU_MODELS, SimulatedGpu, gpu_uuid
 from wattshift.simulators.nvml_lib import simulated_nvml
 
@@ -226,7 +227,7 @@ def test_everything_is_put_back_even_after_an_error() -> None:
         with pytest.raises(RuntimeError, match="already installed"), simulated_nvml([]):
             pass
         pynvml.nvmlInit()
-        1 / 0  # noqa: B018
+        1 / 0
     assert pynvml.nvmlLib is saved_lib
     assert pynvml._nvmlGetFunctionPointer_cache == saved_cache
     assert pynvml.CDLL is saved_cdll

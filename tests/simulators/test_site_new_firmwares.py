@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from privileged_ports import needs_port_80
+
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.pyasic_fleet import MinerFleet
 from wattshift.model.miner import MinerReading

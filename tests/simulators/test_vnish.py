@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from privileged_ports import needs_port_80
+
 from wattshift.model.specs import SPECS
 from wattshift.simulators.miner import Fault
 from wattshift.simulators.vnish import VNishMiner, build_presets

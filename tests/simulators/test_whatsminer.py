@@ -17,6 +17,7 @@ import pyasic
 import pytest
 from pyasic.errors import APIError
 from pyasic.miners.backends.btminer import BTMinerV2, BTMinerV3
+
 from wattshift.model.specs import SPECS, MinerSpec
 from wattshift.simulators.miner import Fault
 from wattshift.simulators.whatsminer import WhatsminerMiner

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+
 from wattshift.model.specs import SPECS
 from wattshift.simulators.miner import Fault
 from wattshift.simulators.whatsminer_v3 import (
