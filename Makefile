@@ -36,7 +36,10 @@ $(VENV)/.debs-mosquitto: | $(VENV)/.installed
 	(command -v mosquitto || test -x /usr/sbin/mosquitto) >/dev/null && command -v mosquitto_passwd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients)
 	touch $@
 
+# Lint and types first (seconds), then the tests (minutes); all configured in pyproject.toml.
 test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd $(VENV)/.debs-slurm $(VENV)/.debs-mosquitto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

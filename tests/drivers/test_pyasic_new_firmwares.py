@@ -23,6 +23,8 @@ import pytest
 from privileged_ports import needs_port_80
 from simulated_miners import collect_pyasic_leftovers
 
+from wattshift.daemon.control.actuator import StepResult, execute
+from wattshift.daemon.control.sequencer import Action, Step
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
@@ -320,3 +322,40 @@ async def test_a_reboot_is_no_answer_then_a_miner_again(kind: Kind, sim: Simulat
     assert caught.value.failure is Failure.NO_ANSWER, caught.value.detail
     await asyncio.sleep(sim.physics.reboot_s + 0.1)
     assert (await driver.read()).mining is True
+
+
+# -- through the daemon's actuator ----------------------------------------------------------------
+
+
+async def _step(driver: PyasicMiner, action: Action, watts: float = 0.0) -> StepResult:
+    step = Step(driver.device_id, "site", action, watts, 0.0, watts, "test")
+    [result] = await execute([step], {driver.device_id: driver}.get, concurrency=4, timeout_seconds=10.0)
+    return result
+
+
+async def test_the_actuator_sleeps_wakes_and_sets_power_where_the_firmware_has_it(
+    kind: Kind, sim: SimulatedMiner, driver: PyasicMiner
+) -> None:
+    if kind.control is PowerControl.WATTS:
+        limited = await _step(driver, Action.SET_LIMIT, driver.capability.min_watts + 200)
+        assert limited.ok, limited.detail
+        assert sim.physics.target_watts == pytest.approx(limited.held_watts)
+    slept = await _step(driver, Action.SLEEP)
+    assert slept.ok, slept.detail
+    assert sim.physics.sleeping
+    # An on/off miner is woken with resume alone, at its one setting (issue 11, item 1).
+    wanted = driver.capability.max_watts if kind.control is PowerControl.ON_OFF else driver.capability.min_watts + 100
+    woken = await _step(driver, Action.WAKE, wanted)
+    assert woken.ok, woken.detail
+    assert sim.physics.mining and not sim.physics.sleeping
+    assert woken.held_watts == pytest.approx(driver.capability.achievable_watts(wanted))
+
+
+async def test_a_wake_the_firmware_ignores_comes_back_from_the_actuator_as_ignored(
+    kind: Kind, sim: SimulatedMiner, driver: PyasicMiner
+) -> None:
+    sim.physics.sleep(settled=True)
+    sim.set_fault(Fault.IGNORE)
+    result = await _step(driver, Action.WAKE, driver.capability.max_watts)
+    assert result.failure is Failure.IGNORED, result.detail
+    assert result.held_watts is None and sim.physics.sleeping
