@@ -92,7 +92,9 @@ class _Model:
         self.ncols = 0
         self.nrows = 0
 
-    def cols(self, *, lower: object = 0.0, upper: object = np.inf, cost: object = 0.0, integer: bool = False) -> np.ndarray:
+    def cols(
+        self, *, lower: object = 0.0, upper: object = np.inf, cost: object = 0.0, integer: bool = False
+    ) -> np.ndarray:
         idx = np.arange(self.ncols, self.ncols + self.T)
         self.ncols += self.T
         self.lower.append(np.broadcast_to(np.asarray(lower, float), (self.T,)).copy())
