@@ -61,7 +61,8 @@ def main() -> None:
         best = solve_optimum(site, trace)
         total = time.perf_counter() - began
         ratio = results[name].totals.margin_usd / best.margin_usd
-        print(f"optimum   {name:>8s}: {best.columns:7d} columns x {best.rows:7d} rows; build {best.build_seconds:6.2f} s, "
+        print(f"optimum   {name:>8s}: {best.columns:7d} columns x {best.rows:7d} rows; "
+              f"build {best.build_seconds:6.2f} s, "
               f"solve {best.solve_seconds:6.2f} s (total {total:.2f} s); {args.policy} reaches {ratio:.2%}")
 
 

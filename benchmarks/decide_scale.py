@@ -50,7 +50,8 @@ def snapshot(site: BacktestSite) -> SiteSnapshot:
     prices = Prices(45.0, 70.0, gpu_rates_usd_per_gpu_hour={"H100": 2.2})
     model.set_gpu_work(len(model.gpu_nodes), 2.2)
     # Let the fleet come up once, then decide from there: a running site, not a cold one.
-    first = model.snapshot(at=datetime(2025, 8, 1, tzinfo=UTC), clock=0.0, budget_watts=site.budget_watts, prices=prices)
+    first = model.snapshot(at=datetime(2025, 8, 1, tzinfo=UTC), clock=0.0, budget_watts=site.budget_watts,
+                           prices=prices)
     policy = make_policy("merit-order", {})
     for _ in range(4):
         plan = plan_transition(first, policy.decide(first))
@@ -77,7 +78,8 @@ def measure(policy: Policy, snap: SiteSnapshot, repeat: int) -> dict[str, Any]:
     loads = len(snap.loads)
     total = statistics.median(d + p for d, p in zip(decide_s, plan_s, strict=True))
     return {"loads": loads, "miners": len(snap.miners), "gpu_nodes": len(snap.gpu_nodes),
-            "decide_ms": round(statistics.median(decide_s) * 1000, 1), "plan_ms": round(statistics.median(plan_s) * 1000, 1),
+            "decide_ms": round(statistics.median(decide_s) * 1000, 1),
+            "plan_ms": round(statistics.median(plan_s) * 1000, 1),
             "total_ms": round(total * 1000, 1), "us_per_load": round(total / loads * 1e6, 1), "steps": steps}
 
 

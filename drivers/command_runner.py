@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wattshift.model.jobs import JobState
 
-from .jobs import ActionTimes, JobError, JobSpec, JobStatus
+from .jobs import DEFAULT_ACTION_TIMES, ActionTimes, JobError, JobSpec, JobStatus
 from .subprocess_run import CommandTimeout, Completed, run_program
 
 SHELL = "/bin/sh"
@@ -82,7 +82,7 @@ class CommandRunner:
         commands: CommandActions | Mapping[str, str],
         *,
         timeout_seconds: float = 10.0,
-        times: ActionTimes = ActionTimes(),
+        times: ActionTimes = DEFAULT_ACTION_TIMES,
         name: str = "command",
     ) -> None:
         options = CommandRunnerOptions.model_validate({"commands": commands, "timeout_seconds": timeout_seconds})
@@ -93,7 +93,7 @@ class CommandRunner:
         self._specs: dict[str, JobSpec] = {}  # what we submitted, for names in status and env
 
     @classmethod
-    def from_options(cls, options: CommandRunnerOptions, *, times: ActionTimes = ActionTimes()) -> CommandRunner:
+    def from_options(cls, options: CommandRunnerOptions, *, times: ActionTimes = DEFAULT_ACTION_TIMES) -> CommandRunner:
         return cls(options.commands, timeout_seconds=options.timeout_seconds, times=times)
 
     async def submit(self, spec: JobSpec) -> str:
@@ -143,7 +143,9 @@ class CommandRunner:
         env = {"WATTSHIFT_JOB_ID": job_id}
         spec = self._specs.get(job_id)
         if spec is not None:
-            env.update(WATTSHIFT_JOB_NAME=spec.name, WATTSHIFT_JOB_GPUS=str(spec.gpus), WATTSHIFT_JOB_NODE=spec.node or "")
+            env.update(
+                WATTSHIFT_JOB_NAME=spec.name, WATTSHIFT_JOB_GPUS=str(spec.gpus), WATTSHIFT_JOB_NODE=spec.node or ""
+            )
         return env
 
     async def _run(self, job_id: str | None, action: str, job_env: Mapping[str, str]) -> Completed:

@@ -164,7 +164,9 @@ class LuxorHashprice:
     def _newest(self, data: Any) -> tuple[datetime, float]:
         points = data.get("data") if isinstance(data, dict) else data
         if not isinstance(points, list) or not points:
-            raise PriceError(f"{self.name}: expected a list of {{timestamp, price}} under 'data', got {str(data)[:80]!r}")
+            raise PriceError(
+                f"{self.name}: expected a list of {{timestamp, price}} under 'data', got {str(data)[:80]!r}"
+            )
         parsed = []
         for index, point in enumerate(points):
             if not isinstance(point, dict):

@@ -27,6 +27,9 @@ class ActionTimes:
     stop_release: float = 30.0
 
 
+DEFAULT_ACTION_TIMES = ActionTimes()
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to run: the runner turns it into an sbatch script, a command, or a simulated job."""

@@ -33,7 +33,7 @@ from wattshift.model.miner import Failure, MinerCapability, MinerReading
 from .base import DeviceError
 from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, identify, set_credentials
 from .pyasic_failures import CGMINER_PORT, diagnose, within
-from .pyasic_miner import Deadlines, PyasicMiner
+from .pyasic_miner import DEFAULT_DEADLINES, Deadlines, PyasicMiner
 
 if TYPE_CHECKING:
     from wattshift.daemon.config.site import SiteConfig
@@ -63,7 +63,7 @@ class MinerTarget:
 class FleetSettings:
     concurrency: int = 100
     identify_s: float = 10.0  # pyasic's own budget is 3 s for the type plus 3 s for the model
-    deadlines: Deadlines = Deadlines()
+    deadlines: Deadlines = DEFAULT_DEADLINES
     reidentify_after: int = 3  # consecutive lost reads before an identified miner is identified again
     # After a failed identification, wait this long before the next try: a dead address would
     # otherwise cost pyasic's whole identification budget on every poll.
@@ -263,7 +263,9 @@ class MinerFleet:
 
     async def _unidentified(self, address: str, action: str, symptom: str) -> DeviceError:
         seconds = self._settings.deadlines.call_s
-        return await diagnose(address, action, symptom, port=CGMINER_PORT, healthy=Failure.UNIDENTIFIED, seconds=seconds)
+        return await diagnose(
+            address, action, symptom, port=CGMINER_PORT, healthy=Failure.UNIDENTIFIED, seconds=seconds
+        )
 
     def _count_lost_read(self, device_id: str) -> None:
         lost = self._lost_reads.get(device_id, 0) + 1

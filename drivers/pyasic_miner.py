@@ -70,6 +70,9 @@ class Deadlines:
     poll_s: float = 0.5
 
 
+DEFAULT_DEADLINES = Deadlines()
+
+
 class PyasicMiner:
     """A :class:`~.base.MinerDriver` over one pyasic miner object.
 
@@ -257,7 +260,8 @@ class PyasicMiner:
 
     async def _query(self, query: Query, action: str) -> Any:
         """One firmware query (pyasic_queries) under the driver's deadline and failure mapping."""
-        return query.parse(await self._call(f"{action}: {query.name}", query.call(self._miner), healthy=Failure.GARBAGE))
+        raw = await self._call(f"{action}: {query.name}", query.call(self._miner), healthy=Failure.GARBAGE)
+        return query.parse(raw)
 
     async def _read_state(self, action: str) -> _State:
         """What the firmware says about its boards, and the draw, for a sleep or wake read-back."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from wattshift.model.jobs import JobState
 
-from .jobs import ActionTimes, JobError, JobSpec, JobStatus
+from .jobs import DEFAULT_ACTION_TIMES, ActionTimes, JobError, JobSpec, JobStatus
 from .subprocess_run import CommandTimeout, Completed, run_program
 
 # Slurm's long state names (squeue %T, scontrol JobState) onto ours.
@@ -136,7 +136,7 @@ class SlurmRunner:
         slurm_conf: Path | None = None,
         partition: str | None = None,
         timeout_seconds: float = 10.0,
-        times: ActionTimes = ActionTimes(),
+        times: ActionTimes = DEFAULT_ACTION_TIMES,
         gres_gpus: bool = True,
         hold_requeued: bool = True,
         output: str | None = None,

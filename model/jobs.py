@@ -35,3 +35,6 @@ class SwitchingCost:
     checkpoint_seconds: float = 0.0  # time to save state before it can be stopped
     restart_seconds: float = 0.0  # time from start/resume until it does useful work again
     penalty_usd: float = 0.0  # contract penalty or lost work per interruption
+
+
+NO_SWITCHING_COST = SwitchingCost()

@@ -13,7 +13,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from .gpu import GpuReading
-from .jobs import FlexTier, JobState, SwitchingCost
+from .jobs import NO_SWITCHING_COST, FlexTier, JobState, SwitchingCost
 from .miner import Failure, MinerCapability, MinerReading
 
 # A sleeping miner's control board and fans, when no reading says otherwise.
@@ -129,7 +129,7 @@ class GpuJob:
     gpus: int
     value_usd_per_gpu_hour: float | None  # None: no rate known
     value_stale: bool = False  # a market rate gone stale never triggers a switch
-    switching: SwitchingCost = SwitchingCost()
+    switching: SwitchingCost = NO_SWITCHING_COST
     min_run_seconds: float = 0.0
 
     @property

@@ -65,7 +65,9 @@ class AiFirstPolicy:
         rank[FlexTier.FIRM] = -1  # a firm job not yet running is started before anything else
         placeable = sorted(
             (n for n in snapshot.gpu_nodes if not fixed(n)),
-            key=lambda n: (rank.get(n.job.tier, len(rank)) if n.job else len(rank) + 1, -_value_per_watt(n), n.device_id),
+            key=lambda n: (
+                rank.get(n.job.tier, len(rank)) if n.job else len(rank) + 1, -_value_per_watt(n), n.device_id
+            ),
         )
         gpu_targets = [gpu_full_caps(fill, n) for n in placeable]
         for target in gpu_targets:

@@ -155,7 +155,9 @@ class _WaterFill:
             first = self.rung(i, 0)
             if first is None:
                 continue
-            dwelling = load.state_since is not None and self.snapshot.clock - load.state_since < self.dwell_seconds(load)
+            dwelling = (
+                load.state_since is not None and self.snapshot.clock - load.state_since < self.dwell_seconds(load)
+            )
             if dwelling and load.is_on:
                 if self.take(first):  # stays on through its dwell time, if the limits allow at all
                     push(self.rung(i, 1))
@@ -182,7 +184,9 @@ class _WaterFill:
             value = self.last_value[i] if self.granted[i] else first
             reason = _reason(ladder, self.granted[i], value, self.power_price, self.blocked.get(i), self.trusted(i))
             targets.append(Target(ladder.load.device_id, self.granted[i], reason, self.last_value[i]))
-        miners_on = sum(1 for i, g in enumerate(self.granted) if g and not isinstance(self.ladders[i].load, GpuNodeState))
+        miners_on = sum(
+            1 for i, g in enumerate(self.granted) if g and not isinstance(self.ladders[i].load, GpuNodeState)
+        )
         miners = sum(1 for lad in self.ladders if not isinstance(lad.load, GpuNodeState))
         gpu_watts = sum(g for i, g in enumerate(self.granted) if isinstance(self.ladders[i].load, GpuNodeState))
         gpu_watts += sum(d.worst_case_watts for d in self.fixed if isinstance(d, GpuNodeState))

@@ -36,7 +36,7 @@ class Window(Strict):
     timezone: str = "UTC"
     budget_kw: float | None = Field(default=None, gt=0)
     budget_factor: float | None = Field(default=None, ge=0, le=1)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = Field(default_factory=dict)
     _trigger: CronTrigger = PrivateAttr()
 
     @field_validator("timezone")
@@ -145,7 +145,9 @@ class WindowedPolicy:
         narrowed = snapshot if budget == snapshot.budget_watts else dataclasses.replace(snapshot, budget_watts=budget)
         allocation = self._inner_decide(policy, narrowed, state)
         names = ", ".join(w.name for w in open_now)
-        note = f"windows open: {names}" + (f" (budget {budget / 1000:.1f} kW)" if budget < snapshot.budget_watts else "")
+        note = f"windows open: {names}" + (
+            f" (budget {budget / 1000:.1f} kW)" if budget < snapshot.budget_watts else ""
+        )
         return Allocation(allocation.targets, f"{allocation.summary}; {note}", allocation.state)
 
     def _inner_decide(self, policy: Policy, snapshot: SiteSnapshot, state: Mapping[str, Any] | None) -> Allocation:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from wattshift.drivers.jobs import ActionTimes, JobError, JobSpec, JobStatus
+from wattshift.drivers.jobs import DEFAULT_ACTION_TIMES, ActionTimes, JobError, JobSpec, JobStatus
 from wattshift.model.jobs import JobState
 
 Clock = Callable[[], float]
@@ -103,7 +103,7 @@ class SimulatedJobRunner:
         nodes: Mapping[str, int],
         *,
         clock: Clock = time.monotonic,
-        times: ActionTimes = ActionTimes(),
+        times: ActionTimes = DEFAULT_ACTION_TIMES,
         timeout_seconds: float = 10.0,
         script: Iterable[ScriptedJob] = (),
         on_change: Callable[[SimulatedJob], None] | None = None,

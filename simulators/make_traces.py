@@ -77,7 +77,9 @@ def steps(start: datetime, days: float) -> Iterator[datetime]:
         yield start + i * STEP
 
 
-def row(at: datetime, hashprice: float, power: float, budget: float | None, rate: float | None, demand: int | None) -> str:
+def row(
+    at: datetime, hashprice: float, power: float, budget: float | None, rate: float | None, demand: int | None
+) -> str:
     cells = [at.isoformat(), f"{hashprice:g}", f"{power:g}", "" if budget is None else f"{budget:g}",
              "" if rate is None else f"{rate:g}", "" if demand is None else str(demand)]
     return ",".join(cells)
@@ -89,13 +91,16 @@ def hashprice_2024_2026() -> tuple[str, list[str]]:
 record low ~$33), power shaped like ERCOT North hub real-time prices for the season (averages
 $22-35/MWh, negative windy nights, a few scarcity intervals). No GPU work: this trace judges the
 mining decisions alone. Rows jump between windows; the back-test counts each row as one step."""
-    windows = [(datetime(2024, 5, 14, tzinfo=UTC), 45.0, "spring"), (datetime(2025, 1, 14, tzinfo=UTC), 60.0, "winter"),
-               (datetime(2025, 11, 11, tzinfo=UTC), 38.0, "autumn"), (datetime(2026, 2, 10, tzinfo=UTC), 33.0, "winter")]
+    windows = [(datetime(2024, 5, 14, tzinfo=UTC), 45.0, "spring"),
+               (datetime(2025, 1, 14, tzinfo=UTC), 60.0, "winter"),
+               (datetime(2025, 11, 11, tzinfo=UTC), 38.0, "autumn"),
+               (datetime(2026, 2, 10, tzinfo=UTC), 33.0, "winter")]
     rows = []
     for n, (start, level, season) in enumerate(windows):
         market = Market(100 + n, hashprice=level, gpu_rate=2.0, season=season)
         for at in steps(start, 3):
-            rows.append(row(at, market.hash(at), market.power(at.astimezone(ERCOT), spike_chance=0.002), None, None, None))
+            rows.append(row(at, market.hash(at), market.power(at.astimezone(ERCOT), spike_chance=0.002),
+                            None, None, None))
     return note, rows
 
 

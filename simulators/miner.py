@@ -54,7 +54,8 @@ class SimulatedMiner(ABC):
         self.physics = MinerPhysics(spec, clock=clock, **physics_options)
         self.fault = Fault.NONE
         self.rng = random.Random(seed)
-        self.mac = "02:00:%02X:%02X:%02X:%02X" % tuple(int(o) for o in host.split("."))
+        a, b, c, d = (int(o) for o in host.split("."))
+        self.mac = f"02:00:{a:02X}:{b:02X}:{c:02X}:{d:02X}"
         self.serial = f"SIM{seed:06d}"
         self.commands_received: list[str] = []  # every command name, for tests to inspect
 

@@ -103,7 +103,8 @@ class Offline:
         """Everything a command may change."""
         c = self.controller
         return (tuple(c.budget.events()), dict(self.overrides.devices), dict(self.overrides.classes),
-                getattr(c, "paused", None), c.dry_run, c.policy, getattr(c.policy, "inner", None), len(self.bridge._watches))
+                getattr(c, "paused", None), c.dry_run, c.policy, getattr(c.policy, "inner", None),
+                len(self.bridge._watches))
 
 
 @functools.cache

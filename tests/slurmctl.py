@@ -115,7 +115,8 @@ def _spawn(cluster: LocalSlurm, name: str, argv: list[str]) -> None:
     log = (cluster.root / "log" / f"{name}.out").open("wb")
     try:
         cluster.procs[name] = subprocess.Popen(
-            argv, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     finally:
         log.close()
@@ -126,7 +127,9 @@ def _wait_for(cluster: LocalSlurm, what: str, ready: object, deadline: float) ->
     while not ready():
         for name, proc in cluster.procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}\n{cluster.log_tails()}")
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode} while waiting for {what}\n{cluster.log_tails()}"
+                )
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}\n{cluster.log_tails()}")
         time.sleep(0.05)

@@ -92,7 +92,9 @@ class _Model:
         self.ncols = 0
         self.nrows = 0
 
-    def cols(self, *, lower: object = 0.0, upper: object = np.inf, cost: object = 0.0, integer: bool = False) -> np.ndarray:
+    def cols(
+        self, *, lower: object = 0.0, upper: object = np.inf, cost: object = 0.0, integer: bool = False
+    ) -> np.ndarray:
         idx = np.arange(self.ncols, self.ncols + self.T)
         self.ncols += self.T
         self.lower.append(np.broadcast_to(np.asarray(lower, float), (self.T,)).copy())
@@ -202,7 +204,7 @@ def solve_optimum(site: BacktestSite, trace: Trace, *, integer: bool = False, ti
         ended = np.maximum(0.0, np.concatenate([[0.0], avail[:-1]]) - avail)
         m.rows([(s, 1.0), (r, -1.0), (before, 1.0)], lower=0.0)  # starts >= rise in running
         m.rows([(u, 1.0), (r, 1.0), (before, -1.0)], lower=-ended)  # stops beyond finished work
-        for c in paths[group.circuit]:
+        for c in paths[nodes.circuit]:
             draws[c] += [(Q, 1.0), (r, -idle)]
         constant += n * idle
         money["ai"].append((V, usd_per_node_hour * hours))

@@ -63,8 +63,8 @@ class GpuNodeCount(GpuHost):
 
 
 class BacktestSite(SiteLimits):
-    miners: list[MinerCount] = []
-    gpu_nodes: list[GpuNodeCount] = []
+    miners: list[MinerCount] = Field(default_factory=list)
+    gpu_nodes: list[GpuNodeCount] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _placed(self) -> BacktestSite:

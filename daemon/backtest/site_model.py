@@ -240,7 +240,9 @@ class SiteModel:
         if action in _OFF:
             if job is not None and node.running:
                 rate = job.value_usd_per_hour or 0.0
-                self.switches.switching_usd += job.switching.penalty_usd + rate * job.switching.checkpoint_seconds / 3600
+                self.switches.switching_usd += (
+                    job.switching.penalty_usd + rate * job.switching.checkpoint_seconds / 3600
+                )
                 self.switches.job_interruptions += 1
                 back = JobState.SUSPENDED if job.tier is FlexTier.SUSPENDABLE else JobState.PENDING
                 node.job = _with(job, state=back)

@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 from wattshift.model.trace_columns import OPTIONAL, REQUIRED
@@ -56,7 +57,11 @@ def load_trace(path: Path) -> Trace:
 
 
 def parse_trace(text: str, *, name: str) -> Trace:
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        (n, line)
+        for n, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not lines:
         raise TraceInvalid(f"{name}: no header and no rows")
     header_line, header = lines[0]
@@ -66,7 +71,9 @@ def parse_trace(text: str, *, name: str) -> Trace:
         raise TraceInvalid(f"{name}:{header_line}: header: missing column(s) {missing} (has {columns})")
     unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
     if unknown:
-        raise TraceInvalid(f"{name}:{header_line}: header: unknown column(s) {unknown} (known: {list(REQUIRED + OPTIONAL)})")
+        raise TraceInvalid(
+            f"{name}:{header_line}: header: unknown column(s) {unknown} (known: {list(REQUIRED + OPTIONAL)})"
+        )
     rows: list[TraceRow] = []
     for number, cells in zip((n for n, _ in lines[1:]), csv.reader(line for _, line in lines[1:]), strict=True):
         if len(cells) != len(columns):
@@ -77,9 +84,9 @@ def parse_trace(text: str, *, name: str) -> Trace:
             raise TraceInvalid(f"{name}:{number}: timestamp: {row['timestamp']!r} is not after the row before")
     if not rows:
         raise TraceInvalid(f"{name}: a header and no rows")
-    gaps = [(b.at - a.at).total_seconds() for a, b in zip(rows, rows[1:], strict=False)]
+    gaps = [(b.at - a.at).total_seconds() for a, b in pairwise(rows)]
     step = Counter(gaps).most_common(1)[0][0] if gaps else 300.0
-    durations = tuple(min(g, step) for g in gaps) + (step,)
+    durations = (*(min(g, step) for g in gaps), step)
     return Trace(name, tuple(rows), step, durations)
 
 
@@ -102,7 +109,9 @@ def _row(row: dict[str, str], where: str) -> TraceRow:
                     int(demand or 0))
 
 
-def _number(row: dict[str, str], column: str, where: str, *, low: float, high: float, optional: bool = False) -> float | None:
+def _number(
+    row: dict[str, str], column: str, where: str, *, low: float, high: float, optional: bool = False
+) -> float | None:
     text = row.get(column, "")
     if text == "":
         if optional:

@@ -95,8 +95,10 @@ def render(report: dict[str, Any], site: BacktestSite) -> str:
         f"{sum(g.count for g in site.gpu_nodes)} GPU node(s)): {b['trace']}",
         f"  {b['steps']} steps of {b['step_seconds']:.0f} s ({b['hours']:.1f} h), "
         f"{b['wall_seconds']:.2f} s wall ({b['steps_per_second']} steps/s)",
-        f"  energy        {b['energy_mwh']:10.3f} MWh  (miners {b['miner_energy_mwh']:.3f}, GPU nodes {b['gpu_energy_mwh']:.3f})",
-        f"  revenue       ${b['revenue_usd']:10,.2f}  (mining ${b['mining_revenue_usd']:,.2f}, AI ${b['ai_revenue_usd']:,.2f})",
+        f"  energy        {b['energy_mwh']:10.3f} MWh  "
+        f"(miners {b['miner_energy_mwh']:.3f}, GPU nodes {b['gpu_energy_mwh']:.3f})",
+        f"  revenue       ${b['revenue_usd']:10,.2f}  "
+        f"(mining ${b['mining_revenue_usd']:,.2f}, AI ${b['ai_revenue_usd']:,.2f})",
         f"  power cost    ${b['power_cost_usd']:10,.2f}",
         f"  switching     ${b['switching_cost_usd']:10,.2f}  ({b['miner_switches']} miner on/off, "
         f"{b['gpu_starts']} job starts, {b['job_interruptions']} job interruptions)",

@@ -116,7 +116,7 @@ RunnerConfig = Annotated[SlurmRunnerConfig | CommandRunnerConfig, Field(discrimi
 class JobsConfig(Strict):
     runner: RunnerConfig | None = None  # None: the demo's simulated runner, or no AI jobs
     # A job no class matches is treated as firm: we never move work we know nothing about.
-    classes: list[JobClass] = []
+    classes: list[JobClass] = Field(default_factory=list)
 
     def class_for(self, job_name: str) -> JobClass | None:
         return next((c for c in self.classes if fnmatch.fnmatchcase(job_name, c.match)), None)

@@ -213,7 +213,7 @@ class SanityConfig(Strict):
 class PricesConfig(Strict):
     hashprice_usd_per_ph_day: HashpriceSource = FixedPrice(value=45.0)
     power_usd_per_mwh: PowerPriceSource = FixedPrice(value=40.0)
-    gpu_rates_usd_per_gpu_hour: dict[GpuModel, GpuRateSource] = {}
+    gpu_rates_usd_per_gpu_hour: dict[GpuModel, GpuRateSource] = Field(default_factory=dict)
     stale_after_seconds: float = Field(default=900, gt=0)
     sanity: SanityConfig = SanityConfig()
 

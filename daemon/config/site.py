@@ -51,7 +51,7 @@ class CircuitConfig(Strict):
 
     name: Name
     limit_kw: Kilowatts
-    circuits: list[CircuitConfig] = []
+    circuits: list[CircuitConfig] = Field(default_factory=list)
 
     @property
     def limit_watts(self) -> float:
@@ -126,7 +126,7 @@ class MinerGroup(Strict):
 
 class PolicyChoice(Strict):
     name: str = "merit-order"
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class DriverSettings(Strict):
@@ -150,7 +150,7 @@ class SiteLimits(Strict):
     budget_kw: Kilowatts
     reserve_kw: float = Field(default=0.0, ge=0)
     tick_seconds: float = Field(default=15.0, ge=1, le=3600)
-    circuits: list[CircuitConfig] = []
+    circuits: list[CircuitConfig] = Field(default_factory=list)
 
     @property
     def budget_watts(self) -> float:
@@ -218,8 +218,8 @@ class SiteLimits(Strict):
 
 
 class SiteConfig(SiteLimits):
-    miners: list[MinerGroup] = []
-    gpu_nodes: list[GpuNodeConfig] = []
+    miners: list[MinerGroup] = Field(default_factory=list)
+    gpu_nodes: list[GpuNodeConfig] = Field(default_factory=list)
     prices: PricesConfig = PricesConfig()  # before jobs, whose markets it prices
     jobs: JobsConfig = JobsConfig()
     policy: PolicyChoice = PolicyChoice()
@@ -230,7 +230,7 @@ class SiteConfig(SiteLimits):
     # The MQTT ``policy`` command picks a file by name from here only (default: the folder of
     # policy_file); policy_modules are the only modules ``package.module:factory`` may import.
     policy_dir: Path | None = None
-    policy_modules: list[Annotated[str, AfterValidator(module_name)]] = []
+    policy_modules: list[Annotated[str, AfterValidator(module_name)]] = Field(default_factory=list)
     drivers: DriverSettings = DriverSettings()
     mqtt: MqttConfig | None = None
     state_dir: Path = Path("/var/lib/wattshift")
@@ -305,7 +305,8 @@ def _listed_twice(miners: list[MinerGroup], gpu_nodes: list[GpuNodeConfig]) -> l
 def _unpriced(jobs: JobsConfig, prices: PricesConfig) -> list[tuple[Location, str]]:
     rates = prices.gpu_rates_usd_per_gpu_hour
     return [(("jobs", "classes", index, "market"),
-             f"{job_class.market!r} has no rate in prices.gpu_rates_usd_per_gpu_hour (known: {sorted(rates) or 'none'})")
+             f"{job_class.market!r} has no rate in prices.gpu_rates_usd_per_gpu_hour "
+             f"(known: {sorted(rates) or 'none'})")
             for index, job_class in enumerate(jobs.classes)
             if job_class.market is not None and job_class.market not in rates]
 

@@ -302,7 +302,9 @@ class _LimitedComposer(Composer):
         if self.check_event(AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
-                raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)", self.peek_event().start_mark)
+                raise ComposerError(
+                    None, None, f"more than {MAX_ALIASES} aliases (*name)", self.peek_event().start_mark
+                )
             return cast(yaml.Node, super().compose_node(parent, index))
         self.depth += 1
         if self.depth > MAX_DEPTH:

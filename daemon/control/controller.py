@@ -378,7 +378,9 @@ class Controller:
             self._quotes.get("power"),
             clock=self._clock(),
             stale_after=self.site.prices.stale_after_seconds,
-            gpu_rates={model: self._quotes[f"gpu:{model}"] for model in self._rate_feeds if f"gpu:{model}" in self._quotes},
+            gpu_rates={
+                model: self._quotes[f"gpu:{model}"] for model in self._rate_feeds if f"gpu:{model}" in self._quotes
+            },
         )
 
     # -- act ------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ class Scenario:
             reserve_kw=round(total * 0.01, 1),
             tick_seconds=self.tick_s,
             circuits=[
-                {"name": "transformer-1", "limit_kw": round((nominal["container-a"] + nominal["container-b"]) * 0.95, 1),
+                {"name": "transformer-1",
+                 "limit_kw": round((nominal["container-a"] + nominal["container-b"]) * 0.95, 1),
                  "circuits": [
                      {"name": "container-a", "limit_kw": round(nominal["container-a"] * 1.02, 1)},
                      {"name": "container-b", "limit_kw": round(nominal["container-b"] * 0.9, 1)},

@@ -155,8 +155,10 @@ def make_gpu_rate_feed(
         case FixedPrice():
             feed = FixedGpuRate(gpu_model, source.value, clock=clock)
         case TracePrice():
-            feed = _trace(f"prices.gpu_rates_usd_per_gpu_hour.{gpu_model}", lambda path: TraceGpuRate(
-                gpu_model, path, clock=clock, speedup=source.speedup, loop=source.loop), _resolve(base_dir, source.file))
+            feed = _trace(f"prices.gpu_rates_usd_per_gpu_hour.{gpu_model}",
+                          lambda path: TraceGpuRate(gpu_model, path, clock=clock, speedup=source.speedup,
+                                                    loop=source.loop),
+                          _resolve(base_dir, source.file))
         case VastSource():
             feed = VastMarketRate(str(source.base_url), source.gpu_name, gpu_model=gpu_model,
                                   min_reliability=source.min_reliability, num_gpus=source.num_gpus,

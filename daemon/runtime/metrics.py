@@ -80,7 +80,9 @@ class MetricsRecorder:
         self.device_on = gauge("device_on", "1 if the device is running (mining), 0 if asleep", ["device", "class"])
         self.hashrate = gauge("miner_hashrate_hashes_per_second", "Reported hashrate", ["device"])
         self.miner_control = gauge(
-            "miner_control_info", "1 for how each miner is driven and where that was learned", ["device", "control", "source"]
+            "miner_control_info",
+            "1 for how each miner is driven and where that was learned",
+            ["device", "control", "source"],
         )
         self.miner_range = gauge("miner_range_watts", "Lowest and highest setting of each miner", ["device", "bound"])
         self._control_labels: dict[str, tuple[str, str]] = {}
@@ -173,7 +175,9 @@ class MetricsRecorder:
             self.class_planned.labels(kind.value).set(planned)
             self.class_revenue.labels(kind.value).set(earned.usd_per_hour)
             self.class_value.labels(kind.value).set(earned.usd_per_mwh or 0.0)
-        jobs = collections.Counter((n.job.state.value, n.job.tier.value) for n in snapshot.gpu_nodes if n.job is not None)
+        jobs = collections.Counter(
+            (n.job.state.value, n.job.tier.value) for n in snapshot.gpu_nodes if n.job is not None
+        )
         for state in JobState:
             for tier in FlexTier:
                 self.gpu_jobs.labels(state.value, tier.value).set(jobs.get((state.value, tier.value), 0))

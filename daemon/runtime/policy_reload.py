@@ -288,7 +288,8 @@ def _read_policy(
     if name is not None and not _is_policy_text(text, str(path)):
         # The directory may hold other files (the site file, its secrets): say nothing of them,
         # not even the names of their keys.
-        raise FileInvalid([Problem(str(path), None, "", "not a policy file (no 'policy:' name, or it does not parse: `wattshift validate` says why)")])
+        raise FileInvalid([Problem(str(path), None, "", "not a policy file (no 'policy:' name, "
+                                                         "or it does not parse: `wattshift validate` says why)")])
     return path, stamp, parse_policy_file(text, str(path), modules)
 
 

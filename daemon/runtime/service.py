@@ -232,7 +232,8 @@ def describe_report(report: Any) -> str:
     """The STATUS line ``systemctl status`` shows: what the last tick did."""
     failed = len(report.failures)
     return (f"tick {report.seconds:.1f} s, {len(report.results)} commands"
-            + (f", {failed} failed" if failed else "") + (f"; {report.allocation.summary}" if report.allocation.summary else ""))
+            + (f", {failed} failed" if failed else "")
+            + (f"; {report.allocation.summary}" if report.allocation.summary else ""))
 
 
 def supervised_site(controller: Reporting, site: SiteConfig, *, env: Mapping[str, str] | None = None

@@ -107,7 +107,7 @@ valid_commands = st.one_of(*(_valid(name) for name in COMMANDS))
 def mutated(draw: st.DrawFn) -> dict[str, object]:
     """A well-formed command with one field replaced, or one added, by anything at all."""
     body = draw(valid_commands)
-    key = draw(st.sampled_from(FIELDS + ["command"]))
+    key = draw(st.sampled_from([*FIELDS, "command"]))
     body[key] = draw(plausible.get(key, json_values) if draw(st.booleans()) else json_values)
     return body
 
@@ -142,8 +142,9 @@ payloads = st.one_of(
     st.integers(1, 3000).map(_brackets),
     st.integers(1, 5000).map(_long_number),
 )
-response_topics = st.none() | st.none() | st.none() | st.sampled_from([f"{PREFIX}/reply/console", "a/#", "+", f"{PREFIX}/cmd", "",
-                                               "x" * 2000, f"{PREFIX}/reply/../cmd"]) | st.text(max_size=30)
+response_topics = st.none() | st.none() | st.none() | st.sampled_from(
+    [f"{PREFIX}/reply/console", "a/#", "+", f"{PREFIX}/cmd", "", "x" * 2000, f"{PREFIX}/reply/../cmd"]
+) | st.text(max_size=30)
 
 
 def _properties(topic: str | None, correlation: bytes | None) -> Properties | None:

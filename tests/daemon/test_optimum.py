@@ -73,7 +73,8 @@ def test_an_interruption_penalty_keeps_a_job_running_through_a_spike(integer: bo
     free = solve_optimum(site(miners=[], gpu_nodes=[gpu_node()]), trace(rows, minutes=5), integer=integer)
     assert free.margin_usd == pytest.approx(5 * full - 20_000 * NODE_IDLE_W / 1e6 / 12, rel=1e-9)
     # A $100 penalty per interruption: running through it at the lowest cap is better.
-    held = solve_optimum(site(miners=[], gpu_nodes=[gpu_node(penalty_usd=100)]), trace(rows, minutes=5), integer=integer)
+    held = solve_optimum(site(miners=[], gpu_nodes=[gpu_node(penalty_usd=100)]), trace(rows, minutes=5),
+                         integer=integer)
     spike = (node_usd_per_hour(2.0, 200) - 20_000 * NODE_MIN_W / 1e6) / 12
     assert held.margin_usd == pytest.approx(5 * full + spike, rel=1e-9)
     assert held.switching_usd == pytest.approx(0.0, abs=1e-9)

@@ -90,7 +90,8 @@ windows:
     budget_kw: 5
 """
     assert problems(text) == [
-        "p.yaml:5: windows[0].cron: day-of-week '1-5': write days as names (mon-fri, sat,sun), not numbers (got '0 15 * 6-9 1-5')",
+        "p.yaml:5: windows[0].cron: day-of-week '1-5': write days as names (mon-fri, sat,sun), "
+        "not numbers (got '0 15 * 6-9 1-5')",
         "p.yaml:6: windows[0].duration_minutes: Input should be greater than 0 (got 0)",
         "p.yaml:2: colour: Extra inputs are not permitted",
     ]

@@ -53,7 +53,7 @@ async def test_a_valid_edit_takes_effect_in_the_next_tick_and_a_bad_one_changes_
     policy_path = tmp_path / "policy.yaml"
     write(policy_path, MERIT)
     async with running_site(SITE, tmp_path, first_address="127.0.77.1", budget_kw=20,
-                            dry_run=True) as (sim, daemon, budget, truth):
+                            dry_run=True) as (_sim, daemon, _budget, _truth):
         controller = daemon.controller
         controller.policy = load_policy_file(policy_path)  # what app.py does with policy_file
         reloader = PolicyReloader(controller, policy_path, registry=daemon.metrics.registry)
@@ -90,7 +90,7 @@ async def test_the_watcher_and_sighup_pick_up_changes(tmp_path):
     policy_path = tmp_path / "policy.yaml"
     write(policy_path, MERIT)
     async with running_site(SITE, tmp_path, first_address="127.0.77.11", budget_kw=20,
-                            dry_run=True) as (sim, daemon, budget, truth):
+                            dry_run=True) as (_sim, daemon, _budget, _truth):
         controller = daemon.controller
         controller.policy = load_policy_file(policy_path)
         reloader = PolicyReloader(controller, policy_path, registry=daemon.metrics.registry, poll_seconds=0.05)
@@ -127,7 +127,7 @@ async def test_switch_policy_follows_a_new_file_only_when_it_is_valid(tmp_path):
     write(other, STRIKE)
     write(broken, BAD)
     async with running_site(SITE, tmp_path, first_address="127.0.77.21", budget_kw=20,
-                            dry_run=True) as (sim, daemon, budget, truth):
+                            dry_run=True) as (_sim, daemon, _budget, _truth):
         controller = daemon.controller
         controller.policy = load_policy_file(live)
         reloader = PolicyReloader(controller, live)  # the policy directory: the folder of live

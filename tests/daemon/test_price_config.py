@@ -106,7 +106,8 @@ sanity:
      "hashprice_usd_per_ph_day.value 0.045 is outside [1, 5000] (sanity.hashprice): a wrong unit?"),
     ("gpu_rates_usd_per_gpu_hour: {H100 SXM: {source: fixed, value: 235}}",
      "gpu_rates_usd_per_gpu_hour.H100 SXM.value 235 is outside [0.05, 50]"),
-    (TARIFF.replace("usd_per_mwh: 95", "usd_per_mwh: -1500"), "power_usd_per_mwh.periods[0].usd_per_mwh -1500 is outside"),
+    (TARIFF.replace("usd_per_mwh: 95", "usd_per_mwh: -1500"),
+     "power_usd_per_mwh.periods[0].usd_per_mwh -1500 is outside"),
 ])
 def test_bad_sources_are_refused_with_the_key_and_the_reason(text: str, expected: str):
     assert expected in problems(text)

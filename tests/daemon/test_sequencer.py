@@ -65,7 +65,8 @@ def test_a_miner_told_to_wake_counts_at_its_limit_until_it_runs():
 @given(
     budget=st.floats(5_000, 30_000),
     states=st.lists(
-        st.tuples(st.floats(10, 4000), st.floats(1800, 4000), st.booleans(), st.floats(0, 4000), st.sampled_from(["site", "pdu"])),
+        st.tuples(st.floats(10, 4000), st.floats(1800, 4000), st.booleans(), st.floats(0, 4000),
+                  st.sampled_from(["site", "pdu"])),
         min_size=1, max_size=10,
     ),
 )

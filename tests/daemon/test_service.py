@@ -177,7 +177,9 @@ class GatedFleet:
 
 
 @contextlib.asynccontextmanager
-async def small_site(tmp_path: Path, metrics_port: int | None = None) -> AsyncIterator[tuple[SimulatedSite, SiteConfig]]:
+async def small_site(
+    tmp_path: Path, metrics_port: int | None = None
+) -> AsyncIterator[tuple[SimulatedSite, SiteConfig]]:
     sim = SimulatedSite([MinerBatch("luxos", 3)], first_address=FIRST_MINER)
     async with sim:
         extra = {"metrics_listen": f"127.0.22.1:{metrics_port}"} if metrics_port else {}

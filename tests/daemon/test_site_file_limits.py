@@ -52,7 +52,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "latin-1": ((HEAD + "# caf\xe9\n").encode("latin-1"), ":3: (top level): not UTF-8 text (byte 0xe9"),
     "utf-16": (HEAD.encode("utf-16"), "the file is UTF-16 or UTF-32 text: save it as UTF-8"),
     "utf-16 without a mark": (HEAD.encode("utf-16-le"), "NUL bytes: is this UTF-16 text"),
-    "5000-digit integer": (f"name: s\nbudget_kw: {'9' * 5000}\n".encode(), ":2: (top level): not valid YAML: an integer of 5000 digits"),
+    "5000-digit integer": (f"name: s\nbudget_kw: {'9' * 5000}\n".encode(),
+                           ":2: (top level): not valid YAML: an integer of 5000 digits"),
     "lists 5000 deep": ((HEAD + "x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), ":3: (top level): not valid YAML"),
     "lists 100 deep": ((HEAD + "x: " + "[" * 100 + "]" * 100 + "\n").encode(), "nested deeper than 32 levels"),
     "alias bomb": (_alias_bomb().encode(), "the aliases (*name) expand to more than 500,000 values"),
@@ -63,7 +64,8 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
                              "nested deeper than 32 levels once aliases are expanded"),
     "a control character": ((HEAD + "x: \x07\n").encode(), ":3: (top level): not valid YAML: character #x0007"),
     "alias cycle": ((HEAD + "x: &x [1, *x]\n").encode(), "an alias (*name) inside its own anchor"),
-    "a 13th month": ((HEAD + "x: 2024-13-01\n").encode(), "not valid YAML: cannot read this value: month must be in 1..12"),
+    "a 13th month": ((HEAD + "x: 2024-13-01\n").encode(),
+                     "not valid YAML: cannot read this value: month must be in 1..12"),
     "a /8 of miners": ((HEAD + "miners:\n  - addresses: 10.0.0.0/8\n").encode(),
                        ":4: miners[0].addresses[0]: address '10.0.0.0/8': 16,777,216 addresses, more than 65,536"),
     "all of IPv6": ((HEAD + "miners:\n  - addresses: ['::/0']\n").encode(), "more than 65,536 in one entry"),
@@ -122,8 +124,10 @@ def test_every_duplicate_is_named_nested_ones_too(tmp_path):
     with pytest.raises(FileInvalid) as caught:
         load_site(path, environ={})
     assert [str(p) for p in caught.value.problems] == [
-        f"{path}:4: circuits[0].limit_kw: given twice (line 4 and line 4); YAML would silently keep the last: remove one",
-        f"{path}:7: miners[0].addresses: given twice (line 6 and line 7); YAML would silently keep the last: remove one",
+        f"{path}:4: circuits[0].limit_kw: given twice (line 4 and line 4); "
+        "YAML would silently keep the last: remove one",
+        f"{path}:7: miners[0].addresses: given twice (line 6 and line 7); "
+        "YAML would silently keep the last: remove one",
         f"{path}:8: name: given twice (line 1 and line 8); YAML would silently keep the last: remove one",
     ]
 
@@ -146,7 +150,8 @@ def test_a_credential_given_twice_in_the_secrets_file_is_refused_without_its_val
     path.write_text(HEAD + "secrets_file: secrets.yaml\n")
     with pytest.raises(FileInvalid) as caught:
         load_site(path, environ={})
-    assert str(caught.value) == f"{secrets}:2: braiins: given twice (line 1 and line 2); YAML would silently keep the last: remove one"
+    assert str(caught.value) == (f"{secrets}:2: braiins: given twice (line 1 and line 2); "
+                                 "YAML would silently keep the last: remove one")
     assert "secret" not in str(caught.value).replace("secrets.yaml", "")
 
 
@@ -197,7 +202,8 @@ def test_every_problem_is_reported_at_its_own_line(tmp_path, capsys):
 
 def test_cross_field_problems_each_get_their_own_line(tmp_path):
     fixed = SEVERAL.replace("reserve_kw: 200", "reserve_kw: 20").replace("  - name: feeder\n    limit_kw: 50\n", "")
-    fixed = fixed.replace("stale_after_seconds: -1", "stale_after_seconds: 60").replace("concurrency: 0", "concurrency: 5")
+    fixed = fixed.replace("stale_after_seconds: -1", "stale_after_seconds: 60")
+    fixed = fixed.replace("concurrency: 0", "concurrency: 5")
     path = tmp_path / "site.yaml"
     path.write_text(fixed)
     with pytest.raises(FileInvalid) as caught:

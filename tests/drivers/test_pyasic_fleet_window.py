@@ -55,7 +55,8 @@ def miner(n: int) -> LuxOSMiner:
 async def test_a_slow_miner_is_late_for_this_read_and_its_answer_lands_for_the_next():
     fast, slow = miner(1), miner(2)
     await asyncio.gather(fast.start(), slow.start())
-    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (fast, slow)], FleetSettings(deadlines=DEADLINES))
+    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (fast, slow)],
+                       FleetSettings(deadlines=DEADLINES))
     try:
         await fleet.discover()
         requests = Requests(slow, delay_s=SLOW_S)
@@ -87,7 +88,8 @@ async def test_a_slow_miner_is_late_for_this_read_and_its_answer_lands_for_the_n
 async def test_with_no_answer_at_all_nothing_is_cut_short_and_close_stops_the_reads_in_flight():
     hung, well = miner(3), miner(5)
     await asyncio.gather(hung.start(), well.start())
-    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (hung, well)], FleetSettings(deadlines=DEADLINES))
+    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (hung, well)],
+                       FleetSettings(deadlines=DEADLINES))
     try:
         await fleet.discover()
         hung.set_fault(Fault.HANG)
@@ -109,7 +111,8 @@ async def test_with_no_answer_at_all_nothing_is_cut_short_and_close_stops_the_re
 async def test_an_answer_that_landed_earlier_does_not_start_the_gap():
     hung, slow = miner(6), miner(7)
     await asyncio.gather(hung.start(), slow.start())
-    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (hung, slow)], FleetSettings(deadlines=DEADLINES))
+    fleet = MinerFleet([MinerTarget(m.host, firmware="luxos") for m in (hung, slow)],
+                       FleetSettings(deadlines=DEADLINES))
     try:
         await fleet.discover()
         Requests(slow, delay_s=GAP_S * 3)

@@ -153,7 +153,8 @@ async def test_identified_alike_automatically_and_by_hint(kind: Kind) -> None:
         ((firmware, model, capability),) = described
         assert firmware == kind.firmware and model is not None and kind.model.split()[-1] in model
         assert capability.control is kind.control
-        assert (capability.min_watts, capability.max_watts) == (SPECS[kind.model].min_watts, SPECS[kind.model].max_watts)
+        spec = SPECS[kind.model]
+        assert (capability.min_watts, capability.max_watts) == (spec.min_watts, spec.max_watts)
         assert len(auto.commands_received) > len(hinted.commands_received)  # the hint skipped the race
     finally:
         await asyncio.gather(*(s.stop() for s in sims))

@@ -60,11 +60,21 @@ async def wait_state(runner: SlurmRunner, job_id: str, *states: JobState) -> Job
             await asyncio.sleep(0.1)
 
 
+def read_beat(beat: Path) -> str:
+    """The heartbeat file's content (a tiny local file: read synchronously, off the async tests)."""
+    return beat.read_text()
+
+
+def read_beat_if_written(beat: Path) -> str:
+    """The heartbeat's content, stripped; empty before the job first writes it."""
+    return beat.read_text().strip() if beat.exists() else ""
+
+
 async def next_beat(beat: Path, after: str | None = None) -> str:
     """The heartbeat's content once it differs from ``after`` (once it exists, when None)."""
     async with asyncio.timeout(WAIT_SECONDS):
         while True:
-            text = beat.read_text().strip() if beat.exists() else ""
+            text = read_beat_if_written(beat)
             if text and text != after:
                 return text
             await asyncio.sleep(0.05)
@@ -72,9 +82,9 @@ async def next_beat(beat: Path, after: str | None = None) -> str:
 
 async def assert_beat_stopped(beat: Path) -> None:
     await asyncio.sleep(0.3)  # a write already under way may land
-    before = beat.read_text()
+    before = read_beat(beat)
     await asyncio.sleep(1.0)
-    assert beat.read_text() == before, "the job kept running while Slurm said it was suspended"
+    assert read_beat(beat) == before, "the job kept running while Slurm said it was suspended"
 
 
 async def test_is_a_job_runner_and_registered(runner: SlurmRunner) -> None:
@@ -258,7 +268,8 @@ def test_slurm_states(text: str, state: JobState) -> None:
 
 @pytest.mark.parametrize(
     ("tres", "gpus"),
-    [("gres:gpu:2", 2), ("gres/gpu:a100=4", 4), ("gres:gpu:h100:8", 8), ("N/A", 0), ("", 0), ("gres:gpu:1,gres:nic:1", 1)],
+    [("gres:gpu:2", 2), ("gres/gpu:a100=4", 4), ("gres:gpu:h100:8", 8), ("N/A", 0), ("", 0),
+     ("gres:gpu:1,gres:nic:1", 1)],
 )
 def test_gpus_requested(tres: str, gpus: int) -> None:
     assert gpus_requested(tres) == gpus

@@ -53,7 +53,8 @@ def test_plan_prints_every_miner_with_its_target_and_reason(simulators, tmp_path
         row = next(line for line in lines if line.startswith(f"miner  {host} "))
         assert "marginal $" in row or "no room" in row
     assert "4 controllable miners" in out.stdout or "/4 controllable miners on" in out.stdout
-    as_json = subprocess.run([*CLI, "plan", "--config", str(path), "--json"], capture_output=True, text=True, timeout=60)
+    as_json = subprocess.run([*CLI, "plan", "--config", str(path), "--json"],
+                             capture_output=True, text=True, timeout=60)
     devices = json.loads(as_json.stdout)["devices"]
     assert {d["device"] for d in devices} == set(simulators)
     assert sum(d["target_watts"] for d in devices) <= 9_000

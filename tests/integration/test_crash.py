@@ -141,7 +141,9 @@ def hang_after_first_command(sim: SimulatedSite) -> list[SimulatedMiner]:
 
 
 @contextlib.asynccontextmanager
-async def crash_site(tmp_path: Path, broker: Broker, **site: Any) -> AsyncIterator[tuple[SimulatedSite, Daemon, Journaled]]:
+async def crash_site(
+    tmp_path: Path, broker: Broker, **site: Any
+) -> AsyncIterator[tuple[SimulatedSite, Daemon, Journaled]]:
     batches = [MinerBatch("luxos", 4, "site", "Antminer S21")]
     async with SimulatedSite(batches, first_address="127.0.47.1", physics_options={"ramp_watts_per_s": 2000.0}) as sim:
         daemon = Daemon(write_site(tmp_path, sim, broker, **site), tmp_path / "daemon.log")

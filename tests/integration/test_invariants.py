@@ -79,7 +79,7 @@ async def test_a_grant_waits_until_telemetry_confirms_the_shed(tmp_path):
     # draw has really fallen.
     batches = [MinerBatch("braiins", 1, "pdu", "Antminer S19 XP"), MinerBatch("luxos", 1, "pdu", "Antminer S21")]
     async with running_site(batches, tmp_path, first_address="127.0.12.1", budget_kw=50,
-                            circuits=[{"name": "pdu", "limit_kw": 4.2}]) as (sim, daemon, budget, truth):
+                            circuits=[{"name": "pdu", "limit_kw": 4.2}]) as (sim, daemon, _budget, truth):
         xp, s21 = sim.miners
         s21.physics.sleep(settled=True)
         xp.physics.set_target(3600)
@@ -100,7 +100,7 @@ async def test_a_grant_waits_until_telemetry_confirms_the_shed(tmp_path):
 async def test_dry_run_decides_and_journals_but_sends_nothing(tmp_path):
     async with running_site([MinerBatch("luxos", 3, "site", "Antminer S21")], tmp_path,
                             first_address="127.0.13.1", budget_kw=6,
-                            dry_run=True) as (sim, daemon, budget, truth):
+                            dry_run=True) as (sim, daemon, _budget, _truth):
         before = {m.host: m.physics.target_watts for m in sim.miners}
         report = await daemon.controller.run_once()
         assert report.plans[0].now, "the tight budget should call for sheds"
@@ -112,7 +112,8 @@ async def test_dry_run_decides_and_journals_but_sends_nothing(tmp_path):
 
 async def test_a_budget_event_wakes_the_loop_before_its_next_tick(tmp_path):
     batches = [MinerBatch("luxos", 2, "site", "Antminer S21")]
-    async with running_site(batches, tmp_path, first_address="127.0.15.1", budget_kw=10) as (sim, daemon, budget, truth):
+    async with running_site(batches, tmp_path, first_address="127.0.15.1",
+                            budget_kw=10) as (_sim, daemon, _budget, truth):
         controller = daemon.controller
         assert controller.site.tick_seconds == 15  # far longer than this test waits
         stop = asyncio.Event()

@@ -111,7 +111,8 @@ async def test_a_slow_shed_is_obeying_not_ignored(tmp_path):
         MinerBatch("braiins", 1, "site", "Antminer S19 XP", physics={"ramp_watts_per_s": 400.0}),
         MinerBatch("luxos", 1, "site", "Antminer S21"),
     ]
-    async with running_site(batches, tmp_path, first_address="127.0.41.1", budget_kw=20) as (sim, daemon, budget, truth):
+    async with running_site(batches, tmp_path, first_address="127.0.41.1",
+                            budget_kw=20) as (sim, daemon, budget, truth):
         slow = sim.miners[0]
         start = datetime.now(UTC) + timedelta(seconds=12)  # announced: 7.5 s of ramp fit before it
         budget.add(BudgetEvent("cut", 100, start, start + timedelta(seconds=30)))
@@ -131,7 +132,8 @@ async def test_a_slow_shed_is_obeying_not_ignored(tmp_path):
 
 async def test_a_wake_the_miner_ignored_is_not_counted_as_booting(tmp_path):
     batches = [MinerBatch("luxos", 2, "site", "Antminer S21")]
-    async with running_site(batches, tmp_path, first_address="127.0.42.1", budget_kw=20) as (sim, daemon, _budget, truth):
+    async with running_site(batches, tmp_path, first_address="127.0.42.1",
+                            budget_kw=20) as (sim, daemon, _budget, truth):
         ignoring, obeying = sim.miners
         for miner in sim.miners:
             miner.physics.sleep(settled=True)

@@ -105,11 +105,16 @@ async def test_a_clean_stop_says_offline(tmp_path, broker):
             await watcher.wait_raw(f"{PREFIX}/availability", b"offline")
 
 
-async def test_a_killed_daemon_goes_offline_by_its_last_will(tmp_path, broker):
-    child = subprocess.Popen(
-        [sys.executable, str(HERE / "mqtt_child.py"), broker.host, str(broker.port), str(tmp_path / "child")],
+def start_mqtt_child(broker: Broker, state_dir: Path) -> subprocess.Popen[bytes]:
+    """The daemon in a child process; a plain function, so the fork happens outside the async test."""
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "mqtt_child.py"), broker.host, str(broker.port), str(state_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )
+
+
+async def test_a_killed_daemon_goes_offline_by_its_last_will(tmp_path, broker):
+    child = start_mqtt_child(broker, tmp_path / "child")
     try:
         async with operator(broker, f"{PREFIX}/availability") as watcher:
             await watcher.wait_raw(f"{PREFIX}/availability", b"online", timeout=30)
@@ -387,7 +392,7 @@ async def test_a_reply_cannot_be_aimed_at_the_daemons_own_topics(tmp_path, broke
             await op.wait_for(f"{PREFIX}/state/site")
             for n, topic in enumerate(targets):
                 await op.send({"command": "pause", "id": f"t{n}", "reply_to": topic})
-            for n, topic in enumerate(targets):
+            for n, _topic in enumerate(targets):
                 reply = await op.wait_for(f"{PREFIX}/reply/t{n}")
                 assert reply["status"] == "rejected" and reply["field"] == "reply_to", reply
             await settled(setup.bridge, op)

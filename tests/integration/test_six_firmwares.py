@@ -34,7 +34,7 @@ TICK_S = 2.0
 
 async def test_every_firmware_sheds_for_a_cut_and_mines_again_after_the_restore(tmp_path):
     async with running_site(SITE, tmp_path, first_address="127.0.150.1", budget_kw=60, identify=True,
-                            site_extra={"tick_seconds": TICK_S}) as (sim, daemon, budget, truth):
+                            site_extra={"tick_seconds": TICK_S}) as (sim, daemon, _budget, truth):
         controller, fleet = daemon.controller, daemon.fleet
         # Identified by pyasic (no firmware named in the site file), each as what it is.
         firmware = {m.host: fleet.driver(m.host).firmware for m in sim.miners}

@@ -77,7 +77,8 @@ def test_the_example_loads_by_dotted_path_and_reports_its_bad_options(plugin_dir
 
 
 def test_an_unknown_name_lists_the_known_ones():
-    with pytest.raises(PolicyLoadError, match=r"unknown policy 'merit_order' \(known: .*ai-first, merit-order, strike-price"):
+    with pytest.raises(PolicyLoadError,
+                       match=r"unknown policy 'merit_order' \(known: .*ai-first, merit-order, strike-price"):
         policy_factory("merit_order")
 
 
@@ -95,7 +96,8 @@ def test_a_dotted_path_that_does_not_import_is_named_with_the_reason(plugin_dir)
 
 def test_a_broken_entry_point_is_named(plugin_dir):
     install(plugin_dir, "acme_bad", "import acme_not_there\n", {"acme-bad": "acme_bad:make"})
-    with pytest.raises(PolicyLoadError, match=r"'acme-bad' \(entry point acme_bad:make .*\) failed to load: ModuleNotFoundError"):
+    with pytest.raises(PolicyLoadError,
+                       match=r"'acme-bad' \(entry point acme_bad:make .*\) failed to load: ModuleNotFoundError"):
         make_policy("acme-bad", {})
 
 
@@ -111,7 +113,8 @@ def test_a_factory_that_does_not_return_a_policy_is_refused(plugin_dir):
 
 # -- a policy file is data: it names plug-ins, it does not run code (issue 10, item 9) ------------
 
-MARKER = "import pathlib\npathlib.Path(__file__).with_suffix('.ran').touch()\n\ndef make(options):\n    raise SystemExit\n"
+MARKER = ("import pathlib\npathlib.Path(__file__).with_suffix('.ran').touch()\n"
+          "\ndef make(options):\n    raise SystemExit\n")
 
 
 def test_a_dotted_path_to_a_module_the_site_does_not_allow_is_refused_before_any_import(plugin_dir):
@@ -158,7 +161,8 @@ def test_validate_runs_no_code_a_policy_file_names(plugin_dir, capsys, keep_logg
     policy.write_text("policy: acme_ok:FlatPolicy\noptions: {watts: 2000}\n")
     site = Path(__file__).resolve().parents[2] / "deploy" / "site.example.yaml"
     own_site = plugin_dir / "site.yaml"
-    text = site.read_text().replace("secrets_file: secrets.example.yaml", f"secrets_file: {site.parent}/secrets.example.yaml")
+    text = site.read_text().replace("secrets_file: secrets.example.yaml",
+                                    f"secrets_file: {site.parent}/secrets.example.yaml")
     own_site.write_text(text + "policy_modules: [acme_ok]\n")
     assert main(["validate", str(own_site), "--policy", str(policy)]) == 0, capsys.readouterr().err
     assert "policy acme_ok:FlatPolicy" in capsys.readouterr().out

@@ -28,7 +28,9 @@ async def test_a_site_of_all_six_firmwares_is_read_through_its_site_file() -> No
         config = SiteConfig.model_validate(
             site.site_file(name="six", budget_kw=50, drivers={"call_timeout_seconds": 5})
         )
-        assert [g.firmware for g in config.miners] == ["luxos", "whatsminer", "braiins", "antminer", "vnish", "whatsminer"]
+        assert [g.firmware for g in config.miners] == [
+            "luxos", "whatsminer", "braiins", "antminer", "vnish", "whatsminer"
+        ]
         readings = await MinerFleet.from_site(config).read_all()
     assert all(isinstance(r, MinerReading) for r in readings.values()), readings
     by_host = {host: r for host, r in readings.items() if isinstance(r, MinerReading)}
