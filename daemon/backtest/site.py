@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, model_validator
 
 from wattshift.daemon.config.gpu import GpuHost
 from wattshift.daemon.config.site import SiteConfig, SiteLimits, load_site
-from wattshift.daemon.config.yamlfile import FileInvalid, Problem, load_model
+from wattshift.daemon.config.yamlfile import FileInvalid, Problem, load_model, read_document
 from wattshift.model.efficiency import CURVES, normalise_model
 from wattshift.model.fields import SITE_CIRCUIT, Name, Strict
 from wattshift.model.jobs import FlexTier, SwitchingCost
@@ -118,8 +117,8 @@ def from_site_config(site: SiteConfig, file: str) -> BacktestSite:
 def load_backtest_site(path: Path) -> BacktestSite:
     """A back-test site file, or a real site file (miners by address); raises FileInvalid."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        raw = read_document(path).data  # bounded: size, depth, aliases
+    except FileInvalid:
         raw = None  # load_model explains it, with the line
     groups = raw.get("miners") if isinstance(raw, dict) else None
     real = isinstance(groups, list) and any(isinstance(g, dict) and "addresses" in g for g in groups)

@@ -16,6 +16,10 @@ from pydantic import Field, field_validator, model_validator
 from wattshift.model.fields import SITE_CIRCUIT, Name, Strict
 from wattshift.model.jobs import FlexTier, SwitchingCost
 
+# A server holds at most 64 cards (gpu_count): an index past that is a typo, and a range like
+# 0-99999999 must be refused before it is expanded into a list.
+MAX_GPU_INDEX = 63
+
 
 class GpuHost(Strict):
     """The draw of a GPU server that is not its cards' (CPUs, fans, NICs: NVML cannot see it),
@@ -45,7 +49,7 @@ class GpuNodeConfig(GpuHost):
     circuit: Name = SITE_CIRCUIT
     driver: Literal["nvml"] = "nvml"
     # "all", an index range "0-7", or a list of indices or UUIDs on that driver's host.
-    gpus: str | list[str] = "all"
+    gpus: str | Annotated[list[str], Field(max_length=MAX_GPU_INDEX + 1)] = "all"
     gpu_count: int = Field(default=8, ge=1, le=64)  # what the node must show: fewer is a lost card
     scheduler_node: str | None = None  # the node's name in the scheduler, if not ``name``
 
@@ -69,6 +73,8 @@ class GpuNodeConfig(GpuHost):
             first, _, last = value.partition("-")
             if not first.isdigit() or (last and not last.isdigit()) or (last and int(last) < int(first)):
                 raise ValueError(f"expected 'all', an index range like '0-7', or a list (got {value!r})")
+            if int(last or first) > MAX_GPU_INDEX:  # counted before anything is expanded
+                raise ValueError(f"GPU indices go up to {MAX_GPU_INDEX} (got {value!r})")
         return value
 
 

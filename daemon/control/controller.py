@@ -366,13 +366,18 @@ class Controller:
 
     async def _read_prices(self) -> Prices:
         feeds = {**self._feeds, **{f"gpu:{model}": feed for model, feed in self._rate_feeds.items()}}
-        for name, feed in feeds.items():
+
+        async def read(name: str, feed: PriceFeed) -> None:
             try:
-                quote = await asyncio.wait_for(feed.latest(), self.site.drivers.call_timeout_seconds)
+                async with asyncio.timeout(self.site.drivers.call_timeout_seconds):
+                    quote = await feed.latest()
             except (PriceError, TimeoutError) as err:
                 log.warning("price feed %s: %s; holding the last good value", feed.name, err)
-                continue
+                return
             self._quotes[name] = (quote.value, quote.at)
+
+        # All at once: a hung feed costs one deadline, not one per feed, before the sheds go out.
+        await asyncio.gather(*(read(name, feed) for name, feed in feeds.items()))
         return quote_prices(
             self._quotes.get("hashprice"),
             self._quotes.get("power"),

@@ -141,6 +141,8 @@ def test_gpu_nodes_and_job_classes_load(tmp_path):
     ("node", "reason"),
     [
         ("{name: gpu-01, gpus: 7-0}", "index range"),
+        ("{name: gpu-01, gpus: 0-99999999}", "GPU indices go up to 63"),  # refused, not expanded
+        ("{name: gpu-01, gpus: [" + ", ".join(map(str, range(65))) + "]}", "at most 64 items"),
         ("{name: gpu-01, circuit: nowhere}", "'nowhere' is not a circuit"),
         ("{name: gpu-01, host_idle_kw: 2, host_max_kw: 1}", "below host_idle_kw"),
     ],

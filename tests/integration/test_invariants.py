@@ -254,3 +254,35 @@ async def test_a_driver_dropped_between_ticks_is_planned_for_at_once(tmp_path):
             stop.set()
             await loop
     assert_never_over(truth)
+
+
+class HungFeed:
+    """A price source that accepts the request and never answers."""
+
+    in_flight = 0
+    most_at_once = 0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def latest(self):
+        HungFeed.in_flight += 1
+        HungFeed.most_at_once = max(HungFeed.most_at_once, HungFeed.in_flight)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            HungFeed.in_flight -= 1
+
+
+async def test_hung_price_feeds_are_waited_for_together_not_one_after_another(tmp_path):
+    """A hung feed costs the snapshot one read deadline, however many feeds hang: the sheds
+    after it do not wait a deadline per feed."""
+    async with running_site([MinerBatch("luxos", 1, "site", "Antminer S21")], tmp_path, first_address="127.0.151.1",
+                            budget_kw=10) as (_sim, daemon, _budget, _truth):
+        controller = daemon.controller
+        controller._feeds = {"hashprice": HungFeed("hashprice"), "power": HungFeed("power")}
+        controller._rate_feeds = {"H100": HungFeed("gpu")}
+        snapshot = await controller.observe()
+        assert HungFeed.most_at_once == 3  # before: 1, each feed waited out in turn
+        assert HungFeed.in_flight == 0  # every hung read was given up at its deadline
+        assert snapshot.prices.hashprice_stale and snapshot.prices.power_stale  # nothing good held: stale
