@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .listener import TcpListener
 from .miner import Fault, SimulatedMiner
 
 Reply = dict[str, Any] | bytes
@@ -66,47 +67,12 @@ async def _call(target: object, name: str, parameter: Any) -> dict[str, Any]:
     return reply
 
 
-class CgminerServer:
+class CgminerServer(TcpListener):
     """One TCP listener that plays the miner's faults and answers through a :class:`Handler`."""
 
     def __init__(self, miner: SimulatedMiner, handler: Handler, *, port: int = 4028) -> None:
-        self.miner = miner
+        super().__init__(miner, port)
         self.handler = handler
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, host=self.miner.host, port=self.port, reuse_address=True, backlog=256
-        )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            # stop() cancels hanging connections; the task is ours, nothing waits on it.
-            pass
-        finally:
-            self._connections.discard(task)
-            _close(writer)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.miner.reachable:
@@ -148,8 +114,3 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     writer.transport.abort()
-
-
-def _close(writer: asyncio.StreamWriter) -> None:
-    if not writer.transport.is_closing():
-        writer.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import json
 import re
@@ -29,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .cgminer import GARBAGE, _reset
+from .listener import TcpListener
 from .miner import Fault, SimulatedMiner
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -91,60 +91,14 @@ class HttpReply:
 Handler = Callable[[HttpRequest], Awaitable[HttpReply]]
 
 
-class WebServer:
+class WebServer(TcpListener):
     """One HTTP listener on ``(miner.host, port)`` answering through a :data:`Handler`."""
 
-    def __init__(
-        self, miner: SimulatedMiner, handler: Handler, *, port: int = 80
-    ) -> None:
-        self.miner = miner
+    DROPPED = (*TcpListener.DROPPED, asyncio.LimitOverrunError, ValueError)  # a cut mid-header
+
+    def __init__(self, miner: SimulatedMiner, handler: Handler, *, port: int = 80) -> None:
+        super().__init__(miner, port)
         self.handler = handler
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve,
-            host=self.miner.host,
-            port=self.port,
-            reuse_address=True,
-            backlog=256,
-        )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._answer(reader, writer)
-        except (
-            ConnectionError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ValueError,
-        ):
-            pass
-        except asyncio.CancelledError:
-            pass  # stop() cancels hanging connections; nothing waits on this task
-        finally:
-            self._connections.discard(task)
-            if not writer.transport.is_closing():
-                writer.close()
 
     async def _answer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import secrets
@@ -45,6 +44,7 @@ from wattshift.model.specs import MinerSpec
 
 from . import whatsminer_replies as replies
 from .cgminer import GARBAGE, CgminerServer, Reply, _reset
+from .listener import TcpListener
 from .miner import CommandRefused, Fault, SimulatedMiner
 from .physics import Clock
 from .whatsminer_replies import Identity, Readings
@@ -352,54 +352,14 @@ class WhatsminerV3Miner(SimulatedMiner):
         return self._ok("ok")
 
 
-class _FramedServer:
+class _FramedServer(TcpListener):
     """TCP 4433: length-prefixed JSON, one request per connection, with the miner's faults."""
 
-    def __init__(
-        self, miner: WhatsminerV3Miner, answer: Callable[[object], dict[str, Any]]
-    ) -> None:
-        self.miner = miner
+    def __init__(self, miner: WhatsminerV3Miner, answer: Callable[[object], dict[str, Any]]) -> None:
+        super().__init__(miner, API_PORT)
         self.answer = answer
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve,
-            host=self.miner.host,
-            port=API_PORT,
-            reuse_address=True,
-            backlog=256,
-        )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._exchange(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            self._connections.discard(task)
-            if not writer.transport.is_closing():
-                writer.close()
-
-    async def _exchange(
+    async def _answer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         miner = self.miner
