@@ -159,6 +159,7 @@ class Controller:
         self.meter = meter
         self.overhead = OverheadEstimate()
         self._overhead_planned = 0.0  # the overhead taken off the budget in the last snapshot
+        self._overhead_known = False  # ... and whether it had been measured by then
         self._feeds = {"hashprice": hashprice, "power": power_price}
         self._rate_feeds = dict(gpu_rates or {})
         self._quotes: dict[str, tuple[float, float]] = {}
@@ -324,6 +325,7 @@ class Controller:
         # What the devices cannot see (cooling, transformer losses) comes off the budget.
         overhead = self.overhead.watts if self.meter is not None else 0.0
         self._overhead_planned = overhead
+        self._overhead_known = self.overhead.known  # whether this snapshot's budget allowed for it
         snapshot = build_snapshot(
             self.site,
             miners,
@@ -430,11 +432,17 @@ class Controller:
         return self.gpus.driver(device_id) if self.gpus is not None else None
 
     def _metered(self, plan: Plan, notes: list[str]) -> Plan:
-        """A site with a meter increases its draw only while the meter is fresh (invariant 4)."""
-        if self.meter is None or increases_allowed(self.meter.latest()) or not (plan.grants or plan.deferred):
+        """A site with a meter increases its draw only while the meter is fresh (invariant 4), and
+        once the load no device reports has been measured: before, it could be anything."""
+        if self.meter is None or not (plan.grants or plan.deferred):
             return plan
-        notes.append("site meter stale: increases held")
-        return hold_increases(plan)
+        if not increases_allowed(self.meter.latest()):
+            notes.append("site meter stale: increases held")
+            return hold_increases(plan)
+        if not self._overhead_known:
+            notes.append("load no device reports not measured yet: increases held")
+            return hold_increases(plan)
+        return plan
 
     async def _confirm_released(self, sheds: tuple[Step, ...], room: MeterRoom | None = None) -> bool:
         """Poll the shed devices until each draws no more than its new setting, and the site

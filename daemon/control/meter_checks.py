@@ -58,15 +58,28 @@ class OverheadEstimate:
     alpha: float = 0.2
     watts: float = 0.0
     samples: int = 0
+    # Before the first full sample, a meter reading with some devices unread bounds the overhead
+    # from above (their draw counted as overhead): safe to plan with until a full sample comes.
+    bounded: bool = False
+
+    @property
+    def known(self) -> bool:
+        """Measured, or bounded from above: until then the unmetered load is unknown, and an
+        unknown load may be anything (invariant 3), so increases wait."""
+        return self.samples > 0 or self.bounded
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
             raise ValueError(f"alpha {self.alpha}: must be in (0, 1]")
 
     def update(self, meter: MeterReading | None, device_watts: float, *, all_devices_read: bool) -> float:
-        if meter is None or meter.stale or not all_devices_read:
+        if meter is None or meter.stale:
             return self.watts
         sample = max(0.0, meter.watts - device_watts)
+        if not all_devices_read:
+            if self.samples == 0:
+                self.watts, self.bounded = max(self.watts, sample), True
+            return self.watts
         self.watts = sample if self.samples == 0 else self.watts + self.alpha * (sample - self.watts)
         self.samples += 1
         return self.watts

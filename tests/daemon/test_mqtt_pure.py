@@ -210,7 +210,12 @@ def test_meter_checks():
     assert not shed_confirmed(room, None)
     assert shed_confirmed(MeterRoom(None, 4000, 20_000), MeterReading(15_000, 2.0, 0.0, False))
     estimate = OverheadEstimate(alpha=0.5)
+    assert not estimate.known  # nothing measured: the unmetered load could be anything
+    # A device unread: its draw counts as overhead, an upper bound to plan with until a full sample.
+    estimate.update(MeterReading(14_000, 0.5, 0, False), 10_000, all_devices_read=False)
+    assert estimate.known and estimate.watts == 4_000 and estimate.samples == 0
     estimate.update(MeterReading(11_000, 1.0, 0, False), 10_000, all_devices_read=True)
+    assert estimate.watts == 1_000  # the first full sample replaces the bound
     estimate.update(MeterReading(12_000, 2.0, 0, False), 10_000, all_devices_read=True)
     assert estimate.watts == 1500
     assert estimate.update(MeterReading(30_000, 3.0, 0, False), 10_000, all_devices_read=False) == 1500

@@ -35,14 +35,17 @@ async def test_a_stale_meter_holds_increases_and_a_fresh_one_releases_them(tmp_p
         assert grants(held) == []
 
         meter.feed(str(sim.true_watts() + 2_000).encode())  # 2 kW of cooling the devices cannot see
-        fresh = await controller.run_once()
-        assert fresh.notes == ()
-        assert grants(fresh), fresh.plans[0]
+        measured = await controller.run_once()  # the load no device reports is measured now ...
+        assert "load no device reports not measured yet: increases held" in measured.notes
+        assert grants(measured) == []  # ... but this tick's budget did not allow for it
         overhead = controller.overhead.watts
         assert 1_500 < overhead < 2_500
 
-        again = await controller.run_once()
-        assert again.snapshot.budget_watts == 20_000 - overhead  # it comes off the budget
+        meter.feed(str(sim.true_watts() + 2_000).encode())
+        fresh = await controller.run_once()
+        assert fresh.notes == ()
+        assert grants(fresh), fresh.plans[0]
+        assert fresh.snapshot.budget_watts == pytest.approx(20_000 - overhead, abs=200)  # it comes off the budget
 
         clock[0] += 31  # the meter falls silent, and someone turns a miner down by hand
         await controller.fleet.driver(sim.miners[0].host).set_power_limit(3_000)
@@ -53,11 +56,11 @@ async def test_a_stale_meter_holds_increases_and_a_fresh_one_releases_them(tmp_p
     assert_never_over(truth)
 
 
-async def metered(sim, meter, hidden_watts: float) -> None:
+async def metered(sim, meter, hidden_watts: list[float]) -> None:
     """A gateway publishing the site's meter every 0.2 s: the miners' true draw and a load no
-    device reports."""
+    device reports (``hidden_watts[0]``, which a test may switch on)."""
     while True:
-        meter.feed(str(sim.true_watts() + hidden_watts).encode())
+        meter.feed(str(sim.true_watts() + hidden_watts[0]).encode())
         await asyncio.sleep(0.2)
 
 
@@ -74,11 +77,15 @@ async def test_a_grant_behind_a_shed_waits_for_room_on_the_meter(tmp_path, hidde
         xp.physics.set_target(2000)
         await asyncio.sleep(1.5)  # the starting state, set by hand, settles
         truth.excursions.clear()  # (on the way there it was over: not the daemon's doing)
-        truth.unmetered_watts = hidden_watts  # a heater on the site's feed: over is over, seen or not
         controller = daemon.controller
         controller.meter = SiteMeter("site/meter", stale_after_seconds=5)
-        feeder = asyncio.create_task(metered(sim, controller.meter, hidden_watts))
+        hidden = [0.0]
+        feeder = asyncio.create_task(metered(sim, controller.meter, hidden))
         try:
+            await asyncio.sleep(0.5)
+            await controller.observe()  # the loop has measured what no device reports: nothing
+            # Then a heater on the site's feed is switched on: over is over, seen or not.
+            hidden[0] = truth.unmetered_watts = hidden_watts
             await asyncio.sleep(0.5)
             report = await controller.run_once()
             first = report.plans[0]
@@ -91,7 +98,7 @@ async def test_a_grant_behind_a_shed_waits_for_room_on_the_meter(tmp_path, hidde
                 # the load comes off the budget from now on.
                 assert "sheds not confirmed in time: their miners stay at worst case" in report.notes
                 assert woken == []
-                assert controller.overhead.watts == pytest.approx(hidden_watts, rel=0.2)
+                assert controller.overhead.watts > 0.15 * hidden_watts  # learning it (smoothed)
             else:
                 assert report.notes == ()
                 assert woken == [s21.host]
