@@ -49,7 +49,8 @@ from wattshift.model.snapshot import SiteSnapshot
 from wattshift.policies.base import Allocation
 from wattshift.policies.overrides import Overrides, forced_devices
 
-from .commands import Rejection, check_age, parse_command, show
+from .commands import Rejection, parse_command, show
+from .delivery import ReplyTo, delivery_refusal, reply_target
 from .handler import BudgetWatch, CommandHandler, Outcome, PolicySwitcher
 from .outbox import Outbox
 from .state import (
@@ -70,28 +71,10 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 CALL_TIMEOUT_SECONDS = 10.0
-MAX_CORRELATION_BYTES = 256  # echoed on the reply: bounded like every other input
-ANONYMOUS_REFUSAL = (
-    "commands refused: the broker also lets clients in without credentials, so anyone on the "
-    "network could have sent this; turn anonymous access off (Mosquitto: allow_anonymous false) "
-    "or set mqtt.commands.allow_anonymous_broker: true in the site file"
-)
-RETAINED_REFUSAL = (
-    "a retained message: a command acts once, when it is sent, not again at every restart; "
-    "clear it with an empty retained message on the command topic"
-)
-
-
-@dataclass(frozen=True)
-class _ReplyTo:
-    topic: str
-    correlation: bytes | None
-
-
 @dataclass(frozen=True)
 class _Pending:
     watch: BudgetWatch
-    reply: _ReplyTo
+    reply: ReplyTo
     request_id: str | None
 
 
@@ -267,8 +250,13 @@ class MqttBridge:
             request_id, name, reply_to = parsed.request_id, parsed.command, parsed.reply_to
         else:
             request_id, name, reply_to = parsed.id, parsed.command, parsed.reply_to
-        reply, misdirected = self._reply_target(request_id, reply_to, properties)
-        refusal = self._refusal(parsed, retained, misdirected)
+        reply, misdirected = reply_target(self.topics, request_id, reply_to, properties)
+        commands = self.config.commands
+        refusal = delivery_refusal(
+            parsed, retained=retained, misdirected=misdirected, now=self._wall(),
+            anonymous_broker=bool(self.anonymous_broker) and not commands.allow_anonymous_broker,
+            max_age_seconds=commands.max_age_seconds, require_sent_at=commands.require_sent_at,
+        )
         if refusal is not None:
             refusal = refusal.redacted()
             outcome = Outcome(False, refusal.message(), rejection=refusal)
@@ -293,40 +281,6 @@ class MqttBridge:
                 self._check_watches(self._report)
         return outcome
 
-    def _refusal(self, parsed: Any, retained: bool, misdirected: Rejection | None) -> Rejection | None:
-        """Why a message must not act, before the handler sees it: the broker's own openness
-        first (it makes every sender suspect), then the delivery, then the content."""
-        commands = self.config.commands
-        if self.anonymous_broker and not commands.allow_anonymous_broker:
-            return Rejection(ANONYMOUS_REFUSAL)
-        if retained:
-            return Rejection(RETAINED_REFUSAL, "retain", True)
-        if isinstance(parsed, Rejection):
-            return parsed
-        if misdirected is not None:
-            return misdirected
-        return check_age(parsed, self._wall(), max_age_seconds=commands.max_age_seconds,
-                         required=commands.require_sent_at)
-
-    def _reply_target(self, request_id: str | None, reply_to: str | None,
-                      properties: Properties | None) -> tuple[_ReplyTo, Rejection | None]:
-        """Where the answer goes, and why the asked-for topic was refused (then the default
-        ``<reply prefix>/<id>`` gets it). The MQTT 5 response topic is the sender's input too."""
-        response_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
-        correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
-        default = self.topics.reply(request_id)
-        if correlation is not None and (not isinstance(correlation, bytes) or len(correlation) > MAX_CORRELATION_BYTES):
-            size = len(correlation) if isinstance(correlation, bytes | str) else None
-            return _ReplyTo(default, None), Rejection(f"over {MAX_CORRELATION_BYTES} bytes", "correlation_data", size)
-        for field, topic in (("response_topic", response_topic), ("reply_to", reply_to)):
-            if topic is None:
-                continue
-            problem = self.topics.reply_problem(topic) if isinstance(topic, str) else "not a string"
-            if problem is not None:
-                return _ReplyTo(default, correlation), Rejection(problem, field, str(topic)[:200])
-            return _ReplyTo(topic, correlation), None
-        return _ReplyTo(default, correlation), None
-
     async def _journal(self, outcome: Outcome, name: str | None, request_id: str | None, retained: bool) -> None:
         verdict = "accepted" if outcome.accepted else "rejected"
         summary = f"mqtt command {name or '?'} {verdict}: {outcome.summary}"
@@ -341,7 +295,7 @@ class MqttBridge:
         except Exception:  # the journal's own failure is logged there; the reply still goes out
             log.exception("mqtt: could not journal command %s", name)
 
-    def _reply(self, reply: _ReplyTo, request_id: str | None, command: str | None, status: str, *,
+    def _reply(self, reply: ReplyTo, request_id: str | None, command: str | None, status: str, *,
                reason: str | None = None, field: str | None = None, value: Any = None,
                data: dict[str, Any] | None = None) -> None:
         body: dict[str, Any] = {"id": request_id, "command": command, "status": status, "at": self._wall().isoformat()}
