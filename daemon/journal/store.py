@@ -17,7 +17,7 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -96,35 +96,10 @@ class Journal:
             raise
 
     def _prepare(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise JournalError(f"journal {self.path}: is some other SQLite database"
-                               " (it has tables but no wattshift schema version)")
-        if version > SCHEMA_VERSION:
-            raise JournalError(
-                f"journal {self.path}: schema version {version} was written by a newer wattshift;"
-                f" this one understands up to version {SCHEMA_VERSION}. Upgrade wattshift"
-                " or move the file aside."
-            )
-        if self.read_only:
-            if version == 0:
-                raise JournalError(f"journal {self.path}: not a wattshift journal (no schema)")
-            return
-        # WAL: readers (the CLI, a dashboard) never block the daemon's writes, and a commit
-        # appends to one file. synchronous=FULL fsyncs the WAL at every commit; the default in
-        # WAL mode (NORMAL) may lose the last commits on power loss, which would break the
-        # promise that a returned id is durable.
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise JournalError(f"journal {self.path}: cannot use WAL mode (got {mode!r})")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        if version == 0:
-            with transaction(self._conn):
-                # Re-read under the write lock: another process may have created it meanwhile.
-                if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    for statement in _SCHEMA:
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            prepare_durable(self._conn, f"journal {self.path}", _SCHEMA, SCHEMA_VERSION, read_only=self.read_only)
+        except SchemaError as err:
+            raise JournalError(str(err)) from None
 
     def record(
         self,
@@ -256,6 +231,44 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:  # a failed COMMIT may leave it open; the next BEGIN would fail
             conn.execute("ROLLBACK")
         raise
+
+
+class SchemaError(ValueError):
+    """A SQLite file that is not ours, or not one this version can use; the message says which."""
+
+
+def prepare_durable(
+    conn: sqlite3.Connection, what: str, schema: Sequence[str], schema_version: int, *, read_only: bool = False
+) -> None:
+    """Check a wattshift SQLite file's schema version, make its writes durable, and create the
+    schema in a new file. The journal and the operator's state file share this.
+
+    WAL: readers (the CLI, a dashboard) never block the daemon's writes, and a commit appends to
+    one file. synchronous=FULL fsyncs the WAL at every commit; the default in WAL mode (NORMAL)
+    may lose the last commits on power loss, which would break the promise that what a write
+    returned is kept.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        raise SchemaError(f"{what}: is some other SQLite database (it has tables but no wattshift schema version)")
+    if version > schema_version:
+        raise SchemaError(f"{what}: schema version {version} was written by a newer wattshift; this one"
+                          f" understands up to version {schema_version}. Upgrade wattshift or move the file aside.")
+    if read_only:
+        if version == 0:
+            raise SchemaError(f"{what}: not a wattshift file (no schema)")
+        return
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise SchemaError(f"{what}: cannot use WAL mode (got {mode!r})")
+    conn.execute("PRAGMA synchronous=FULL")
+    if version == 0:
+        with transaction(conn):
+            # Re-read under the write lock: another process may have created it meanwhile.
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                for statement in schema:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={schema_version}")
 
 
 def create_private(path: Path) -> None:

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from wattshift.daemon.journal.entries import from_microseconds, to_microseconds
-from wattshift.daemon.journal.store import BUSY_TIMEOUT_S, create_private, transaction
+from wattshift.daemon.journal.store import BUSY_TIMEOUT_S, SchemaError, create_private, prepare_durable, transaction
 from wattshift.model.budget import BudgetEvent
 from wattshift.policies.overrides import Forced, Override
 
@@ -100,22 +100,10 @@ class SiteState:
             raise
 
     def _prepare(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise StateError(f"state {self.path}: is some other SQLite database (no wattshift schema version)")
-        if version > SCHEMA_VERSION:
-            raise StateError(f"state {self.path}: schema version {version} was written by a newer wattshift"
-                             f" (this one understands up to {SCHEMA_VERSION})")
-        # As the journal: FULL fsyncs the WAL at every commit, so a change written is a change kept.
-        if self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
-            raise StateError(f"state {self.path}: cannot use WAL mode")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        if version == 0:
-            with transaction(self._conn):
-                if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    for statement in _SCHEMA:
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            prepare_durable(self._conn, f"state {self.path}", _SCHEMA, SCHEMA_VERSION)
+        except SchemaError as err:
+            raise StateError(str(err)) from None
 
     # -- writes: one transaction each ------------------------------------------------------------
 
