@@ -25,11 +25,12 @@ from wattshift.drivers.prices import PriceError, PriceFeed
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
 from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.model.miner import Failure, MinerCapability, MinerReading
-from wattshift.model.snapshot import GpuNodeState, Load, Prices, SiteSnapshot
+from wattshift.model.snapshot import GpuNodeState, Prices, SiteSnapshot
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
+from .memory import DeviceMemory
 from .meter_checks import (
     MeterRoom,
     OverheadEstimate,
@@ -61,10 +62,6 @@ DISTRUST_SECONDS = 60.0
 # worst case for this plan, and its read goes on and lands for the next one. Answers that keep
 # coming (a large fleet read through its concurrency bound) keep the window open.
 ANSWER_GAP_SECONDS = 1.0
-# A woken miner boots its hashboards for minutes before it draws and hashes; until it reads on
-# it is counted at its limit. One still not running after this long did not wake: it is then
-# taken as it reads (asleep), and the policy may send the wake again.
-BOOT_ALLOWANCE_SECONDS = 600.0
 # Wake failures that say the miner is not booting (a silent or hanging one may be).
 WAKE_NOT_TAKEN = frozenset({Failure.REFUSED, Failure.IGNORED, Failure.UNSUPPORTED})
 
@@ -81,33 +78,6 @@ class Fleet(Protocol):
     def capability(self, device_id: str) -> MinerCapability | None: ...
 
     def on_capability_lost(self, callback: Callable[[str], None]) -> None: ...
-
-
-@dataclass
-class _Memory:
-    """What the loop remembers about one miner between ticks."""
-
-    state_since: float | None = None
-    was_on: bool | None = None
-    distrusted_until: float = float("-inf")
-    waking: bool = False  # a wake was sent and the miner has not been seen running since
-    waking_since: float = float("-inf")
-
-    def still_waking(self, device_id: str, now_clock: float) -> bool:
-        """Waking, within the boot allowance; past it the wake is given up on."""
-        if self.waking and now_clock - self.waking_since > BOOT_ALLOWANCE_SECONDS:
-            log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id,
-                        BOOT_ALLOWANCE_SECONDS)
-            self.waking = False
-        return self.waking
-
-
-def _remember(memory: _Memory, state: Load, now_clock: float) -> None:
-    """Note when a device changed between on and off, for the policy's dwell times."""
-    if state.controllable and memory.was_on is not None and state.is_on != memory.was_on:
-        memory.state_since = now_clock
-    if state.controllable:
-        memory.was_on = state.is_on
 
 
 @dataclass(frozen=True)
@@ -166,8 +136,8 @@ class Controller:
         self._clock = clock
         self._wall = wall
         self._slots: dict[str, MinerSlot] = miner_slots(site)
-        self._memory: dict[str, _Memory] = {d: _Memory() for d in self._slots}
-        self._memory.update({n.name: _Memory() for n in site.gpu_nodes})
+        self._memory: dict[str, DeviceMemory] = {d: DeviceMemory() for d in self._slots}
+        self._memory.update({n.name: DeviceMemory() for n in site.gpu_nodes})
         self._wake = asyncio.Event()
         # Set when a device's worst case rose after the snapshot was taken, with no command sent:
         # the plan no longer holds, so the tick stops waiting for confirmations and plans again.
@@ -198,8 +168,7 @@ class Controller:
         wake that timed out."""
         now = self._clock()
         for device_id in device_ids & self._memory.keys():
-            self._memory[device_id].waking = True
-            self._memory[device_id].waking_since = now  # the boot allowance runs from the restart
+            self._memory[device_id].start_waking(now)  # the boot allowance runs from the restart
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -315,7 +284,7 @@ class Controller:
             )
             if memory.waking and state.reading is not None and state.reads_on:
                 memory.waking = False
-            _remember(memory, state, now_clock)
+            memory.remember(state, now_clock)
             miners.append(state)
         gpu_nodes = [
             self._node_state(node, nodes.get(node.name), prices, suspect, now_clock) for node in self.site.gpu_nodes
@@ -363,7 +332,7 @@ class Controller:
         )
         if memory.waking and state.reads_on:
             memory.waking = False
-        _remember(memory, state, now_clock)
+        memory.remember(state, now_clock)
         return state
 
     async def _read_prices(self) -> Prices:
@@ -399,8 +368,7 @@ class Controller:
         for step in steps:
             # Set before sending: a wake that times out may still have reached the miner.
             if step.action is Action.WAKE:
-                self._memory[step.device_id].waking = True
-                self._memory[step.device_id].waking_since = self._clock()
+                self._memory[step.device_id].start_waking(self._clock())
             elif step.action is Action.SLEEP:
                 self._memory[step.device_id].waking = False
         results = await execute(

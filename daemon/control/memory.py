@@ -1,0 +1,44 @@
+"""What the loop remembers about each device between ticks: when it last changed between on and
+off (the policy's dwell times), whether it is trusted to obey, and whether a wake is under way."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from wattshift.model.snapshot import Load
+
+log = logging.getLogger(__name__)
+
+# A woken miner boots its hashboards for minutes before it draws and hashes; until it reads on
+# it is counted at its limit. One still not running after this long did not wake: it is then
+# taken as it reads (asleep), and the policy may send the wake again.
+BOOT_ALLOWANCE_SECONDS = 600.0
+
+
+@dataclass
+class DeviceMemory:
+    state_since: float | None = None
+    was_on: bool | None = None
+    distrusted_until: float = float("-inf")
+    waking: bool = False  # a wake was sent and the device has not been seen running since
+    waking_since: float = float("-inf")
+
+    def start_waking(self, now_clock: float) -> None:
+        """A wake was sent (or may have been): counted on, at its limit, until seen running."""
+        self.waking, self.waking_since = True, now_clock
+
+    def still_waking(self, device_id: str, now_clock: float) -> bool:
+        """Waking, within the boot allowance; past it the wake is given up on."""
+        if self.waking and now_clock - self.waking_since > BOOT_ALLOWANCE_SECONDS:
+            log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id,
+                        BOOT_ALLOWANCE_SECONDS)
+            self.waking = False
+        return self.waking
+
+    def remember(self, state: Load, now_clock: float) -> None:
+        """Note when the device changed between on and off, for the policy's dwell times."""
+        if state.controllable and self.was_on is not None and state.is_on != self.was_on:
+            self.state_since = now_clock
+        if state.controllable:
+            self.was_on = state.is_on
