@@ -18,6 +18,16 @@ class MinerSpec:
     curve_exponent: float = 2.0  # the `a` in H = H0 * (p/P0) ** (1/a)
     hashboards: int = 3
     fans: int = 4
+    # Switching physics (issue 15). A woken miner boots its hashboards for `boot_seconds`,
+    # drawing `boot_watts` and hashing nothing; each stop/start cycle wears fans, PSU and
+    # solder joints (thermal cycling), priced at `wear_usd_per_cycle`; once switched, a miner
+    # stays up (or down) at least `min_up_seconds` (`min_down_seconds`). Defaults are operator
+    # rules of thumb, not vendor figures: the site file may override them per miner.
+    boot_seconds: float = 300.0
+    boot_watts: float = 350.0
+    wear_usd_per_cycle: float = 0.25
+    min_up_seconds: float = 900.0
+    min_down_seconds: float = 900.0
 
     def hashrate_at(self, watts: float) -> float:
         """TH/s at a steady draw of `watts` (0 below the minimum: the chips stop)."""
