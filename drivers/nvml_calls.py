@@ -132,8 +132,28 @@ def read_fields(handle: Any, skip: frozenset[str]) -> FieldValues:
     return FieldValues(values, unsupported)
 
 
-def set_and_read_back(handle: Any, milliwatts: int) -> tuple[int, int]:
+@dataclass
+class ReadBack:
+    """What a card holds after a set: the management limit and the enforced one, each
+    ``None`` where the card (or the library) cannot say."""
+
+    held_mw: int | None
+    enforced_mw: int | None
+    unsupported: set[str]
+
+
+def set_and_read_back(handle: Any, milliwatts: int, skip: frozenset[str]) -> ReadBack:
+    """Set the limit, then read it back. The set's own error propagates; the read-backs are
+    optional fields: a library without ``nvmlDeviceGetEnforcedPowerLimit`` has still applied
+    the set, and must not turn it into a failure."""
     pynvml.nvmlDeviceSetPowerManagementLimit(handle, milliwatts)
-    held = pynvml.nvmlDeviceGetPowerManagementLimit(handle)
-    enforced = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
-    return int(held), int(enforced)
+    unsupported: set[str] = set()
+    held = optional(
+        "limit", skip, unsupported, lambda: pynvml.nvmlDeviceGetPowerManagementLimit(handle)
+    )
+    enforced = optional(
+        "enforced_limit", skip, unsupported, lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
+    )
+    return ReadBack(
+        None if held is None else int(held), None if enforced is None else int(enforced), unsupported
+    )

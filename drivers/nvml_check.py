@@ -2,8 +2,9 @@
 
 Lists the GPUs, reads power and limits, watches the energy counter for a couple of seconds
 (the average it implies beside the instantaneous reading), sets a limit, reads it back, and
-always puts the original limit back. Setting a limit needs root; without it the report says
-so and the rest still runs. ``--json`` prints the same report as JSON.
+always puts the original limit back, whatever happened. Setting a limit needs root; without it
+the report says so and the rest still runs. ``--json`` prints the same report as JSON. The exit
+status is 0 when every step worked, 1 on any failure (each named on stderr), 2 without NVML.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import asdict
 from typing import Any
 
 from wattshift.model.gpu import GpuReading
-from wattshift.model.miner import Failure
 
 from .base import DeviceError
 from .nvml_gpu import NvmlGpus, NvmlUnavailable, average_watts
@@ -56,29 +56,58 @@ def _reading(r: GpuReading | DeviceError) -> dict[str, Any]:
 
 
 async def _try_limit(driver: NvmlGpus, r: GpuReading, watts: float | None) -> dict[str, Any]:
-    """Set a limit, read it back, and restore the original one whatever happened."""
+    """Set a limit, read it back, and put the original one back whatever happened."""
     if r.limits is None or r.limit_watts is None:
         return {"skipped": "the card reports no power limit constraints"}
     original = r.limit_watts
     wanted = watts if watts is not None else round((r.limits.min_watts + original) / 2)
     out: dict[str, Any] = {"original_watts": original, "wanted_watts": wanted}
-    untouched = False  # refused before anything changed: nothing to put back
+    failed = False
     try:
         out["enforced_watts"] = await driver.set_power_limit(r.uuid, wanted)
+        out["read_back"] = driver.limit_read_back(r.uuid)
         after = (await driver.read_all())[r.uuid]
         if isinstance(after, GpuReading):
             out["read_back_watts"] = after.limit_watts
             out["read_back_enforced_watts"] = after.enforced_limit_watts
     except DeviceError as exc:
         out["error"] = str(exc)
-        untouched = exc.failure in (Failure.REFUSED, Failure.UNSUPPORTED)
+        failed = True
     finally:
-        if not untouched:
-            try:
-                out["restored_watts"] = await driver.set_power_limit(r.uuid, original)
-            except DeviceError as exc:
-                out["restore_error"] = str(exc)
+        await _restore(driver, r.uuid, original, out, after_failure=failed)
     return out
+
+
+async def _restore(
+    driver: NvmlGpus, uuid: str, original: float, out: dict[str, Any], *, after_failure: bool
+) -> None:
+    """The card back at ``original``. After a failed set, a card that still reads ``original``
+    was never changed (a refused set): nothing to put back. Anything else, an unreadable
+    card included, gets the original limit, past the driver's refusals of later sets."""
+    if after_failure:
+        now = (await driver.read_all())[uuid]
+        if isinstance(now, GpuReading) and now.limit_watts == original:
+            out["unchanged_watts"] = original
+            return
+    try:
+        out["restored_watts"] = await driver.restore_limit(uuid, original)
+    except DeviceError as exc:
+        out["restore_error"] = str(exc)
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    """Every failure in a report, one line each: any one makes the check exit 1."""
+    found: list[str] = []
+    if not report["gpus"]:
+        found.append("no GPUs found")
+    for uuid, entry in report["gpus"].items():
+        if "error" in entry["reading"]:
+            found.append(f"{uuid}: read: {entry['reading']['error']}")
+        tried = entry.get("set_limit") or {}
+        for key, what in (("error", "set"), ("restore_error", "restore")):
+            if key in tried:
+                found.append(f"{uuid}: {what}: {tried[key]}")
+    return found
 
 
 async def check(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,9 +178,13 @@ def _text(report: dict[str, Any]) -> str:
                     f"  set {_w(s['wanted_watts'])}       read back {_w(s.get('read_back_watts'))},"
                     f" enforced {_w(s.get('read_back_enforced_watts'))}"
                 )
+            if "read_back" in s and s["read_back"] != "enforced":
+                lines.append(f"  read back from     the {s['read_back']} limit (no enforced-limit call)")
+            if "unchanged_watts" in s:
+                lines.append(f"  unchanged          {_w(s['unchanged_watts'])}: nothing to restore")
             if "restored_watts" in s:
                 lines.append(
-                    f"  restored           {_w(s['original_watts'])} (enforced {_w(s['restored_watts'])})"
+                    f"  restored           {_w(s['original_watts'])} (read back {_w(s['restored_watts'])})"
                 )
             if "restore_error" in s:
                 lines.append(
@@ -180,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps(report, indent=2) if args.json else _text(report),
         end="" if not args.json else "\n",
     )
-    return 0
+    found = failures(report)
+    for line in found:
+        print(f"nvml_check: FAILED: {line}", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

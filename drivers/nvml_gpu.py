@@ -18,7 +18,9 @@ Errors by class (DESIGN.md, "GPUs through NVML"; the mapping is in :mod:`.nvml_f
 
 Setting a limit uses ``nvmlDeviceSetPowerManagementLimit``, not the ``_v2`` setter, whose
 binding ignores the return code in 13.615.71; the limit is read back and a mismatch is
-``Failure.IGNORED``. Limits do not survive a reboot or a GPU reset: the caller re-applies them
+``Failure.IGNORED``. The read-backs are optional: where ``nvmlDeviceGetEnforcedPowerLimit`` is
+missing, the management limit stands for it (:meth:`NvmlGpus.limit_read_back` says which).
+Limits do not survive a reboot or a GPU reset: the caller re-applies them
 (:meth:`NvmlGpus.restore_defaults` puts every card back at its default).
 """
 
@@ -272,23 +274,57 @@ class NvmlGpus:
                 f"{watts:g} W is outside this card's range {limits.min_watts:g}-"
                 f"{limits.max_watts:g} W ({card.model})",
             )
+        return await self._apply(card, watts)
+
+    async def restore_limit(self, uuid: str, watts: float) -> float:
+        """Put a limit back even on a card whose later sets are refused (``nvml_check`` after a
+        failed try): one set and its read-back, with no policy of its own."""
+        card = self._card(uuid)
+        if card.handle is None:
+            reading = await self._read(card)
+            if isinstance(reading, DeviceError):
+                raise reading
+        return await self._apply(card, watts)
+
+    def limit_read_back(self, uuid: str) -> str:
+        """Which limit a set on this card is checked against: ``enforced`` (the one the card
+        applies), ``management`` (no enforced-limit call here) or ``none`` (neither readable)."""
+        missing = self._card(uuid).unsupported
+        if "enforced_limit" not in missing:
+            return "enforced"
+        return "management" if "limit" not in missing else "none"
+
+    async def _apply(self, card: _Card, watts: float) -> float:
+        uuid, handle, skip = card.uuid, card.handle, frozenset(card.unsupported)
         milliwatts = round(watts * 1000)
-        handle = card.handle
         try:
-            held_mw, enforced_mw = await self._worker.call(
-                lambda: set_and_read_back(handle, milliwatts), f"set the limit of GPU {uuid}"
+            back = await self._worker.call(
+                lambda: set_and_read_back(handle, milliwatts, skip), f"set the limit of GPU {uuid}"
             )
         except (pynvml.NVMLError, CallTimeout) as exc:
             raise self._set_failed(card, watts, exc) from exc
         self._recovered(card)
+        for name in back.unsupported - card.unsupported:
+            log.info("%s: GPU %s does not support %s; not asked again", self.name, uuid, name)
+        card.unsupported |= back.unsupported
+        held, enforced = back.held_mw, back.enforced_mw
         # 1 W of slack: a card may keep the limit at its own granularity.
-        if abs(held_mw - milliwatts) > 1000:
+        if held is not None and abs(held - milliwatts) > 1000:
             raise DeviceError(
-                uuid,
-                Failure.IGNORED,
-                f"asked for {watts:g} W, said OK, but holds {held_mw / 1000:g} W",
+                uuid, Failure.IGNORED, f"asked for {watts:g} W, said OK, but holds {held / 1000:g} W"
             )
-        return float(enforced_mw) / 1000
+        if held is None and enforced is not None and enforced > milliwatts + 1000:
+            # Only the enforced limit is readable, and it may sit below the management limit
+            # (a system cap): it proves the set ignored only when it stays above what was asked.
+            raise DeviceError(
+                uuid, Failure.IGNORED, f"asked for {watts:g} W, said OK, but enforces {enforced / 1000:g} W"
+            )
+        if enforced is not None:
+            return enforced / 1000
+        if held is not None:
+            return held / 1000  # no enforced-limit call: the management limit is what it holds
+        log.warning("%s: GPU %s: set %g W, but the card reads back no limit", self.name, uuid, watts)
+        return float(watts)
 
     def _set_failed(self, card: _Card, watts: float, exc: BaseException) -> DeviceError:
         remedy = remedy_for(exc) if not isinstance(exc, CallTimeout) else Remedy.RETRY

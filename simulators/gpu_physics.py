@@ -75,6 +75,9 @@ class GpuFaults:
     ignore_set: bool = False  # setting the limit says OK and changes nothing
     not_supported: set[str] = field(default_factory=set)  # NVML_ERROR_NOT_SUPPORTED
     errors: dict[str, int] = field(default_factory=dict)  # function -> NVML error code
+    # Errors that strike once a set has landed (a card that takes the cap, then fails the
+    # read-back): moved into ``errors`` by the first successful set.
+    errors_after_set: dict[str, int] = field(default_factory=dict)
     slow: dict[str, float] = field(default_factory=dict)  # function ("*": all) -> seconds
 
 

@@ -274,6 +274,8 @@ class SimulatedNvmlLib:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if not gpu.faults.ignore_set:
             gpu.set_limit_watts(milliwatts / 1000)
+        gpu.faults.errors.update(gpu.faults.errors_after_set)
+        gpu.faults.errors_after_set.clear()
         return pynvml.NVML_SUCCESS
 
     def _nvmlDeviceGetUtilizationRates(self, handle: Any, utilization: Any) -> int:

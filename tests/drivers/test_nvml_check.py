@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pynvml
 import pytest
 
 from wattshift.drivers import nvml_check
@@ -44,11 +45,41 @@ def test_without_permission_nothing_changes_and_it_says_why(
     gpu = SimulatedGpu("H100-SXM")
     gpu.faults.no_permission = True
     with simulated_nvml([gpu]):
+        assert nvml_check.main(["--seconds", "0.05"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "run wattshift as root" in captured.out
+    assert "unchanged          700.0 W: nothing to restore" in captured.out
+    assert "restored" not in captured.out
+    assert "nvml_check: FAILED: " in captured.err and "set: " in captured.err
+    assert gpu.limit_watts == 700
+
+
+def test_without_the_enforced_limit_call_the_set_succeeds_and_says_what_it_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gpu = SimulatedGpu("H100-SXM")
+    with simulated_nvml([gpu], missing_functions={"nvmlDeviceGetEnforcedPowerLimit"}):
         assert nvml_check.main(["--seconds", "0.05"]) == 0
     out = capsys.readouterr().out
-    assert "FAILED" in out and "run wattshift as root" in out
-    assert "restored" not in out
-    assert gpu.limit_watts == 700
+    assert "FAILED" not in out
+    assert "set 450.0 W       read back 450.0 W, enforced n/a" in out
+    assert "read back from     the management limit" in out
+    assert "restored           700.0 W" in out and gpu.limit_watts == 700
+
+
+def test_a_set_that_took_before_its_read_back_failed_is_still_undone_and_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The set lands; the read-back right after it fails: the card is at the test cap, and the
+    # driver backs off that card. The check must still put the original limit back.
+    gpu = SimulatedGpu("H100-SXM")
+    gpu.faults.errors_after_set["nvmlDeviceGetPowerManagementLimit"] = pynvml.NVML_ERROR_UNKNOWN
+    with simulated_nvml([gpu]):
+        assert nvml_check.main(["--seconds", "0.05"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out
+    assert gpu.limit_watts == 700  # put back, although its read-back still fails
+    assert "RESTORE FAILED" in captured.out and "restore: " in captured.err
 
 
 def test_no_driver_exits_2_with_a_plain_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -231,6 +231,45 @@ async def test_a_missing_function_falls_back_or_gives_none(
         await d.close()
 
 
+async def test_without_the_enforced_limit_call_a_set_stands_on_the_management_limit(
+    gpus: list[SimulatedGpu], clock: ManualClock
+) -> None:
+    # An independent NVML (an older driver, a fake library) may lack the optional read-back
+    # call: the set has been applied, and must not be reported as failed.
+    with simulated_nvml(gpus, missing_functions={"nvmlDeviceGetEnforcedPowerLimit"}) as lib:
+        d = make(clock)
+        uuid = (await d.start())[0]
+        assert await d.set_power_limit(uuid, 400) == 400.0
+        assert gpus[0].limit_watts == 400 and d.limit_read_back(uuid) == "management"
+        r = await read(d, uuid)
+        assert (r.limit_watts, r.enforced_limit_watts, r.cap_settable) == (400, None, True)
+        gpus[0].faults.ignore_set = True  # the management limit still catches an ignored set
+        with pytest.raises(DeviceError) as caught:
+            await d.set_power_limit(uuid, 300)
+        assert caught.value.failure is Failure.IGNORED and "holds 400 W" in caught.value.detail
+        gpus[0].faults.ignore_set = False
+        lib.remove_function("nvmlDeviceGetPowerManagementLimit")
+        assert await d.set_power_limit(uuid, 350) == 350.0  # nothing to read back: as asked
+        assert gpus[0].limit_watts == 350 and d.limit_read_back(uuid) == "none"
+        await d.close()
+
+
+async def test_with_only_the_enforced_limit_readable_an_ignored_cut_is_caught(
+    gpus: list[SimulatedGpu], clock: ManualClock
+) -> None:
+    with simulated_nvml(gpus, missing_functions={"nvmlDeviceGetPowerManagementLimit"}):
+        d = make(clock)
+        uuid = (await d.start())[0]
+        gpus[0].set_system_cap(300)  # enforced below what is asked: applied, not ignored
+        assert await d.set_power_limit(uuid, 500) == 300.0
+        gpus[0].set_system_cap(None)
+        gpus[0].faults.ignore_set = True
+        with pytest.raises(DeviceError) as caught:
+            await d.set_power_limit(uuid, 250)
+        assert caught.value.failure is Failure.IGNORED and "enforces 500 W" in caught.value.detail
+        await d.close()
+
+
 async def test_no_permission_is_logged_once_and_the_card_is_driven_by_jobs(
     driver: NvmlGpus,
     gpus: list[SimulatedGpu],
