@@ -1,0 +1,385 @@
+"""GPU hosts through their agents: ``wattshift agent`` in its own process over the simulated NVML
+library (the real nvidia-ml-py binding runs under it), a real Mosquitto between it and the
+controller, and the controller in this process, as the site would run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from gpu_agents import PREFIX, AgentProcess, agent_file, link_for
+from mosquitto import Broker
+
+from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.runtime.app import open_daemon
+from wattshift.drivers.agent_gpu import AgentGpus, AgentLink
+from wattshift.drivers.base import DeviceError
+from wattshift.model.budget import BudgetEvent, BudgetSchedule
+from wattshift.model.gpu import GpuReading
+from wattshift.model.miner import Failure
+from wattshift.drivers.jobs import JobSpec
+from wattshift.simulators.jobs import SimulatedJobRunner
+from wattshift.simulators.site import MinerBatch, SimulatedSite
+
+HOST = "127.0.42.1"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with Broker(tmp_path / "broker", HOST) as running:
+        yield running
+
+
+@pytest.fixture
+def agents():
+    started: list[AgentProcess] = []
+
+    def start(tmp_path: Path, broker: Broker, host: str, **options: Any) -> AgentProcess:
+        load = options.pop("load", 0.9)
+        agent = AgentProcess(host, agent_file(tmp_path / host, broker, host, **options), load=load).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+@contextlib.asynccontextmanager
+async def node_through(link: AgentLink, host: str, **options: Any) -> AsyncIterator[AgentGpus]:
+    gpus = AgentGpus(options.pop("gpus", "all"), name=f"node-{host}", host=host, link=link,
+                     call_timeout_seconds=options.pop("timeout", 10.0))
+    await gpus.start()
+    try:
+        yield gpus
+    finally:
+        await gpus.close()
+
+
+async def cards(gpus: AgentGpus) -> dict[str, GpuReading]:
+    read = await gpus.read_all()
+    assert all(isinstance(r, GpuReading) for r in read.values()), read
+    return {u: r for u, r in read.items() if isinstance(r, GpuReading)}
+
+
+async def test_read_cap_and_read_back_through_the_agent(tmp_path, broker, agents):
+    agent = agents(tmp_path, broker, "gpu-a")
+    link = link_for(broker)
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        before = await cards(gpus)
+        assert sorted(before) == sorted(agent.uuids)
+        first = before[agent.uuids[0]]
+        assert first.limit_watts == 700.0 and first.limits is not None and first.limits.min_watts == 200.0
+        assert first.model and "H100" in first.model and first.processes == (4242,)
+        assert first.energy_joules is not None and first.temperature_c is not None
+
+        held = await gpus.set_power_limit(agent.uuids[0], 350.0)
+        assert held == 350.0
+        after = await cards(gpus)
+        assert after[agent.uuids[0]].limit_watts == 350.0  # the agent's next reading shows it
+        assert after[agent.uuids[1]].limit_watts == 700.0  # and only that card moved
+
+        with pytest.raises(DeviceError) as refused:  # outside the card's range: the agent refuses
+            await gpus.set_power_limit(agent.uuids[0], 5000.0)
+        assert refused.value.failure is Failure.REFUSED
+        assert (await cards(gpus))[agent.uuids[0]].limit_watts == 350.0
+
+
+async def test_a_killed_agent_goes_offline_and_its_cards_read_as_lost(tmp_path, broker, agents):
+    agent = agents(tmp_path, broker, "gpu-a")
+    link = link_for(broker, stale_after_seconds=60.0)  # only the will can tell, this soon
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        agent.signal(signal.SIGKILL)
+        await until(lambda: link.hosts["gpu-a"].online is False, what="the last will")
+        read = await gpus.read_all()
+        assert sorted(read) == sorted(agent.uuids)
+        assert all(isinstance(r, DeviceError) and r.failure is Failure.NO_ANSWER for r in read.values())
+        assert "offline" in next(iter(read.values())).detail  # type: ignore[union-attr]
+        with pytest.raises(DeviceError):
+            await gpus.set_power_limit(agent.uuids[0], 300.0)
+
+
+async def test_a_stopped_agent_goes_stale_and_comes_back(tmp_path, broker, agents):
+    """SIGSTOP: the connection stays open (no will), the readings stop: only their age tells."""
+    agent = agents(tmp_path, broker, "gpu-a")
+    link = link_for(broker, stale_after_seconds=2.0)
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        agent.signal(signal.SIGSTOP)
+        await until(lambda: not link.fresh("gpu-a"), timeout=10, what="stale")
+        read = await gpus.read_all()
+        assert all(isinstance(r, DeviceError) and r.failure is Failure.NO_ANSWER for r in read.values())
+        assert link.hosts["gpu-a"].online is not False  # it never said goodbye
+        agent.signal(signal.SIGCONT)
+        await until(lambda: link.fresh("gpu-a"), what="fresh again")
+        assert len(await cards(gpus)) == 2
+
+
+async def test_both_ends_come_back_after_the_broker_restarts(tmp_path, broker, agents):
+    agent = agents(tmp_path, broker, "gpu-a")
+    link = link_for(broker, stale_after_seconds=2.0)
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        broker.stop()  # persistence off: the retained readings die with it
+        await until(lambda: not link.fresh("gpu-a"), timeout=10, what="stale while the broker is away")
+        broker.start()
+        await until(lambda: link.connections >= 2 and link.fresh("gpu-a"), timeout=30, what="back")
+        assert await gpus.set_power_limit(agent.uuids[1], 400.0) == 400.0
+        assert (await cards(gpus))[agent.uuids[1]].limit_watts == 400.0
+
+
+async def test_readings_from_a_clock_far_from_ours_are_refused(tmp_path, broker, agents):
+    agents(tmp_path, broker, "gpu-a")
+    # The controller's clock 2 minutes ahead of the agent's (the agent's NTP is broken).
+    link = link_for(broker, max_skew_seconds=30.0, wall=lambda: time.time() + 120)
+    async with node_through(link, "gpu-a", timeout=2.0) as gpus:
+        await until(lambda: link.hosts["gpu-a"].refused["clock"] >= 2, what="refusals")
+        assert not link.fresh("gpu-a")
+        offset = link.hosts["gpu-a"].clock_offset_seconds
+        assert offset is not None and -125 < offset < -115
+        read = await gpus.read_all()
+        (only,) = read.values()  # no card was ever accepted: the node is one unknown
+        assert isinstance(only, DeviceError) and only.failure is Failure.NO_ANSWER
+        assert "clock" in only.detail
+
+
+async def test_the_agent_refuses_a_command_sent_by_a_clock_far_from_its_own(tmp_path, broker, agents):
+    agent = agents(tmp_path, broker, "gpu-a")
+    link = link_for(broker, max_skew_seconds=300.0, wall=lambda: time.time() + 120)
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        with pytest.raises(DeviceError) as refused:
+            await gpus.set_power_limit(agent.uuids[0], 300.0)
+        assert refused.value.failure is Failure.REFUSED and "ahead of this host's clock" in refused.value.detail
+        assert (await cards(gpus))[agent.uuids[0]].limit_watts == 700.0
+
+
+@contextlib.asynccontextmanager
+async def fake_agent(broker: Broker, host: str) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client(broker.host, broker.port, identifier=f"fake-{host}",
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        yield client
+
+
+def readings(host: str, uuids: list[str], limit: float, *, at: float | None = None) -> bytes:
+    cards = [{"uuid": u, "index": i, "model": "NVIDIA H100 80GB HBM3", "watts": limit * 0.9, "limit_watts": limit,
+              "enforced_limit_watts": limit, "utilisation_pct": 90.0,
+              "limits": {"min_watts": 200.0, "max_watts": 700.0, "default_watts": 700.0}}
+             for i, u in enumerate(uuids)]
+    return json.dumps({"v": 1, "host": host, "at": at or time.time(), "seq": 1, "gpus": cards}).encode()
+
+
+async def test_an_agent_that_says_ok_and_keeps_its_old_cap_is_not_believed(tmp_path, broker):
+    """A liar (a buggy or hostile agent): replies OK to every cap, keeps reporting 700 W."""
+    uuids = ["GPU-liar-0", "GPU-liar-1"]
+    link = link_for(broker)
+    async with fake_agent(broker, "gpu-l") as liar:
+        await liar.subscribe(f"{PREFIX}/gpu-l/cmd")
+
+        async def lie() -> None:
+            async for message in liar.messages:
+                command = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                if command["command"] != "cap":
+                    continue
+                reply = {"v": 1, "host": "gpu-l", "id": command["id"], "status": "ok", "at": time.time(),
+                         "uuid": command["uuid"], "held_watts": command["watts"], "enforced_watts": command["watts"]}
+                await liar.publish(f"{PREFIX}/gpu-l/reply", json.dumps(reply).encode())
+                await asyncio.sleep(0.05)
+                await liar.publish(f"{PREFIX}/gpu-l/readings", readings("gpu-l", uuids, 700.0), retain=True)
+
+        await liar.publish(f"{PREFIX}/gpu-l/readings", readings("gpu-l", uuids, 700.0), retain=True)
+        liar_task = asyncio.create_task(lie())
+        try:
+            async with node_through(link, "gpu-l", timeout=3.0) as gpus:
+                await until(lambda: link.fresh("gpu-l"), what="first reading")
+                with pytest.raises(DeviceError) as ignored:
+                    await gpus.set_power_limit(uuids[0], 300.0)
+                assert ignored.value.failure is Failure.IGNORED
+                assert "shows 700 W" in ignored.value.detail
+        finally:
+            liar_task.cancel()
+
+
+async def test_a_message_on_one_hosts_topic_claiming_another_host_is_refused(tmp_path, broker, agents):
+    real = agents(tmp_path, broker, "gpu-b")
+    link = link_for(broker)
+    async with node_through(link, "gpu-a", timeout=1.0) as node_a, node_through(link, "gpu-b") as node_b:
+        await until(lambda: link.fresh("gpu-b"), what="gpu-b's first reading")
+        async with fake_agent(broker, "gpu-a") as spoofer:
+            # On gpu-a's topic, saying it is gpu-b: refused, whoever sent it.
+            await spoofer.publish(f"{PREFIX}/gpu-a/readings", readings("gpu-b", ["GPU-x-0"], 200.0))
+            await until(lambda: link.hosts["gpu-a"].refused["host"] == 1, what="host refusal")
+            # On gpu-a's topic, as gpu-a, but reporting gpu-b's cards (low, to make room): refused.
+            await spoofer.publish(f"{PREFIX}/gpu-a/readings", readings("gpu-a", real.uuids, 200.0))
+            await until(lambda: link.hosts["gpu-a"].refused["uuid"] == 1, what="uuid refusal")
+            # A reply for gpu-b, sent on gpu-a's topic: refused too.
+            await spoofer.publish(f"{PREFIX}/gpu-a/reply", json.dumps(
+                {"v": 1, "host": "gpu-b", "id": "x1", "status": "ok", "at": time.time()}).encode())
+            await until(lambda: link.hosts["gpu-a"].refused["host"] == 2, what="reply refusal")
+        assert not link.fresh("gpu-a")
+        assert all(isinstance(r, DeviceError) for r in (await node_a.read_all()).values())
+        assert {r.limit_watts for r in (await cards(node_b)).values()} == {700.0}  # gpu-b untouched
+
+
+async def test_a_silent_controller_moves_the_cards_to_the_safe_cap_and_never_up(tmp_path, broker, agents):
+    agent = agents(tmp_path, broker, "gpu-a", controller_silence_seconds=3, safe_cap_watts=300.0)
+    link = link_for(broker, heartbeat_seconds=0.2)
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        assert await gpus.set_power_limit(agent.uuids[1], 250.0) == 250.0  # already under the safe cap
+        for _ in range(40):  # 4 s of heartbeats: the controller is alive, nothing moves
+            await gpus.read_all()
+            await asyncio.sleep(0.1)
+        limits = {u: r.limit_watts for u, r in (await cards(gpus)).items()}
+        assert limits == {agent.uuids[0]: 700.0, agent.uuids[1]: 250.0}
+        state = link.hosts["gpu-a"]
+        assert state.readings is not None and not state.readings.safe_cap
+    # The controller stops reading (no heartbeats): the agent waits its silence out, then cuts.
+    watcher = link_for(broker, identifier="watcher", heartbeat_seconds=3600)
+    async with node_through(watcher, "gpu-a") as quiet:
+        got = await until(lambda: watcher.hosts["gpu-a"].readings is not None
+                          and watcher.hosts["gpu-a"].readings.safe_cap and watcher.hosts["gpu-a"].readings,
+                          timeout=20, what="safe cap")
+        assert {c.uuid: c.limit_watts for c in got.gpus} == {agent.uuids[0]: 300.0, agent.uuids[1]: 250.0}
+        assert isinstance(quiet, AgentGpus)
+
+
+# --- the controller's loop over an agent node ---------------------------------------------------
+
+BATCHES = [MinerBatch("luxos", 2, "site", "Antminer S21")]
+
+
+@contextlib.asynccontextmanager
+async def site_with_agent_node(tmp_path: Path, broker: Broker, first_address: str, *, budget_kw: float,
+                               stale_after: float = 2.0, runner: Any = None,
+                               **extra: Any) -> AsyncIterator[tuple[SimulatedSite, Any]]:
+    sim = SimulatedSite(BATCHES, first_address=first_address, physics_options={"ramp_watts_per_s": 4000.0})
+    async with sim:
+        site = SiteConfig.model_validate(sim.site_file(
+            name="test", budget_kw=budget_kw, state_dir=str(tmp_path / "state"),
+            prices={"power_usd_per_mwh": {"source": "fixed", "value": 40.0}},
+            policy={"name": "merit-order", "options": {"min_dwell_seconds": 0}},
+            drivers={"call_timeout_seconds": 2.0, "confirm_timeout_seconds": 4.0},
+            gpu_nodes=[{"name": "gpu-node-a", "driver": "agent", "host": "gpu-a", "gpu_count": 2,
+                        "host_idle_kw": 0.5, "host_max_kw": 1.0}],
+            mqtt={"host": broker.host, "port": broker.port, "reconnect_min_seconds": 0.1,
+                  "reconnect_max_seconds": 0.5,
+                  "agents": {"stale_after_seconds": stale_after, "heartbeat_seconds": 0.5}},
+            **extra,
+        ))
+        budget = BudgetSchedule(site.budget_watts, lead_seconds=30)
+        async with open_daemon(site, base_dir=tmp_path, budget=budget, serve_metrics=False, runner=runner) as daemon:
+            yield sim, daemon
+
+
+def scrape(daemon: Any) -> dict[str, float]:
+    from prometheus_client import generate_latest
+
+    values = {}
+    for line in generate_latest(daemon.metrics.registry).decode().splitlines():
+        if line.startswith("wattshift_agent_"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+async def test_a_killed_agent_counts_its_node_at_its_maximum_and_the_site_stays_under(tmp_path, broker, agents):
+    # 2 S21s at 3.5 kW; the node: 1 kW host and 2 cards of 200-700 W, 2.4 kW at full caps. Its
+    # light job draws ~1.2 kW: 8.2 kW fits 8.5 kW, but not with the node at its maximum.
+    agent = agents(tmp_path, broker, "gpu-a", load=0.2)
+    async with site_with_agent_node(tmp_path, broker, "127.0.42.11", budget_kw=8.5) as (sim, daemon):
+        controller = daemon.controller
+        await until(lambda: daemon.gpus._drivers["gpu-node-a"]._link.fresh("gpu-a"), what="first reading")
+        report = await controller.run_once()
+        node = report.snapshot.load("gpu-node-a")
+        assert node.failure is None and len(node.readings) == 2
+        assert node.worst_case_watts < node.max_watts
+        assert scrape(daemon)['wattshift_agent_up{host="gpu-a",node="gpu-node-a"}'] == 1.0
+
+        agent.signal(signal.SIGKILL)
+        await until(lambda: not daemon.gpus._drivers["gpu-node-a"]._link.fresh("gpu-a"), what="offline")
+        for _ in range(4):
+            report = await controller.run_once()
+            await asyncio.sleep(0.5)
+        node = report.snapshot.load("gpu-node-a")
+        assert node.failure is Failure.NO_ANSWER
+        assert node.worst_case_watts == node.max_watts == 1000 + 2 * 700
+        worst = sum(d.worst_case_watts for d in report.snapshot.loads)
+        assert worst <= report.snapshot.budget_watts, report.allocation.summary
+        # The miners really gave the room up: their true draw plus the node's most fits.
+        await until(lambda: sim.true_watts() + node.max_watts <= 8500, timeout=10, what="miners shed")
+        assert scrape(daemon)['wattshift_agent_up{host="gpu-a",node="gpu-node-a"}'] == 0.0
+
+
+async def test_a_shed_the_agent_does_not_confirm_keeps_the_node_at_its_maximum(tmp_path, broker):
+    """The lying agent again, now under the loop: its node must be shed (the budget drops), it says
+    OK, its readings keep 700 W: the shed is not confirmed and the node counts at its maximum."""
+    uuids = ["GPU-liar-0", "GPU-liar-1"]
+    async with fake_agent(broker, "gpu-a") as liar:
+        await liar.subscribe(f"{PREFIX}/gpu-a/cmd")
+        caps: list[float] = []
+
+        async def lie() -> None:
+            async for message in liar.messages:
+                command = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                if command["command"] == "cap":
+                    caps.append(command["watts"])
+                    reply = {"v": 1, "host": "gpu-a", "id": command["id"], "status": "ok", "at": time.time(),
+                             "uuid": command["uuid"], "held_watts": command["watts"]}
+                    await liar.publish(f"{PREFIX}/gpu-a/reply", json.dumps(reply).encode())
+
+        async def report_forever() -> None:
+            while True:
+                await liar.publish(f"{PREFIX}/gpu-a/readings", readings("gpu-a", uuids, 700.0), retain=True)
+                await asyncio.sleep(0.3)
+
+        tasks = [asyncio.create_task(lie()), asyncio.create_task(report_forever())]
+        # A training job on the node, worth more than mining: under a cut the miners go first,
+        # then the node's caps (DESIGN.md: miners, then caps, then jobs).
+        runner = SimulatedJobRunner({"gpu-node-a": 2})
+        runner.submit_now(JobSpec("train-llm", gpus=2, node="gpu-node-a"))
+        jobs = {"classes": [{"match": "train-*", "tier": "suspendable", "rate_usd_per_gpu_hour": 2.35}]}
+        try:
+            async with site_with_agent_node(tmp_path, broker, "127.0.42.21", budget_kw=10.0, runner=runner,
+                                            jobs=jobs) as (sim, daemon):
+                controller = daemon.controller
+                await until(lambda: daemon.gpus._drivers["gpu-node-a"]._link.fresh("gpu-a"), what="first reading")
+                report = await controller.run_once()
+                node = report.snapshot.load("gpu-node-a")
+                assert node.failure is None and node.reads_on
+                # A cut to 2 kW: room for the node (1 kW host + 2 cards) only at caps under 500 W.
+                controller.budget.add(BudgetEvent("cut", 2000.0, datetime.now(UTC) - timedelta(seconds=1)))
+                results = []
+                for _ in range(3):
+                    report = await controller.run_once()
+                    results += [r for r in report.results if r.step.device_id == "gpu-node-a"]
+                assert caps and max(caps) < 500, caps  # the caps went out
+                assert any(r.failure is Failure.IGNORED and "shows 700 W" in r.detail for r in results), results
+                node = report.snapshot.load("gpu-node-a")
+                assert node.failure is Failure.IGNORED  # distrusted after the unconfirmed cap
+                assert node.worst_case_watts == node.max_watts == 1000 + 2 * 700
+        finally:
+            for task in tasks:
+                task.cancel()
