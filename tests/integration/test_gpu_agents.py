@@ -24,10 +24,10 @@ from wattshift.daemon.config.site import SiteConfig
 from wattshift.daemon.runtime.app import open_daemon
 from wattshift.drivers.agent_gpu import AgentGpus, AgentLink
 from wattshift.drivers.base import DeviceError
+from wattshift.drivers.jobs import JobSpec
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
 from wattshift.model.gpu import GpuReading
 from wattshift.model.miner import Failure
-from wattshift.drivers.jobs import JobSpec
 from wattshift.simulators.jobs import SimulatedJobRunner
 from wattshift.simulators.site import MinerBatch, SimulatedSite
 
@@ -363,7 +363,7 @@ async def test_a_shed_the_agent_does_not_confirm_keeps_the_node_at_its_maximum(t
         jobs = {"classes": [{"match": "train-*", "tier": "suspendable", "rate_usd_per_gpu_hour": 2.35}]}
         try:
             async with site_with_agent_node(tmp_path, broker, "127.0.42.21", budget_kw=10.0, runner=runner,
-                                            jobs=jobs) as (sim, daemon):
+                                            jobs=jobs) as (_sim, daemon):
                 controller = daemon.controller
                 await until(lambda: daemon.gpus._drivers["gpu-node-a"]._link.fresh("gpu-a"), what="first reading")
                 report = await controller.run_once()
