@@ -94,3 +94,15 @@ def link_for(broker: Broker, *, identifier: str = "controller-agents", username:
     defaults: dict[str, Any] = {"stale_after_seconds": 3.0, "heartbeat_seconds": 0.5,
                                 "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
     return AgentLink(client, prefix=PREFIX, **{**defaults, **options})
+
+
+def agents_acl(controller: str, hosts: list[str], prefix: str = PREFIX) -> str:
+    """docs/mqtt.md's ACL for the agents: the controller reads every agent's readings, replies and
+    availability and writes their command topics; each agent writes only its own three topics and
+    reads only its own command topic."""
+    lines = [f"user {controller}", *(f"topic read {prefix}/+/{t}" for t in ("readings", "reply", "availability")),
+             f"topic write {prefix}/+/cmd", ""]
+    for host in hosts:
+        lines += [f"user {host}", *(f"topic write {prefix}/{host}/{t}" for t in ("readings", "reply", "availability")),
+                  f"topic read {prefix}/{host}/cmd", ""]
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from gpu_agents import PREFIX, AgentProcess, agent_file, link_for
+from gpu_agents import PREFIX, AgentProcess, agent_file, agents_acl, link_for
 from mosquitto import Broker
 
 from wattshift.daemon.config.site import SiteConfig
@@ -383,3 +383,47 @@ async def test_a_shed_the_agent_does_not_confirm_keeps_the_node_at_its_maximum(t
         finally:
             for task in tasks:
                 task.cancel()
+
+
+# --- the per-agent ACL (docs/mqtt.md) on a real Mosquitto -----------------------------------------
+
+
+async def test_with_the_per_agent_acl_one_agent_cannot_speak_or_listen_for_another(tmp_path, agents):
+    users = {"wattshift": "pw-controller", "gpu-a": "pw-a", "gpu-b": "pw-b"}
+    acl = agents_acl("wattshift", ["gpu-a", "gpu-b"])
+    with Broker(tmp_path / "acl-broker", "127.0.42.2", users=users, acl=acl) as broker:
+        real = agents(tmp_path, broker, "gpu-b", login=("gpu-b", "pw-b"))
+        link = link_for(broker, username="wattshift", password="pw-controller")
+        async with node_through(link, "gpu-a", timeout=1.0), node_through(link, "gpu-b") as node_b:
+            await until(lambda: link.fresh("gpu-b"), what="gpu-b's first reading, through the ACL")
+            seen: list[bytes] = []
+            async with aiomqtt.Client(broker.host, broker.port, identifier="observer", username="wattshift",
+                                      password="pw-controller", protocol=aiomqtt.ProtocolVersion.V5) as observer, \
+                    aiomqtt.Client(broker.host, broker.port, identifier="stolen-gpu-a", username="gpu-a",
+                                   password="pw-a", protocol=aiomqtt.ProtocolVersion.V5) as gpu_a:
+                await observer.subscribe(f"{PREFIX}/gpu-b/readings")
+
+                async def observe() -> None:
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        async for message in observer.messages:
+                            seen.append(bytes(message.payload))  # type: ignore[arg-type]
+
+                watching = asyncio.create_task(observe())
+                await gpu_a.subscribe(f"{PREFIX}/gpu-b/cmd")  # listening for another host's commands
+                # gpu-a's login, publishing as gpu-b on gpu-b's topic (the payload check would pass).
+                await gpu_a.publish(f"{PREFIX}/gpu-b/readings", readings("gpu-b", real.uuids, 200.0), qos=1)
+                # ... and on its own topic, as itself: that one is allowed.
+                await gpu_a.publish(f"{PREFIX}/gpu-a/readings", readings("gpu-a", ["GPU-a-0", "GPU-a-1"], 700.0),
+                                    qos=1)
+                await until(lambda: link.fresh("gpu-a"), what="gpu-a's own reading")
+                assert await node_b.set_power_limit(real.uuids[0], 320.0) == 320.0  # the cap went to gpu-b ...
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        async for message in gpu_a.messages:
+                            raise AssertionError(f"gpu-a heard {message.topic}")  # ... and gpu-a never heard it
+                watching.cancel()
+            # Everything published on gpu-b's topic came from gpu-b: the broker dropped gpu-a's.
+            assert seen and all(b'"limit_watts":200.0' not in m and b'"limit_watts": 200.0' not in m for m in seen)
+            limits = {r.limit_watts for r in (await cards(node_b)).values()}
+            assert limits == {320.0, 700.0}
+            assert link.hosts["gpu-b"].refused["uuid"] == 0 and link.hosts["gpu-b"].refused["host"] == 0
