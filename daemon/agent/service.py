@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import aiomqtt
 
 from wattshift.daemon.config.agent import AgentConfig
+from wattshift.daemon.mqtt.client import make_client
 from wattshift.drivers.agent_wire import (
     MAX_DETAIL,
     OFFLINE,
@@ -40,6 +41,7 @@ from wattshift.drivers.agent_wire import (
     encode,
 )
 from wattshift.drivers.base import DeviceError
+from wattshift.drivers.nvml_gpu import NvmlGpus
 from wattshift.model.gpu import GpuLimits, GpuReading
 
 from .commands import CommandGate, Refusal
@@ -94,6 +96,18 @@ class GpuAgent:
         self.connections = 0
         self.refused = 0
         self.obeyed = 0
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, **options: Any) -> GpuAgent:
+        """The agent of ``config``: its cards through NVML, its broker as the file says."""
+        mqtt, login = config.mqtt, config.login()
+
+        def client(will: aiomqtt.Will) -> aiomqtt.Client:
+            return make_client(mqtt.host, mqtt.broker_port(), identifier=config.client_id, tls=mqtt.tls,
+                               login=login, will=will, keepalive=mqtt.keepalive, logger=log)
+
+        cards = NvmlGpus(config.selection(), call_timeout_seconds=config.call_timeout_seconds, name=config.host)
+        return cls(config, cards, client, **options)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -10,15 +10,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
 from wattshift.daemon.agent.service import GpuAgent
 from wattshift.daemon.config.agent import AgentConfig, load_agent
 from wattshift.daemon.config.yamlfile import FileInvalid
-from wattshift.daemon.mqtt.client import make_client
 from wattshift.daemon.runtime.service import Notifier, watchdog_seconds
 from wattshift.drivers.base import DeviceError
-from wattshift.drivers.nvml_gpu import NvmlGpus
 
 from .common import EXIT_BAD_INPUT, explain
 
@@ -44,24 +40,12 @@ def _agent(args: argparse.Namespace) -> int:
         return 1
 
 
-def agent_for(config: AgentConfig, **options: Any) -> GpuAgent:
-    """The agent of ``config``: its cards through NVML, its broker as the file says."""
-    mqtt, login = config.mqtt, config.login()
-
-    def client(will: aiomqtt.Will) -> aiomqtt.Client:
-        return make_client(mqtt.host, mqtt.broker_port(), identifier=config.client_id, tls=mqtt.tls, login=login,
-                           will=will, keepalive=mqtt.keepalive, logger=log)
-
-    cards = NvmlGpus(config.selection(), call_timeout_seconds=config.call_timeout_seconds, name=config.host)
-    return GpuAgent(config, cards, client, **options)
-
-
 async def serve(config: AgentConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = agent_for(config)
+    agent = GpuAgent.from_config(config)
     notifier = Notifier.from_env()
     pinger = asyncio.create_task(_supervise(agent, notifier))
     try:
