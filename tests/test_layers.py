@@ -103,8 +103,8 @@ def test_only_the_demo_imports_the_simulators_and_nothing_imports_the_entry_poin
 def test_the_agent_imports_only_the_config_and_the_mqtt_client_of_the_daemon():
     wrong = [f"{name} imports {target}" for name, targets in graph().items() if room(name) == "agent"
              for target in targets
-             if folder(target) == "daemon" and room(target) not in AGENT_MAY_IMPORT | {"agent"}
-             or target.startswith("wattshift.daemon.mqtt.") and target != "wattshift.daemon.mqtt.client"]
+             if (folder(target) == "daemon" and room(target) not in AGENT_MAY_IMPORT | {"agent"})
+             or (target.startswith("wattshift.daemon.mqtt.") and target != "wattshift.daemon.mqtt.client")]
     assert wrong == []
     assert "wattshift.drivers.nvml_gpu" in graph()["wattshift.daemon.agent.service"]  # the rules see it
 

@@ -174,3 +174,15 @@ async def test_the_safe_cap_only_ever_cuts(agent, lib, clock):
 def test_the_safe_cap_defaults_to_each_cards_lowest_limit(tmp_path: Path):
     config = AgentConfig.model_validate({"host": "gpu-a", "mqtt": {"host": "b"}})
     assert config.safe_cap_watts is None and config.controller_silence_seconds == 120
+
+
+def test_the_shipped_agent_example_is_valid(tmp_path):
+    example = Path(__file__).parents[2] / "deploy" / "agent.example.yaml"
+    secrets = tmp_path / "secrets"
+    secrets.write_text("broker: {username: gpu-01, password: example}\n")
+    secrets.chmod(0o600)
+    text = example.read_text().replace("/run/credentials/wattshift-agent.service/secrets", str(secrets))
+    copy = tmp_path / "agent.yaml"
+    copy.write_text(text)
+    config = load_agent(copy, environ={})
+    assert config.host == "gpu-01" and config.safe_cap_watts == 300 and config.login() is not None
