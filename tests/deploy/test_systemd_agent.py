@@ -81,3 +81,11 @@ def test_the_agent_unit_is_the_one_the_agent_expects():
     assert bound == ["-/dev/nvidiactl", *(f"-/dev/nvidia{i}" for i in range(16))]
     assert s["DeviceAllow"] == ["char-nvidia-frontend rw"] and s["DevicePolicy"] == ["closed"]
     assert s["LoadCredential"] == ["secrets:/etc/wattshift/agent-secrets.yaml"]
+
+
+def test_the_readme_quotes_the_agents_exposure(tmp_path):
+    result = analyze("security", "--offline=yes", str(installed_copy(tmp_path)))
+    match = re.search(r"Overall exposure level for wattshift-agent\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout
+    readme = " ".join((DEPLOY.parent / "README.md").read_text().split())
+    assert f"exposure {match.group(1)} in `systemd-analyze security --offline=yes`" in readme
