@@ -21,7 +21,8 @@ exactly as a local one, with the same guarantees:
   controller's clock is refused (reason ``clock``): its offset is kept for the metrics
   (``wattshift_agent_clock_offset_seconds``), and the host goes stale, so it counts at its
   maximum until its clock is fixed. A retained reading left by an agent long dead looks the
-  same and is refused the same way.
+  same and is refused the same way; a retained one within the skew counts as old as its ``at``
+  says, so it goes stale on time.
 
 The link publishes a heartbeat to a host each time its node is read (at most one per
 ``heartbeat_seconds``): the agent moves to its safe cap when the controller's loop, not just
@@ -232,14 +233,15 @@ class AgentLink:
                 log.warning("agents: %s (node %s) is offline", host, state.device_id)
             state.changed.set()
             return None
-        reason = self._readings(state, payload) if kind == "readings" else self._reply(state, payload, retained)
+        reason = (self._readings(state, payload, retained) if kind == "readings"
+                  else self._reply(state, payload, retained))
         if reason is not None:
             state.refused[reason] += 1
             if state.refused[reason] == 1 or reason in ("host", "uuid"):
                 log.warning("agents: refused a %s message on %s: %s", kind, topic, reason)
         return reason
 
-    def _readings(self, state: AgentHost, payload: bytes) -> str | None:
+    def _readings(self, state: AgentHost, payload: bytes, retained: bool = False) -> str | None:
         try:
             readings = parse_readings(payload)
         except WireError as err:
@@ -263,7 +265,9 @@ class AgentLink:
                                                                                           self.stale_after):
             return "unexpected"  # older than what we hold: a replay
         state.readings = readings
-        state.received_at = self._clock()
+        # A retained reading was stored by the broker, maybe long ago (an agent that died before
+        # its will fired): it is as old as its own timestamp says, not as old as its delivery.
+        state.received_at = self._clock() - (max(0.0, -offset) if retained else 0.0)
         state.online = True if state.online is None else state.online
         state.accepted += 1
         state.changed.set()

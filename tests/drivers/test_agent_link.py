@@ -170,3 +170,14 @@ def test_no_fresh_reading_in_time_is_a_timeout(link):
         assert err.value.failure is Failure.TIMEOUT
 
     asyncio.run(main())
+
+
+def test_a_retained_reading_is_as_old_as_it_says_not_as_its_delivery(link):
+    """The broker hands a new subscriber the last retained reading, however old: one 12 s old
+    (within the skew allowed) is already stale for a link that allows 10 s."""
+    AgentGpus(name="node-a", host="gpu-a", link=link)
+    AgentGpus(name="node-b", host="gpu-b", link=link)
+    assert link.deliver(f"{P}/gpu-a/readings", payload("gpu-a", ["GPU-1"], at=now(link) - 12), retained=True) is None
+    assert not link.fresh("gpu-a")
+    assert link.deliver(f"{P}/gpu-b/readings", payload("gpu-b", ["GPU-2"], at=now(link) - 12)) is None  # live
+    assert link.fresh("gpu-b")

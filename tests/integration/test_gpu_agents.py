@@ -18,9 +18,12 @@ from typing import Any
 import aiomqtt
 import pytest
 from gpu_agents import PREFIX, AgentProcess, agent_file, agents_acl, link_for
-from mosquitto import Broker
+from mosquitto import Broker, make_tls
+from pydantic import SecretStr
 
+from wattshift.daemon.config.mqtt import Login, TlsConfig
 from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.mqtt.client import make_client
 from wattshift.daemon.runtime.app import open_daemon
 from wattshift.drivers.agent_gpu import AgentGpus, AgentLink
 from wattshift.drivers.base import DeviceError
@@ -427,3 +430,22 @@ async def test_with_the_per_agent_acl_one_agent_cannot_speak_or_listen_for_anoth
             limits = {r.limit_watts for r in (await cards(node_b)).values()}
             assert limits == {320.0, 700.0}
             assert link.hosts["gpu-b"].refused["uuid"] == 0 and link.hosts["gpu-b"].refused["host"] == 0
+
+
+async def test_over_tls_with_logins_from_the_agents_own_secrets_file(tmp_path, agents):
+    tls = make_tls(tmp_path / "tls", "127.0.42.3")
+    users = {"wattshift": "pw-controller", "gpu-a": "pw-a"}
+    with Broker(tmp_path / "tls-broker", "127.0.42.3", users=users, tls_files=tls,
+                acl=agents_acl("wattshift", ["gpu-a"])) as broker:
+        agent = agents(tmp_path, broker, "gpu-a", login=("gpu-a", "pw-a"))
+
+        def client() -> aiomqtt.Client:
+            return make_client(broker.host, broker.port, identifier="controller-agents", keepalive=5,
+                               tls=TlsConfig(ca_file=tls.ca_file),
+                               login=Login(username="wattshift", password=SecretStr("pw-controller")))
+
+        link = AgentLink(client, prefix=PREFIX, stale_after_seconds=3.0)
+        async with node_through(link, "gpu-a") as gpus:
+            await until(lambda: link.fresh("gpu-a"), what="first reading over TLS")
+            assert await gpus.set_power_limit(agent.uuids[0], 410.0) == 410.0
+        assert "pw-a" not in agent.output()  # the agent never logs its password
