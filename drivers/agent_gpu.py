@@ -27,6 +27,10 @@ exactly as a local one, with the same guarantees:
 The link publishes a heartbeat to a host each time its node is read (at most one per
 ``heartbeat_seconds``): the agent moves to its safe cap when the controller's loop, not just
 its connection, goes silent.
+
+:class:`AgentJobs` is the site's job runner when the hosts run their own jobs (the agent's
+``jobs:``): it reads the jobs from each host's fresh readings and moves them through that host's
+agent. A host whose runner could not be asked reads as unknown, so its node counts at its maximum.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from .agent_wire import (
     AgentTopics,
     CapCommand,
     Heartbeat,
+    JobAction,
+    JobCommand,
     Readings,
     Reply,
     WireError,
@@ -66,6 +72,7 @@ from .agent_wire import (
     split_topic,
 )
 from .base import DeviceError
+from .jobs import DEFAULT_ACTION_TIMES, ActionTimes, JobError, JobSpec, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +197,7 @@ class AgentLink:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, most)
 
-    async def publish(self, host: str, message: CapCommand | Heartbeat) -> None:
+    async def publish(self, host: str, message: CapCommand | JobCommand | Heartbeat) -> None:
         """Send a command; ``Failure.NO_ANSWER`` if the broker is not reachable now."""
         client = self._client
         state = self.hosts[host]
@@ -288,7 +295,7 @@ class AgentLink:
         waiting.set_result(reply)
         return None
 
-    async def ask(self, host: str, command: CapCommand, timeout: float) -> Reply:
+    async def ask(self, host: str, command: CapCommand | JobCommand, timeout: float) -> Reply:
         """Send ``command`` and wait for its reply (``Failure.TIMEOUT`` if none in time)."""
         state = self.hosts[host]
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -299,7 +306,7 @@ class AgentLink:
                 return await future
         except TimeoutError:
             raise DeviceError(state.device_id, Failure.TIMEOUT,
-                              f"agent {host}: no reply to cap {command.id} within {timeout:g} s") from None
+                              f"agent {host}: no reply to {command.command} {command.id} in {timeout:g} s") from None
         finally:
             state.replies.pop(command.id, None)
 
@@ -376,6 +383,9 @@ class AgentGpus:
             uuids = self._uuids() or [self.name]
             return {u: DeviceError(u, Failure.NO_ANSWER, why) for u in uuids}
         assert state.readings is not None
+        if state.readings.jobs_error is not None:  # what runs there is unknown: so is its draw
+            why = f"agent {self.host}: its job runner failed: {state.readings.jobs_error}"
+            return {c.uuid: DeviceError(c.uuid, Failure.NO_ANSWER, why) for c in state.readings.gpus}
         return {c.uuid: card_in(c, self.name) for c in state.readings.gpus}
 
     def _why_not_fresh(self) -> str:
@@ -409,6 +419,64 @@ class AgentGpus:
             raise DeviceError(uuid, Failure.IGNORED, f"agent {host} said OK to {watts:g} W, but its next reading "
                                                      f"shows {card.limit_watts:g} W")
         return card.enforced_limit_watts if card.enforced_limit_watts is not None else card.limit_watts
+
+
+class AgentJobs:
+    """The jobs of every agent host that runs its own (implements ``JobRunner``). A job's id is
+    ``<host>/<its id on the host>``; its node is the host's node."""
+
+    name = "agents"
+
+    def __init__(self, link: AgentLink, *, timeout_seconds: float = 10.0,
+                 times: ActionTimes = DEFAULT_ACTION_TIMES) -> None:
+        self._link = link
+        self.timeout_seconds = timeout_seconds
+        self.times = times
+
+    async def status(self, job_ids: Sequence[str] | None = None) -> Mapping[str, JobStatus]:
+        found: dict[str, JobStatus] = {}
+        for host, state in self._link.hosts.items():
+            readings = state.readings
+            if readings is None or readings.jobs is None or not self._link.fresh(host):
+                continue  # a stale host's node already counts at its maximum
+            for job in readings.jobs:
+                job_id = f"{host}/{job.job_id}"
+                found[job_id] = JobStatus(job_id, job.name, job.state, node=state.device_id, gpus=job.gpus)
+        return found if job_ids is None else {j: found[j] for j in job_ids if j in found}
+
+    async def submit(self, spec: JobSpec) -> str:
+        raise JobError(None, "submit", "jobs are submitted on the GPU host; its agent reports and moves them")
+
+    async def start(self, job_id: str) -> None:
+        await self._move(job_id, "start")
+
+    async def suspend(self, job_id: str) -> None:
+        await self._move(job_id, "suspend")
+
+    async def resume(self, job_id: str) -> None:
+        await self._move(job_id, "resume")
+
+    async def requeue(self, job_id: str) -> None:
+        await self._move(job_id, "requeue")
+
+    async def stop(self, job_id: str) -> None:
+        await self._move(job_id, "stop")
+
+    async def _move(self, job_id: str, action: JobAction) -> None:
+        host, _, local = job_id.partition("/")
+        if host not in self._link.hosts or not local:
+            raise JobError(job_id, action, "not a job of an agent host (<host>/<job id>)")
+        link = self._link
+        try:
+            command = JobCommand(v=PROTOCOL, command="job", id=link.new_id(), host=host, sent_at=link._wall(),
+                                 action=action, job_id=local)
+            reply = await link.ask(host, command, self.timeout_seconds)
+        except DeviceError as err:
+            raise JobError(job_id, action, err.detail) from None
+        except ValueError as err:  # an id the wire refuses
+            raise JobError(job_id, action, str(err)) from None
+        if reply.status != "ok":
+            raise JobError(job_id, action, f"agent {host}: {reply.detail or reply.status}")
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -9,7 +9,7 @@ Topics, under a prefix (default ``wattshift/agents``) and one level per host::
 
     <prefix>/<host>/availability   online | offline (retained; offline is the agent's last will)
     <prefix>/<host>/readings       Readings, JSON (retained, at most one per publish interval)
-    <prefix>/<host>/cmd            Command in: cap or heartbeat (never retained)
+    <prefix>/<host>/cmd            Command in: cap, job or heartbeat (never retained)
     <prefix>/<host>/reply          Reply to each command, by its id (not retained)
 
 Times on the wire (``at``, ``sent_at``) are Unix seconds of the sender's wall clock; each side
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from wattshift.model.fields import NAME_PATTERN
 from wattshift.model.gpu import GpuLimits, GpuReading
+from wattshift.model.jobs import JobState
 from wattshift.model.miner import Failure
 
 from .base import DeviceError
@@ -44,6 +45,7 @@ MAX_REPLY_BYTES = 4096
 MAX_CARDS = 64
 MAX_PROCESSES = 64
 MAX_DETAIL = 300
+MAX_JOBS = 64
 
 Host = Annotated[str, Field(pattern=NAME_PATTERN)]
 Uuid = Annotated[str, Field(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9-]+$")]
@@ -51,6 +53,9 @@ RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
 Watts = Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)]
 UnixTime = Annotated[float, Field(gt=0, lt=1e11, allow_inf_nan=False)]
 Detail = Annotated[str, Field(max_length=MAX_DETAIL)]
+# A job id as the host's runner gives it; never a "/" (the controller writes "<host>/<job id>").
+JobId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+JobAction = Literal["start", "suspend", "resume", "requeue", "stop"]
 
 
 class Wire(BaseModel):
@@ -88,6 +93,15 @@ class Card(Wire):
     error: CardError | None = None
 
 
+class Job(Wire):
+    """A job on the host's own runner (``jobs:`` in the agent file), as its status says."""
+
+    job_id: JobId
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    state: JobState
+    gpus: int = Field(default=0, ge=0, le=MAX_CARDS)
+
+
 class Readings(Wire):
     v: Literal[1]
     host: Host
@@ -96,6 +110,9 @@ class Readings(Wire):
     # True once the agent moved its cards to its safe cap because the controller went silent.
     safe_cap: bool = False
     gpus: Annotated[list[Card], Field(max_length=MAX_CARDS)]
+    # The host's jobs (None: the agent runs no job runner); jobs_error: its runner could not be asked.
+    jobs: Annotated[list[Job], Field(max_length=MAX_JOBS)] | None = None
+    jobs_error: Detail | None = None
 
 
 class CapCommand(Wire):
@@ -118,7 +135,19 @@ class Heartbeat(Wire):
     sent_at: UnixTime
 
 
-Command = Annotated[CapCommand | Heartbeat, Field(discriminator="command")]
+class JobCommand(Wire):
+    """Move a job on the host's runner: the lever on AI work the agent holds besides the caps."""
+
+    v: Literal[1]
+    command: Literal["job"]
+    id: RequestId
+    host: Host
+    sent_at: UnixTime
+    action: JobAction
+    job_id: JobId
+
+
+Command = Annotated[CapCommand | JobCommand | Heartbeat, Field(discriminator="command")]
 COMMAND = TypeAdapter(Command)
 
 
@@ -129,6 +158,7 @@ class Reply(Wire):
     status: Literal["ok", "failed", "refused"]
     at: UnixTime  # after the set and its read-back (agent clock)
     uuid: Uuid | None = None
+    job_id: JobId | None = None
     held_watts: Watts | None = None
     enforced_watts: Watts | None = None
     failure: Annotated[str, Field(max_length=32)] | None = None
@@ -191,7 +221,7 @@ def parse_reply(payload: bytes) -> Reply:
     return _parse(Reply, payload, MAX_REPLY_BYTES)
 
 
-def parse_command(payload: bytes) -> CapCommand | Heartbeat:
+def parse_command(payload: bytes) -> CapCommand | JobCommand | Heartbeat:
     if len(payload) > MAX_COMMAND_BYTES:
         raise WireError(f"{len(payload)} bytes, over the {MAX_COMMAND_BYTES} allowed")
     try:

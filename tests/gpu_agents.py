@@ -106,3 +106,39 @@ def agents_acl(controller: str, hosts: list[str], prefix: str = PREFIX) -> str:
         lines += [f"user {host}", *(f"topic write {prefix}/{host}/{t}" for t in ("readings", "reply", "availability")),
                   f"topic read {prefix}/{host}/cmd", ""]
     return "\n".join(lines)
+
+
+# A GPU host's own jobs, as an operator's docker or systemd wrapper would keep them: one file per
+# job, "<state> <node> <name>" (the command runner's status format; tests/drivers/test_command_runner.py).
+HOST_SCHEDULER = r"""#!/bin/sh
+set -eu
+move() {
+    f="$FAKE_DIR/job.$WATTSHIFT_JOB_ID"
+    [ -f "$f" ] || { echo "no such job $WATTSHIFT_JOB_ID" >&2; exit 2; }
+    read -r state rest < "$f"
+    case " $1 " in *" $state "*) ;; *) echo "job $WATTSHIFT_JOB_ID is $state, not $1" >&2; exit 3;; esac
+    echo "$2 $rest" > "$f"
+}
+case "$1" in
+submit) echo "no submit here" >&2; exit 1;;
+start) move pending running;;
+suspend) move running suspended;;
+resume) move suspended running;;
+requeue) move "running suspended" pending;;
+stop) move "pending running suspended" cancelled;;
+status) for f in "$FAKE_DIR"/job.*; do [ -f "$f" ] && echo "${f##*.} $(cat "$f")"; done; true;;
+esac
+"""
+
+
+def host_jobs(folder: Path, jobs: dict[str, str]) -> dict[str, Any]:
+    """The agent file's ``jobs:`` block over HOST_SCHEDULER, with ``jobs`` (id -> "<state> - <name>")."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "sched.sh"
+    script.write_text(HOST_SCHEDULER)
+    script.chmod(0o755)
+    for job_id, line in jobs.items():
+        (folder / f"job.{job_id}").write_text(line + "\n")
+    actions = ("submit", "start", "suspend", "resume", "requeue", "stop", "status")
+    return {"kind": "command", "timeout_seconds": 10,
+            "commands": {a: f"FAKE_DIR={folder} {script} {a}" for a in actions}}

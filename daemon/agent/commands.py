@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-from wattshift.drivers.agent_wire import CapCommand, Heartbeat, WireError, parse_command
+from wattshift.drivers.agent_wire import CapCommand, Heartbeat, JobCommand, WireError, parse_command
 
 SEEN_IDS = 1024  # ids remembered against replays (a command is refused past max age anyway)
 
@@ -28,7 +28,7 @@ class CommandGate:
         self.max_age = max_age_seconds
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
-    def admit(self, payload: bytes, *, retained: bool, now: float) -> CapCommand | Heartbeat | Refusal:
+    def admit(self, payload: bytes, *, retained: bool, now: float) -> CapCommand | JobCommand | Heartbeat | Refusal:
         if retained:
             return Refusal("a retained command: commands act once, when sent; clear it with an empty "
                            "retained message")

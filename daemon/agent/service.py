@@ -7,6 +7,8 @@ Three tasks share one :class:`GpuAgent`:
 - the **link** connects with a last will (``offline``, retained), says ``online``, subscribes to
   this host's command topic only, and obeys what :class:`~.commands.CommandGate` admits: a cap
   is set through the driver, read back, and answered on the reply topic with the value held;
+- with a job runner (``jobs:``, the command runner), the reader also asks it for this host's jobs
+  and the link moves them (start, suspend, resume, requeue, stop) when the controller says;
 - the **watchdog** moves the cards to the safe cap once the controller has said nothing valid
   (no cap, no heartbeat) for ``controller_silence_seconds``. Until then every card keeps its
   last cap, and the safe cap is only ever a cut: a card already lower stays where it is. The
@@ -35,12 +37,16 @@ from wattshift.drivers.agent_wire import (
     PROTOCOL,
     AgentTopics,
     CapCommand,
+    Job,
+    JobCommand,
     Readings,
     Reply,
     card_out,
     encode,
 )
 from wattshift.drivers.base import DeviceError
+from wattshift.drivers.command_runner import CommandRunner
+from wattshift.drivers.jobs import JobError, JobRunner
 from wattshift.drivers.nvml_gpu import NvmlGpus
 from wattshift.model.gpu import GpuLimits, GpuReading
 
@@ -70,11 +76,13 @@ class GpuAgent:
         cards: Cards,
         client_factory: ClientFactory,
         *,
+        runner: JobRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.cards = cards
+        self.runner = runner
         self._factory = client_factory
         self._clock = clock
         self._wall = wall
@@ -107,7 +115,9 @@ class GpuAgent:
                                login=login, will=will, keepalive=mqtt.keepalive, logger=log)
 
         cards = NvmlGpus(config.selection(), call_timeout_seconds=config.call_timeout_seconds, name=config.host)
-        return cls(config, cards, client, **options)
+        jobs = config.jobs
+        runner = CommandRunner(jobs.commands, timeout_seconds=jobs.timeout_seconds) if jobs is not None else None
+        return cls(config, cards, client, runner=runner, **options)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -139,12 +149,30 @@ class GpuAgent:
                     self._limits[uuid] = r.limits
                 if r.limit_watts is not None:
                     self._last_limit[uuid] = r.limit_watts
+        jobs, jobs_error = await self._jobs()
         self._seq += 1
         self.last_read_at = self._clock()
         self._latest = Readings(v=PROTOCOL, host=self.config.host, at=at, seq=self._seq,
                                 safe_cap=self.safe_cap_applied,
-                                gpus=[card_out(r, uuid, self._index.get(uuid, 0)) for uuid, r in read.items()])
+                                gpus=[card_out(r, uuid, self._index.get(uuid, 0)) for uuid, r in read.items()],
+                                jobs=jobs, jobs_error=jobs_error)
         return self._latest
+
+    async def _jobs(self) -> tuple[list[Job] | None, str | None]:
+        """This host's unfinished jobs, or why the runner could not say (None, None: no runner)."""
+        if self.runner is None:
+            return None, None
+        try:
+            async with asyncio.timeout(self.config.call_timeout_seconds * 2):
+                statuses = await self.runner.status()
+        except (JobError, TimeoutError) as err:
+            return None, (str(err) or "the job runner did not answer in time")[:MAX_DETAIL]
+        try:
+            jobs = [Job(job_id=s.job_id, name=s.name[:200], state=s.state, gpus=min(s.gpus, 64))
+                    for s in statuses.values() if not s.state.finished]
+        except ValueError as err:  # an id or name the wire refuses: say so rather than send it
+            return None, f"the job runner reported a job the agent cannot pass on: {err}"[:MAX_DETAIL]
+        return jobs[:64], None
 
     @property
     def latest_cards(self) -> dict[str, GpuReading | DeviceError]:
@@ -228,10 +256,14 @@ class GpuAgent:
                                            status="refused", at=self._wall(), detail=admitted.reason[:MAX_DETAIL]))
         self.controller_heard_at = self._clock()
         self.safe_cap_applied = False
-        if not isinstance(admitted, CapCommand):
+        if isinstance(admitted, JobCommand):
+            self.obeyed += 1
+            reply = await self._job(admitted)
+        elif isinstance(admitted, CapCommand):
+            self.obeyed += 1
+            reply = await self._cap(admitted)
+        else:
             return None
-        self.obeyed += 1
-        reply = await self._cap(admitted)
         self._wake.set()  # the reading that confirms it
         return await self._reply(reply)
 
@@ -251,6 +283,22 @@ class GpuAgent:
             return reply("refused", detail=str(err)[:MAX_DETAIL])
         log.info("agent: cap %s W on %s, enforced %s W", command.watts, command.uuid, enforced)
         return reply("ok", held_watts=command.watts, enforced_watts=enforced)
+
+    async def _job(self, command: JobCommand) -> Reply:
+        def reply(status: Literal["ok", "failed", "refused"], detail: str | None = None) -> Reply:
+            return Reply(v=PROTOCOL, host=self.config.host, id=command.id, job_id=command.job_id, status=status,
+                         at=self._wall(), detail=detail)
+
+        if self.runner is None:
+            return reply("refused", "this agent runs no jobs (no jobs: in its file)")
+        try:
+            async with asyncio.timeout(self.config.call_timeout_seconds * 2):
+                await getattr(self.runner, command.action)(command.job_id)
+        except (JobError, TimeoutError) as err:
+            log.warning("agent: %s of job %s failed: %s", command.action, command.job_id, err)
+            return reply("failed", (str(err) or "the job runner did not answer in time")[:MAX_DETAIL])
+        log.info("agent: job %s: %s", command.job_id, command.action)
+        return reply("ok")
 
     async def _reply(self, reply: Reply) -> Reply:
         await self._publish(self.topics.reply, encode(reply), retain=False)

@@ -2,7 +2,8 @@
 
 An agent has no site file: it knows its own host name (its topics), the broker (as the site
 file's ``mqtt`` block: host, port, TLS, a credentials name looked up in its own secrets file),
-which of its cards to manage, and what to do when the controller goes silent. Validated like
+which of its cards to manage, what to do when the controller goes silent, and optionally the
+commands that run this host's own jobs. Validated like
 every operator file: unknown keys refused, each problem at its line, passwords never here.
 """
 
@@ -17,7 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from wattshift.model.fields import Name, Strict
 
-from .gpu import MAX_GPU_INDEX
+from .gpu import MAX_GPU_INDEX, CommandRunnerConfig
 from .mqtt import Login, TlsConfig, Topic, check_topic
 from .site import Credentials, load_secrets
 from .yamlfile import FileInvalid, Problem, read_document, validate
@@ -67,6 +68,9 @@ class AgentConfig(Strict):
     # A command whose sent_at is further than this from our clock is refused (old, replayed, skewed).
     max_command_age_seconds: float = Field(default=60.0, gt=0, le=3600)
     call_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # This host's own jobs (docker, systemd units, ...), as the site file's ``jobs.runner: command``:
+    # the agent reports them with its readings and moves them when the controller says.
+    jobs: CommandRunnerConfig | None = None
     secrets_file: Path | None = None
     credentials: dict[str, Credentials] = Field(default={}, exclude=True, repr=False, validate_default=True)
 

@@ -27,7 +27,7 @@ from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.journal.store import AsyncJournal, journal_path
 from wattshift.daemon.mqtt.client import make_client
 from wattshift.daemon.mqtt.metrics import AgentCollector, MeterCollector
-from wattshift.drivers.agent_gpu import AgentLink
+from wattshift.drivers.agent_gpu import AgentJobs, AgentLink
 from wattshift.drivers.catalog import gpu_drivers, job_runners
 from wattshift.drivers.jobs import JobRunner
 from wattshift.drivers.mqtt_meter import SiteMeter
@@ -80,6 +80,9 @@ def make_gpu_fleet(site: SiteConfig, runner: JobRunner | None = None, link: Agen
     }
     if runner is None and site.jobs.runner is not None:
         runner = job_runners().get(site.jobs.runner.kind)(**site.jobs.runner_options())
+    elif runner is None and link is not None:
+        # No scheduler of the site's own: the GPU hosts run their jobs, and their agents move them.
+        runner = AgentJobs(link, timeout_seconds=timeout * 2)
     return GpuFleet(site.gpu_nodes, node_drivers, runner, site.jobs, call_timeout_seconds=timeout * 2)
 
 

@@ -16,6 +16,7 @@ from wattshift.daemon.agent.service import GpuAgent
 from wattshift.daemon.config.agent import AgentConfig, load_agent
 from wattshift.daemon.config.yamlfile import FileInvalid
 from wattshift.drivers.agent_wire import MAX_COMMAND_BYTES, CapCommand, Heartbeat
+from wattshift.drivers.command_runner import CommandRunner
 from wattshift.drivers.nvml_gpu import NvmlGpus
 from wattshift.simulators.nvml_lib import SimulatedGpu, SimulatedNvmlLib, simulated_nvml
 
@@ -186,3 +187,20 @@ def test_the_shipped_agent_example_is_valid(tmp_path):
     copy.write_text(text)
     config = load_agent(copy, environ={})
     assert config.host == "gpu-01" and config.safe_cap_watts == 300 and config.login() is not None
+
+
+async def test_without_a_job_runner_a_job_command_is_refused(agent):
+    payload = command("job", id="j1", action="suspend", job_id="7", sent_at=agent._wall())
+    reply = await agent.on_command(payload)
+    assert reply is not None and reply.status == "refused" and "runs no jobs" in (reply.detail or "")
+    assert (await agent.read_now()).jobs is None
+
+
+async def test_a_job_runner_that_fails_is_reported_not_hidden(agent):
+    failing = {a: "echo 'docker: permission denied' >&2; exit 1"
+               for a in ("submit", "start", "suspend", "resume", "requeue", "stop", "status")}
+    agent.runner = CommandRunner(failing, timeout_seconds=5)
+    readings = await agent.read_now()
+    assert readings.jobs is None and readings.jobs_error and "permission denied" in readings.jobs_error
+    reply = await agent.on_command(command("job", id="j2", action="suspend", job_id="7", sent_at=agent._wall()))
+    assert reply is not None and reply.status == "failed" and "permission denied" in (reply.detail or "")

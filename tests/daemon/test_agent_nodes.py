@@ -12,7 +12,7 @@ from wattshift.daemon.config.site import load_site
 from wattshift.daemon.config.yamlfile import FileInvalid
 from wattshift.daemon.mqtt.metrics import AgentCollector
 from wattshift.daemon.runtime.app import make_agent_link, make_gpu_fleet
-from wattshift.drivers.agent_gpu import AgentGpus, AgentLink
+from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
 from wattshift.drivers.nvml_gpu import NvmlGpus
 
 SITE = """\
@@ -43,6 +43,7 @@ def test_agent_nodes_are_driven_through_one_link_by_host_name(tmp_path):
     assert isinstance(drivers["gpu-02"], AgentGpus) and drivers["gpu-02"].host == "gpu-02"  # host: its name
     assert isinstance(drivers["local"], NvmlGpus)
     assert sorted(link.hosts) == ["gpu-01", "gpu-02"]
+    assert isinstance(fleet.runner, AgentJobs)  # no scheduler of the site's own: the hosts' agents move jobs
 
 
 @pytest.mark.parametrize(("text", "where", "why"), [

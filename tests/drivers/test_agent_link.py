@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from simulated_gpus import ManualClock
 
-from wattshift.drivers.agent_gpu import AgentGpus, AgentLink
+from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
 from wattshift.drivers.agent_wire import MAX_READINGS_BYTES
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.catalog import gpu_drivers
 from wattshift.drivers.gpu import GpuDriver
+from wattshift.drivers.jobs import JobError, JobRunner
 from wattshift.model.gpu import GpuReading
 from wattshift.model.miner import Failure
 
@@ -51,6 +52,7 @@ def now(link: AgentLink) -> float:
 def test_registered_as_agent_and_meets_the_contract(link):
     assert gpu_drivers().get("agent") is AgentGpus
     assert isinstance(AgentGpus(name="n", host="h", link=link), GpuDriver)
+    assert isinstance(AgentJobs(link), JobRunner)
 
 
 def test_a_good_reading_is_kept_and_read_as_the_cards(link, clock):
@@ -181,3 +183,45 @@ def test_a_retained_reading_is_as_old_as_it_says_not_as_its_delivery(link):
     assert not link.fresh("gpu-a")
     assert link.deliver(f"{P}/gpu-b/readings", payload("gpu-b", ["GPU-2"], at=now(link) - 12)) is None  # live
     assert link.fresh("gpu-b")
+
+
+def test_a_host_whose_job_runner_failed_reads_as_unknown(link):
+    """What runs there is unknown, so its draw is: the node counts at its maximum."""
+    gpus = AgentGpus(name="node-a", host="gpu-a", link=link)
+    body = json.loads(payload("gpu-a", ["GPU-1"], at=now(link)))
+    body["jobs_error"] = "status: exit status 1: docker: permission denied"
+    assert link.deliver(f"{P}/gpu-a/readings", json.dumps(body).encode()) is None
+    read = asyncio.run(gpus.read_all())
+    assert isinstance(read["GPU-1"], DeviceError) and "job runner failed" in read["GPU-1"].detail
+
+
+def test_the_jobs_of_fresh_hosts_only_with_ids_that_name_their_host(link, clock):
+    AgentGpus(name="node-a", host="gpu-a", link=link)
+    AgentGpus(name="node-b", host="gpu-b", link=link)
+    for host, job in (("gpu-a", "7"), ("gpu-b", "7")):
+        body = json.loads(payload(host, [f"GPU-{host}"], at=now(link)))
+        body["jobs"] = [{"job_id": job, "name": "train", "state": "running", "gpus": 8}]
+        assert link.deliver(f"{P}/{host}/readings", json.dumps(body).encode()) is None
+    runner = AgentJobs(link)
+    status = asyncio.run(runner.status())
+    assert sorted(status) == ["gpu-a/7", "gpu-b/7"] and status["gpu-b/7"].node == "node-b"
+    clock.advance(11)  # both stale: their jobs are not reported (their nodes count at their maximum)
+    assert asyncio.run(runner.status()) == {}
+
+
+@pytest.mark.parametrize("job", [
+    {"job_id": "a/b", "name": "x", "state": "running"},  # a "/" would let it name another host's job
+    {"job_id": "1", "name": "x", "state": "sleeping"},
+    {"job_id": "1", "name": "x", "state": "running", "gpus": "8"},
+])
+def test_a_job_the_wire_does_not_allow_refuses_the_reading(link, job):
+    AgentGpus(name="node-a", host="gpu-a", link=link)
+    body = json.loads(payload("gpu-a", ["GPU-1"], at=now(link)))
+    body["jobs"] = [job]
+    assert link.deliver(f"{P}/gpu-a/readings", json.dumps(body).encode()) == "malformed"
+
+
+def test_moving_a_job_without_a_broker_is_a_job_error(link):
+    AgentGpus(name="node-a", host="gpu-a", link=link)
+    with pytest.raises(JobError, match="not connected"):
+        asyncio.run(AgentJobs(link).suspend("gpu-a/7"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from gpu_agents import PREFIX, AgentProcess, agent_file, agents_acl, link_for
+from gpu_agents import PREFIX, AgentProcess, agent_file, agents_acl, host_jobs, link_for
 from mosquitto import Broker, make_tls
 from pydantic import SecretStr
 
@@ -25,11 +25,12 @@ from wattshift.daemon.config.mqtt import Login, TlsConfig
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.daemon.mqtt.client import make_client
 from wattshift.daemon.runtime.app import open_daemon
-from wattshift.drivers.agent_gpu import AgentGpus, AgentLink
+from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
 from wattshift.drivers.base import DeviceError
-from wattshift.drivers.jobs import JobSpec
+from wattshift.drivers.jobs import JobError, JobSpec, JobStatus
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
 from wattshift.model.gpu import GpuReading
+from wattshift.model.jobs import JobState
 from wattshift.model.miner import Failure
 from wattshift.simulators.jobs import SimulatedJobRunner
 from wattshift.simulators.site import MinerBatch, SimulatedSite
@@ -449,3 +450,22 @@ async def test_over_tls_with_logins_from_the_agents_own_secrets_file(tmp_path, a
             await until(lambda: link.fresh("gpu-a"), what="first reading over TLS")
             assert await gpus.set_power_limit(agent.uuids[0], 410.0) == 410.0
         assert "pw-a" not in agent.output()  # the agent never logs its password
+
+
+async def test_the_hosts_own_jobs_are_reported_and_moved_through_its_agent(tmp_path, broker, agents):
+    jobs = host_jobs(tmp_path / "jobs", {"7": "running - train-llm"})
+    agents(tmp_path, broker, "gpu-a", jobs=jobs)
+    link = link_for(broker)
+    runner = AgentJobs(link)
+    async with node_through(link, "gpu-a"):
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        status = await runner.status()
+        assert status == {"gpu-a/7": JobStatus("gpu-a/7", "train-llm", JobState.RUNNING, node="node-gpu-a")}
+        await runner.suspend("gpu-a/7")
+        assert (tmp_path / "jobs" / "job.7").read_text().startswith("suspended")  # the host's runner did it
+        await until(lambda: link.hosts["gpu-a"].readings.jobs[0].state is JobState.SUSPENDED,  # type: ignore[union-attr]
+                    what="the suspended job in a reading")
+        with pytest.raises(JobError, match="is suspended, not pending"):  # the host's runner refuses
+            await runner.start("gpu-a/7")
+        with pytest.raises(JobError, match="not a job of an agent host"):
+            await runner.stop("gpu-z/7")
