@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 # Why a message was refused: a bounded set, a Prometheus label.
 REFUSALS = ("malformed", "host", "uuid", "clock", "unknown_host", "retained", "unexpected")
+RETAINED_GRACE_SECONDS = 1.0  # after subscribing, for the broker to deliver the retained readings
 CAP_SLACK_WATTS = 1.0  # as the NVML driver: a card keeps its limit at its own granularity
 
 
@@ -135,8 +136,11 @@ class AgentLink:
         self._task: asyncio.Task[None] | None = None
         self._users = 0
         self.connected = asyncio.Event()
+        # Set a moment after the first connect: the broker has handed over the retained readings.
+        self.settled = asyncio.Event()
         self.connections = 0
         self.unknown_refused = 0  # messages on the topics of hosts the site file does not name
+        self._beats: set[asyncio.Task[None]] = set()  # heartbeats in flight (a task needs a reference)
 
     # -- the hosts -------------------------------------------------------------------------------
 
@@ -182,6 +186,8 @@ class AgentLink:
                     self._client = client
                     self.connections += 1
                     self.connected.set()
+                    if not self.settled.is_set():
+                        asyncio.get_running_loop().call_later(RETAINED_GRACE_SECONDS, self.settled.set)
                     delay = self._reconnect[0]
                     log.info("agents: connected to the broker; %d host(s)", len(self.hosts))
                     async for message in client.messages:
@@ -220,7 +226,12 @@ class AgentLink:
         state.heartbeat_at = now
         beat = Heartbeat(v=PROTOCOL, command="heartbeat", id=self.new_id(), host=host, sent_at=self._wall())
         task = asyncio.get_running_loop().create_task(self.publish(host, beat))
-        task.add_done_callback(_retrieve)
+        self._beats.add(task)
+        task.add_done_callback(self._beat_done)
+
+    def _beat_done(self, task: asyncio.Task[None]) -> None:
+        self._beats.discard(task)
+        _retrieve(task)
 
     # -- messages in -----------------------------------------------------------------------------
 
@@ -353,16 +364,16 @@ class AgentGpus:
         self._started = False
 
     async def start(self) -> list[str]:
-        """Connect, and wait a moment for the agent's retained reading; its cards' UUIDs (an
-        agent not heard yet gives none now, and its cards as soon as it is read)."""
+        """Connect, and wait (once per link, at most the call timeout) for the broker to hand
+        over the agents' retained readings; this host's cards' UUIDs (an agent not heard yet
+        gives none now, and its cards as soon as it is read: a site of many dead agents must
+        not take a timeout per node to start)."""
         if not self._started:
             self._started = True
             await self._link.start()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
-                while not self._link.fresh(self.host):
-                    self._state.changed.clear()
-                    await self._state.changed.wait()
+                await self._link.settled.wait()
         return self._uuids()
 
     def _uuids(self) -> list[str]:

@@ -469,3 +469,19 @@ async def test_the_hosts_own_jobs_are_reported_and_moved_through_its_agent(tmp_p
             await runner.start("gpu-a/7")
         with pytest.raises(JobError, match="not a job of an agent host"):
             await runner.stop("gpu-z/7")
+
+
+async def test_a_site_of_silent_agents_starts_without_a_timeout_per_node(tmp_path, broker):
+    """The broker hands over retained readings once; nodes whose agent never spoke do not each
+    wait out the call timeout (here 30 s for each of 4: two minutes, against the 25 s allowed)."""
+    link = link_for(broker)
+    nodes = [AgentGpus(name=f"node-{i}", host=f"gpu-{i}", link=link, call_timeout_seconds=30.0) for i in range(4)]
+    try:
+        async with asyncio.timeout(25):
+            for node in nodes:
+                assert await node.start() == []
+        read = await nodes[0].read_all()
+        assert all(isinstance(r, DeviceError) and r.failure is Failure.NO_ANSWER for r in read.values())
+    finally:
+        for node in nodes:
+            await node.close()
