@@ -485,3 +485,27 @@ async def test_a_site_of_silent_agents_starts_without_a_timeout_per_node(tmp_pat
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_a_stopped_agent_says_offline_exits_cleanly_and_leaves_its_caps(tmp_path, broker, agents):
+    agent = agents(tmp_path, broker, "gpu-a")
+    link = link_for(broker, stale_after_seconds=60.0)
+    async with node_through(link, "gpu-a") as gpus:
+        await until(lambda: link.fresh("gpu-a"), what="first reading")
+        assert await gpus.set_power_limit(agent.uuids[0], 330.0) == 330.0
+        agent.signal(signal.SIGTERM)
+        await until(lambda: link.hosts["gpu-a"].online is False, what="offline on a clean stop")
+        assert agent.process is not None and agent.process.wait(timeout=20) == 0, agent.output()
+        last = link.hosts["gpu-a"].readings
+        assert last is not None and {c.uuid: c.limit_watts for c in last.gpus}[agent.uuids[0]] == 330.0
+        assert "restor" not in agent.output().lower()  # nothing put back to its default on the way out
+
+
+def test_a_bad_agent_file_exits_2_and_names_the_problem(tmp_path, capsys):
+    from wattshift.daemon.cli.main import main
+
+    path = tmp_path / "agent.yaml"
+    path.write_text("host: gpu-a\nmqtt: {host: b}\nsafe_cap_watts: -5\n")
+    assert main(["agent", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "safe_cap_watts" in err and "nothing was changed" in err
