@@ -277,7 +277,7 @@ BATCHES = [MinerBatch("luxos", 2, "site", "Antminer S21")]
 
 @contextlib.asynccontextmanager
 async def site_with_agent_node(tmp_path: Path, broker: Broker, first_address: str, *, budget_kw: float,
-                               stale_after: float = 2.0, runner: Any = None,
+                               stale_after: float = 2.0, runner: Any = None, hosts: tuple[str, ...] = ("gpu-a",),
                                **extra: Any) -> AsyncIterator[tuple[SimulatedSite, Any]]:
     sim = SimulatedSite(BATCHES, first_address=first_address, physics_options={"ramp_watts_per_s": 4000.0})
     async with sim:
@@ -286,8 +286,8 @@ async def site_with_agent_node(tmp_path: Path, broker: Broker, first_address: st
             prices={"power_usd_per_mwh": {"source": "fixed", "value": 40.0}},
             policy={"name": "merit-order", "options": {"min_dwell_seconds": 0}},
             drivers={"call_timeout_seconds": 2.0, "confirm_timeout_seconds": 4.0},
-            gpu_nodes=[{"name": "gpu-node-a", "driver": "agent", "host": "gpu-a", "gpu_count": 2,
-                        "host_idle_kw": 0.5, "host_max_kw": 1.0}],
+            gpu_nodes=[{"name": f"gpu-node-{h[-1]}", "driver": "agent", "host": h, "gpu_count": 2,
+                        "host_idle_kw": 0.5, "host_max_kw": 1.0} for h in hosts],
             mqtt={"host": broker.host, "port": broker.port, "reconnect_min_seconds": 0.1,
                   "reconnect_max_seconds": 0.5,
                   "agents": {"stale_after_seconds": stale_after, "heartbeat_seconds": 0.5}},
@@ -509,3 +509,44 @@ def test_a_bad_agent_file_exits_2_and_names_the_problem(tmp_path, capsys):
     assert main(["agent", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "safe_cap_watts" in err and "nothing was changed" in err
+
+
+
+async def test_two_agent_hosts_take_power_from_the_miners_and_give_it_back(tmp_path, broker, agents):
+    """The issue's "done when": GPU nodes on two agent hosts, their jobs on the hosts' own runners,
+    under the loop. A cut sheds the miners first, then caps both nodes through their agents,
+    each cap confirmed by the agent's next reading; the end of the cut gives the caps back."""
+    train = {"classes": [{"match": "train-*", "tier": "suspendable", "rate_usd_per_gpu_hour": 2.35}]}
+    for host in ("gpu-a", "gpu-b"):
+        agents(tmp_path, broker, host, jobs=host_jobs(tmp_path / f"jobs-{host}", {"1": f"running - train-{host}"}))
+    async with site_with_agent_node(tmp_path, broker, "127.0.42.31", budget_kw=12.0, hosts=("gpu-a", "gpu-b"),
+                                    jobs=train) as (sim, daemon):
+        controller, link = daemon.controller, daemon.gpus._drivers["gpu-node-a"]._link
+        await until(lambda: link.fresh("gpu-a") and link.fresh("gpu-b"), what="both agents read")
+        report = await controller.run_once()
+        nodes = [report.snapshot.load(n) for n in ("gpu-node-a", "gpu-node-b")]
+        assert all(n.failure is None and n.reads_on for n in nodes), nodes  # the hosts' jobs, through the agents
+
+        # 4 kW: the miners (worth less) off, and 2 kW per node: caps of at most 500 W per card.
+        controller.budget.add(BudgetEvent("cut", 4000.0, datetime.now(UTC) - timedelta(seconds=1)))
+        results = []
+        for _ in range(4):
+            report = await controller.run_once()
+            results += report.results
+        capped = {r.step.device_id: r for r in results if r.step.device_id.startswith("gpu-node") and r.ok}
+        assert sorted(capped) == ["gpu-node-a", "gpu-node-b"], results
+        for host in ("gpu-a", "gpu-b"):
+            state = link.hosts[host]
+            assert state.readings is not None and all(c.limit_watts is not None and c.limit_watts <= 500.0
+                                                      for c in state.readings.gpus), state.readings
+        await until(lambda: sim.true_watts() < 500, timeout=15, what="the miners shed")
+        report = await controller.run_once()  # and the loop sees the site inside the cut, worst case and all
+        assert sum(d.worst_case_watts for d in report.snapshot.loads) <= report.snapshot.budget_watts, [
+            (d.device_id, d.worst_case_watts) for d in report.snapshot.loads]
+
+        controller.budget.cancel("cut")
+        for _ in range(4):
+            report = await controller.run_once()
+        for host in ("gpu-a", "gpu-b"):
+            cards = link.hosts[host].readings.gpus  # type: ignore[union-attr]
+            assert all(c.limit_watts == 700.0 for c in cards), cards  # the caps given back
