@@ -129,8 +129,8 @@ class AgentLink:
         self.max_skew = max_skew_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self._reconnect = (reconnect_min_seconds, reconnect_max_seconds)
-        self._clock = clock
-        self._wall = wall
+        self.clock = clock  # ours, monotonic: ages and staleness
+        self.wall = wall  # ours, Unix: only to compare with the agents' timestamps (skew)
         self.hosts: dict[str, AgentHost] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
@@ -153,11 +153,11 @@ class AgentLink:
 
     def fresh(self, host: str) -> bool:
         state = self.hosts.get(host)
-        return state is not None and state.fresh(self._clock(), self.stale_after)
+        return state is not None and state.fresh(self.clock(), self.stale_after)
 
     def age_seconds(self, host: str) -> float | None:
         state = self.hosts.get(host)
-        return None if state is None else state.age_seconds(self._clock())
+        return None if state is None else state.age_seconds(self.clock())
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -220,11 +220,11 @@ class AgentLink:
     def heartbeat(self, host: str) -> None:
         """A heartbeat to ``host`` unless one went out within ``heartbeat_seconds``; never waits."""
         state = self.hosts[host]
-        now = self._clock()
+        now = self.clock()
         if self._client is None or now - state.heartbeat_at < self.heartbeat_seconds:
             return
         state.heartbeat_at = now
-        beat = Heartbeat(v=PROTOCOL, command="heartbeat", id=self.new_id(), host=host, sent_at=self._wall())
+        beat = Heartbeat(v=PROTOCOL, command="heartbeat", id=self.new_id(), host=host, sent_at=self.wall())
         task = asyncio.get_running_loop().create_task(self.publish(host, beat))
         self._beats.add(task)
         task.add_done_callback(self._beat_done)
@@ -275,17 +275,17 @@ class AgentLink:
         for other in self.hosts.values():
             if other is not state and other.readings is not None and uuids & {c.uuid for c in other.readings.gpus}:
                 return "uuid"  # a card another host reports: one of the two is lying
-        offset = readings.at - self._wall()
+        offset = readings.at - self.wall()
         state.clock_offset_seconds = offset
         if abs(offset) > self.max_skew:
             return "clock"
-        if state.readings is not None and readings.at < state.readings.at and state.fresh(self._clock(),
+        if state.readings is not None and readings.at < state.readings.at and state.fresh(self.clock(),
                                                                                           self.stale_after):
             return "unexpected"  # older than what we hold: a replay
         state.readings = readings
         # A retained reading was stored by the broker, maybe long ago (an agent that died before
         # its will fired): it is as old as its own timestamp says, not as old as its delivery.
-        state.received_at = self._clock() - (max(0.0, -offset) if retained else 0.0)
+        state.received_at = self.clock() - (max(0.0, -offset) if retained else 0.0)
         state.online = True if state.online is None else state.online
         state.accepted += 1
         state.changed.set()
@@ -403,7 +403,7 @@ class AgentGpus:
         state = self._state
         if state.online is False:
             return f"agent {self.host} is offline (its last will)"
-        age = state.age_seconds(self._link._clock())
+        age = state.age_seconds(self._link.clock())
         if age is None:
             offset = state.clock_offset_seconds
             if offset is not None and abs(offset) > self._link.max_skew:
@@ -415,9 +415,9 @@ class AgentGpus:
         if not isinstance(watts, int | float) or not math.isfinite(watts) or watts <= 0:
             raise DeviceError(uuid, Failure.REFUSED, f"watts: {watts!r} is not a positive finite number")
         link, host = self._link, self.host
-        command = CapCommand(v=PROTOCOL, command="cap", id=link.new_id(), host=host, sent_at=link._wall(),
+        command = CapCommand(v=PROTOCOL, command="cap", id=link.new_id(), host=host, sent_at=link.wall(),
                              uuid=uuid, watts=float(watts))
-        sent = link._clock()
+        sent = link.clock()
         reply = await link.ask(host, command, self._timeout)
         if reply.status != "ok":
             failure = Failure(reply.failure) if reply.failure in set(Failure) else Failure.REFUSED
@@ -479,7 +479,7 @@ class AgentJobs:
             raise JobError(job_id, action, "not a job of an agent host (<host>/<job id>)")
         link = self._link
         try:
-            command = JobCommand(v=PROTOCOL, command="job", id=link.new_id(), host=host, sent_at=link._wall(),
+            command = JobCommand(v=PROTOCOL, command="job", id=link.new_id(), host=host, sent_at=link.wall(),
                                  action=action, job_id=local)
             reply = await link.ask(host, command, self.timeout_seconds)
         except DeviceError as err:

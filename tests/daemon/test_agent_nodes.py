@@ -67,7 +67,7 @@ def test_agent_health_is_exported_per_node_with_bounded_labels(tmp_path):
     link = make_agent_link(site)
     assert link is not None
     make_gpu_fleet(site, link=link)
-    wall = link._wall()
+    wall = link.wall()
     cards = [{"uuid": "GPU-1", "index": 0, "watts": 300.0, "limit_watts": 700.0}]
     link.deliver("site/agents/gpu-01/readings",
                  json.dumps({"v": 1, "host": "gpu-01", "at": wall - 2, "seq": 1, "gpus": cards}).encode())

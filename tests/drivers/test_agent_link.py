@@ -46,7 +46,7 @@ def payload(host: str, uuids: list[str], *, limit: float = 700.0, at: float | No
 
 
 def now(link: AgentLink) -> float:
-    return link._wall()
+    return link.wall()
 
 
 def test_registered_as_agent_and_meets_the_contract(link):
