@@ -17,11 +17,13 @@ from wattshift.model.registry import Registry
 
 
 def gpu_drivers() -> Registry[GpuDriverFactory]:
-    """GPU driver kinds by the name the site file uses (``driver: nvml``)."""
+    """GPU driver kinds by the name the site file uses (``driver: nvml``, ``driver: agent``)."""
     registry: Registry[GpuDriverFactory] = Registry("GPU driver")
+    from .agent_gpu import AgentGpus
     from .nvml_gpu import NvmlGpus
 
     registry.register("nvml")(NvmlGpus)
+    registry.register("agent")(AgentGpus)
     return registry
 
 

@@ -25,6 +25,9 @@ MAY_IMPORT = {
 # simulators (the demo runs a simulated site).
 ENTRY_ROOMS = {"cli", "demo"}
 SIMULATORS_ONLY_FOR = ENTRY_ROOMS
+# The GPU host's agent is a process of its own: only the entry points start it, and it imports
+# no room of the controller but the config and the MQTT client.
+AGENT_MAY_IMPORT = {"config", "mqtt"}
 
 
 def module_name(path: Path) -> str:
@@ -92,7 +95,18 @@ def test_only_the_demo_imports_the_simulators_and_nothing_imports_the_entry_poin
                 wrong.append(f"{name} imports {target}")
             if room(target) in ENTRY_ROOMS and room(name) not in ENTRY_ROOMS:
                 wrong.append(f"{name} imports {target}")
+            if room(target) == "agent" and room(name) not in ENTRY_ROOMS | {"agent"}:
+                wrong.append(f"{name} imports {target}")
     assert wrong == []
+
+
+def test_the_agent_imports_only_the_config_and_the_mqtt_client_of_the_daemon():
+    wrong = [f"{name} imports {target}" for name, targets in graph().items() if room(name) == "agent"
+             for target in targets
+             if (folder(target) == "daemon" and room(target) not in AGENT_MAY_IMPORT | {"agent"})
+             or (target.startswith("wattshift.daemon.mqtt.") and target != "wattshift.daemon.mqtt.client")]
+    assert wrong == []
+    assert "wattshift.drivers.nvml_gpu" in graph()["wattshift.daemon.agent.service"]  # the rules see it
 
 
 def test_no_module_is_part_of_an_import_cycle():

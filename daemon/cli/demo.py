@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.daemon.control.controller import Controller, TickReport
 from wattshift.daemon.control.earnings import class_earnings
+from wattshift.daemon.demo.agents import agents_line, demo_agents, through_agents
 from wattshift.daemon.demo.mqtt import (
     BROKER_HOST,
     MqttMode,
@@ -97,8 +98,14 @@ async def run_demo(scenario: Scenario, state_dir: Path, metrics_listen: str, out
                   f"{len(scenario.jobs())} AI jobs will arrive", file=out, flush=True)
         broker = await stack.enter_async_context(demo_broker(mqtt, mqtt_host, out))
         scenario.write_policy_file(state_dir)
-        site = SiteConfig.model_validate(scenario.site_file(
-            sim, state_dir, metrics_listen, gpus, mqtt=mqtt_block(broker, scenario.tick_s) if broker else None))
+        site_file = scenario.site_file(sim, state_dir, metrics_listen, gpus,
+                                       mqtt=mqtt_block(broker, scenario.tick_s) if broker else None)
+        if broker is not None and gpus is not None:
+            # A GPU server is another machine: the first node's cards are read and capped through its agent.
+            agents = await stack.enter_async_context(demo_agents(
+                gpus, through_agents(site_file["gpu_nodes"]), broker, scenario.tick_s))
+            print(agents_line(agents, broker), file=out, flush=True)
+        site = SiteConfig.model_validate(site_file)
         started_wall = datetime.now(UTC)
         budget = scenario.budget(site, started_wall)
         unmetered = scenario.unmetered_watts(site, metered=broker is not None)

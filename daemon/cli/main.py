@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from . import agent as agent_cmd
 from . import backtest as backtest_cmd
 from . import demo as demo_cmd
 from . import journal as journal_cmd
@@ -46,5 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     journal_cmd.register(commands)
     demo_cmd.register(commands)
     backtest_cmd.register(commands)
+    agent_cmd.register(commands)
     return parser
 

@@ -1,7 +1,8 @@
 """The GPU part of the site file: nodes, the scheduler that runs their jobs, and what jobs are worth.
 
-A node is one server: N cards read and capped through one GPU driver (NVML on this host, or the
-simulated library in the demo), plus a host whose draw NVML cannot see (CPUs, fans, NICs), given
+A node is one server: N cards read and capped through one GPU driver (``nvml``: NVML on this
+host, or the simulated library in the demo; ``agent``: the ``wattshift agent`` on the GPU host
+named by ``host``, over the site's MQTT broker), plus a host whose draw NVML cannot see (CPUs, fans, NICs), given
 in kW by the operator. Jobs come from one runner (Slurm, operator commands, the simulator); job
 classes, matched on the job name, say how far each job may be moved and what it earns.
 """
@@ -47,7 +48,8 @@ class GpuHost(Strict):
 class GpuNodeConfig(GpuHost):
     name: Name
     circuit: Name = SITE_CIRCUIT
-    driver: Literal["nvml"] = "nvml"
+    driver: Literal["nvml", "agent"] = "nvml"
+    host: Name | None = None  # driver agent: the agent's host name (its topics); default ``name``
     # "all", an index range "0-7", or a list of indices or UUIDs on that driver's host.
     gpus: str | Annotated[list[str], Field(max_length=MAX_GPU_INDEX + 1)] = "all"
     gpu_count: int = Field(default=8, ge=1, le=64)  # what the node must show: fewer is a lost card
@@ -65,6 +67,16 @@ class GpuNodeConfig(GpuHost):
             return "all"
         first, _, last = self.gpus.partition("-")
         return list(range(int(first), int(last or first) + 1))
+
+    @model_validator(mode="after")
+    def _host_for_agents(self) -> GpuNodeConfig:
+        if self.host is not None and self.driver != "agent":
+            raise ValueError(f"host {self.host!r} is for driver: agent (this node's driver is {self.driver})")
+        return self
+
+    @property
+    def agent_host(self) -> str:
+        return self.host or self.name
 
     @field_validator("gpus")
     @classmethod

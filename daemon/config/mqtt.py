@@ -109,6 +109,22 @@ class CommandsConfig(Strict):
         return None if value is None else check_topic(value, what="reply_prefix")
 
 
+class AgentLinkConfig(Strict):
+    """How the controller hears the ``wattshift agent`` of each GPU host (``driver: agent``
+    nodes): the agents' topic prefix, when a silent agent's node counts at its maximum, how far
+    an agent's clock may be from ours, and how often the loop tells each agent it is alive."""
+
+    prefix: Topic = "wattshift/agents"
+    stale_after_seconds: float = Field(default=15.0, gt=0, le=3600)
+    max_skew_seconds: float = Field(default=30.0, gt=0, le=3600)
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
+
+    @field_validator("prefix")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return check_topic(value, what="prefix")
+
+
 class MqttConfig(Strict):
     host: str = Field(min_length=1, max_length=253)
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with TLS
@@ -126,6 +142,7 @@ class MqttConfig(Strict):
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     meter: MeterConfig | None = None
     commands: CommandsConfig = CommandsConfig()
+    agents: AgentLinkConfig = AgentLinkConfig()
 
     @field_validator("prefix")
     @classmethod

@@ -273,6 +273,7 @@ class SiteConfig(SiteLimits):
         if data.get("policy_file") is not None and data.get("policy", PolicyChoice()) != PolicyChoice():
             problems.append((("policy_file",), "give either policy (inline) or policy_file, not both"))
         problems += _missing_secrets(data, value)
+        problems += _agents_without_broker(data)
         if problems:
             raise ProblemsAt(problems[:MAX_LISTED], field="credentials")
         return value
@@ -309,6 +310,23 @@ def _unpriced(jobs: JobsConfig, prices: PricesConfig) -> list[tuple[Location, st
              f"(known: {sorted(rates) or 'none'})")
             for index, job_class in enumerate(jobs.classes)
             if job_class.market is not None and job_class.market not in rates]
+
+
+def _agents_without_broker(data: Mapping[str, Any]) -> list[tuple[Location, str]]:
+    """A node driven through its host's agent needs the broker the agents talk on, and one agent
+    host drives one node."""
+    problems: list[tuple[Location, str]] = []
+    hosts: dict[str, str] = {}
+    for i, node in enumerate(data.get("gpu_nodes", [])):
+        if node.driver != "agent":
+            continue
+        if data.get("mqtt") is None:
+            problems.append((("gpu_nodes", i, "driver"), "driver: agent needs the mqtt block (the agents' broker)"))
+        if node.agent_host in hosts:
+            problems.append((("gpu_nodes", i, "host"), f"{node.agent_host!r} already drives node "
+                                                       f"{hosts[node.agent_host]!r}"))
+        hosts[node.agent_host] = node.name
+    return problems
 
 
 def _missing_secrets(data: Mapping[str, Any], credentials: Mapping[str, Credentials]) -> list[tuple[Location, str]]:

@@ -129,7 +129,10 @@ class GpuFleet:
         last = self._last.get(name)
         job = last.job if last is not None else None
         tier = self.tier_of(job) if job is not None else None
-        return GpuNodeDriver(node, cards, self._uuids.get(name, []), self.card_limits(name), self.runner, job, tier)
+        # A node whose cards were not seen at start (an agent host that came up later) is driven
+        # by the cards its last reading showed.
+        uuids = self._uuids.get(name) or ([r.uuid for r in last.readings] if last is not None else [])
+        return GpuNodeDriver(node, cards, uuids, self.card_limits(name), self.runner, job, tier)
 
     def last(self, name: str) -> NodeReading | None:
         return self._last.get(name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from wattshift.drivers.agent_gpu import REFUSALS, AgentLink
 from wattshift.drivers.mqtt_meter import SiteMeter
 
 if TYPE_CHECKING:
@@ -68,3 +69,43 @@ class MqttCollector(Collector):
         yield CounterMetricFamily("wattshift_mqtt_dropped_messages",
                                   "Decisions, events and replies dropped from a full queue while offline",
                                   value=bridge.dropped)
+
+
+class AgentCollector(Collector):
+    """``wattshift_agent_*``: per GPU node driven through a host's agent, whether its readings are
+    fresh (``up``; 0 means the node counts at its maximum), their age, the agent's clock offset,
+    whether it fell back to its safe cap, and the messages accepted and refused by reason."""
+
+    def __init__(self, link: AgentLink) -> None:
+        self.link = link
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["node", "host"]
+        up = GaugeMetricFamily("wattshift_agent_up", "1 while the node's agent is online and its readings fresh",
+                               labels=labels)
+        age = GaugeMetricFamily("wattshift_agent_reading_age_seconds", "Age of the agent's last accepted reading",
+                                labels=labels)
+        offset = GaugeMetricFamily("wattshift_agent_clock_offset_seconds",
+                                   "The agent's clock minus the controller's, at its last reading", labels=labels)
+        safe = GaugeMetricFamily("wattshift_agent_safe_cap", "1 if the agent moved its cards to its safe cap",
+                                 labels=labels)
+        accepted = CounterMetricFamily("wattshift_agent_readings", "Readings accepted from the agent", labels=labels)
+        refused = CounterMetricFamily("wattshift_agent_messages_refused",
+                                      "Messages on the agent's topics refused, by reason", labels=[*labels, "reason"])
+        for host, state in list(self.link.hosts.items()):
+            names = [state.device_id, host]
+            up.add_metric(names, 1 if self.link.fresh(host) else 0)
+            seconds = self.link.age_seconds(host)
+            if seconds is not None:
+                age.add_metric(names, seconds)
+            if state.clock_offset_seconds is not None:
+                offset.add_metric(names, state.clock_offset_seconds)
+            safe.add_metric(names, 1 if state.readings is not None and state.readings.safe_cap else 0)
+            accepted.add_metric(names, state.accepted)
+            for reason in REFUSALS:
+                if reason != "unknown_host":
+                    refused.add_metric([*names, reason], state.refused.get(reason, 0))
+        yield from (up, age, offset, safe, accepted, refused)
+        yield CounterMetricFamily("wattshift_agent_unknown_host_messages",
+                                  "Messages on the topics of agent hosts the site file does not name",
+                                  value=self.link.unknown_refused)

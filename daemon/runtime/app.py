@@ -7,8 +7,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import aiomqtt
+
+from wattshift.daemon.config.gpu import GpuNodeConfig
+from wattshift.daemon.config.mqtt import broker_login
 from wattshift.daemon.config.policy_file import (
     policy_for_site,
     resolve,
@@ -21,7 +25,9 @@ from wattshift.daemon.control.recorder import FanOut, JournalRecorder, Recorder
 from wattshift.daemon.control.shadow import ShadowRecorder
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.journal.store import AsyncJournal, journal_path
-from wattshift.daemon.mqtt.metrics import MeterCollector
+from wattshift.daemon.mqtt.client import make_client
+from wattshift.daemon.mqtt.metrics import AgentCollector, MeterCollector
+from wattshift.drivers.agent_gpu import AgentJobs, AgentLink
 from wattshift.drivers.catalog import gpu_drivers, job_runners
 from wattshift.drivers.jobs import JobRunner
 from wattshift.drivers.mqtt_meter import SiteMeter
@@ -37,18 +43,46 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 
 
-def make_gpu_fleet(site: SiteConfig, runner: JobRunner | None = None) -> GpuFleet | None:
+def make_agent_link(site: SiteConfig) -> AgentLink | None:
+    """One broker connection for every ``driver: agent`` node (None: the site has none)."""
+    if site.mqtt is None or not any(n.driver == "agent" for n in site.gpu_nodes):
+        return None
+    mqtt, login = site.mqtt, broker_login(site.mqtt, site.credentials)
+    agents = mqtt.agents
+
+    def client() -> aiomqtt.Client:
+        return make_client(mqtt.host, mqtt.broker_port(), identifier=f"{mqtt.identifier(site.name)}-agents",
+                           tls=mqtt.tls, login=login, keepalive=mqtt.keepalive)
+
+    return AgentLink(client, prefix=agents.prefix, stale_after_seconds=agents.stale_after_seconds,
+                     max_skew_seconds=agents.max_skew_seconds, heartbeat_seconds=agents.heartbeat_seconds,
+                     reconnect_min_seconds=mqtt.reconnect_min_seconds, reconnect_max_seconds=mqtt.reconnect_max_seconds)
+
+
+def make_gpu_fleet(site: SiteConfig, runner: JobRunner | None = None, link: AgentLink | None = None) -> GpuFleet | None:
     """The site's GPU nodes, each read through its driver; ``runner`` stands in for the site
-    file's (the demo passes its simulated scheduler)."""
+    file's (the demo passes its simulated scheduler); ``link`` reaches the agent hosts."""
     if not site.gpu_nodes:
         return None
     drivers = gpu_drivers()
     timeout = site.drivers.call_timeout_seconds
+
+    def options(node: GpuNodeConfig) -> dict[str, Any]:
+        if node.driver != "agent":
+            return {}
+        if link is None:
+            raise ValueError(f"gpu node {node.name}: driver agent needs the mqtt block (the agents' broker)")
+        return {"host": node.agent_host, "link": link}
+
     node_drivers = {
-        n.name: drivers.get(n.driver)(n.selection(), call_timeout_seconds=timeout, name=n.name) for n in site.gpu_nodes
+        n.name: drivers.get(n.driver)(n.selection(), call_timeout_seconds=timeout, name=n.name, **options(n))
+        for n in site.gpu_nodes
     }
     if runner is None and site.jobs.runner is not None:
         runner = job_runners().get(site.jobs.runner.kind)(**site.jobs.runner_options())
+    elif runner is None and link is not None:
+        # No scheduler of the site's own: the GPU hosts run their jobs, and their agents move them.
+        runner = AgentJobs(link, timeout_seconds=timeout * 2)
     return GpuFleet(site.gpu_nodes, node_drivers, runner, site.jobs, call_timeout_seconds=timeout * 2)
 
 
@@ -84,7 +118,8 @@ async def open_daemon(
     """Everything the loop needs, opened in order and closed in reverse (journal last)."""
     feeds = make_price_feeds(site.prices, base_dir, clock, site.credentials)
     fleet = make_fleet(site)
-    gpus = make_gpu_fleet(site, runner)
+    link = make_agent_link(site)
+    gpus = make_gpu_fleet(site, runner, link)
     # The meter arrives over MQTT: the bridge (wattshift run) feeds it.
     meter = SiteMeter.from_config(site.mqtt.meter, clock) if site.mqtt is not None and site.mqtt.meter else None
     metrics = MetricsRecorder()
@@ -116,6 +151,8 @@ async def open_daemon(
         )
         if meter is not None:
             metrics.registry.register(MeterCollector(meter, lambda: controller.overhead.watts))
+        if link is not None:
+            metrics.registry.register(AgentCollector(link))
         if opened is not None:
             # Before this run's "started" row: what the last run left open is closed first.
             await close_open_commands(opened, controller)
