@@ -24,6 +24,12 @@ exactly as a local one, with the same guarantees:
   same and is refused the same way; a retained one within the skew counts as old as its ``at``
   says, so it goes stale on time.
 
+- **An open broker.** Where the controller logs in, the link checks at each connect whether a
+  client with no login gets in too (``anonymity_check``). If one does, anyone on the site
+  network could publish readings that under-report a node's draw: every agent node then reads
+  as ``Failure.NO_ANSWER`` (counted at its maximum) until the broker is closed, unless the site
+  file accepts it (``mqtt.agents.allow_anonymous_broker``).
+
 The link publishes a heartbeat to a host each time its node is read (at most one per
 ``heartbeat_seconds``): the agent moves to its safe cap when the controller's loop, not just
 its connection, goes silent.
@@ -43,7 +49,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +81,12 @@ from .base import DeviceError
 from .jobs import DEFAULT_ACTION_TIMES, ActionTimes, JobError, JobSpec, JobStatus
 
 log = logging.getLogger(__name__)
+
+ANONYMOUS_BROKER = (
+    "the broker accepts anonymous clients, so anyone on the site network could publish agent "
+    "readings; turn anonymous access off (Mosquitto: allow_anonymous false, docs/mqtt.md) or set "
+    "mqtt.agents.allow_anonymous_broker: true"
+)
 
 # Why a message was refused: a bounded set, a Prometheus label.
 REFUSALS = ("malformed", "host", "uuid", "clock", "unknown_host", "retained", "unexpected")
@@ -122,8 +134,12 @@ class AgentLink:
         reconnect_max_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        anonymity_check: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._factory = client_factory
+        self._anonymity_check = anonymity_check
+        # Why no agent's reading is believed now (an open broker), or None.
+        self.untrusted: str | None = None
         self.prefix = prefix
         self.stale_after = stale_after_seconds
         self.max_skew = max_skew_seconds
@@ -181,6 +197,7 @@ class AgentLink:
         while True:
             try:
                 async with self._factory() as client:
+                    await self._check_broker()  # before any reading is taken in
                     for kind in ("readings", "reply", "availability"):
                         await client.subscribe(f"{self.prefix}/+/{kind}", qos=1)
                     self._client = client
@@ -202,6 +219,16 @@ class AgentLink:
                 self.connected.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, most)
+
+    async def _check_broker(self) -> None:
+        if self._anonymity_check is None:
+            return
+        was = self.untrusted
+        self.untrusted = ANONYMOUS_BROKER if await self._anonymity_check() else None
+        if self.untrusted is not None and was is None:
+            log.error("agents: %s: every agent node counts at its maximum", self.untrusted)
+        elif was is not None and self.untrusted is None:
+            log.warning("agents: the broker no longer lets anonymous clients in; agent readings believed again")
 
     async def publish(self, host: str, message: CapCommand | JobCommand | Heartbeat) -> None:
         """Send a command; ``Failure.NO_ANSWER`` if the broker is not reachable now."""
@@ -389,6 +416,9 @@ class AgentGpus:
     async def read_all(self) -> Mapping[str, GpuReading | DeviceError]:
         self._link.heartbeat(self.host)
         state = self._state
+        if self._link.untrusted is not None:
+            why = f"agent {self.host}: {self._link.untrusted}"
+            return {u: DeviceError(u, Failure.NO_ANSWER, why) for u in self._uuids() or [self.name]}
         if not self._link.fresh(self.host):
             why = self._why_not_fresh()
             uuids = self._uuids() or [self.name]

@@ -14,6 +14,11 @@ Three tasks share one :class:`GpuAgent`:
   last cap, and the safe cap is only ever a cut: a card already lower stays where it is. The
   agent never raises a cap on its own, not at start, not on shutdown (a stopped agent leaves
   its cards as they are: the controller counts the node at its maximum meanwhile).
+
+Where the agent logs in, the link checks at each connect whether a client with no login gets in
+too; if one does, anyone on the site network could command the cards, so every command is
+refused (answered, with the reason) until the broker is closed, unless the agent's file says
+``mqtt.allow_anonymous_broker: true``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol
 
 import aiomqtt
 
 from wattshift.daemon.config.agent import AgentConfig
-from wattshift.daemon.mqtt.client import make_client
+from wattshift.daemon.mqtt.client import admits_anonymous, make_client, proves_identity
 from wattshift.drivers.agent_wire import (
     MAX_DETAIL,
     OFFLINE,
@@ -56,6 +61,12 @@ log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[aiomqtt.Will], aiomqtt.Client]
 
+ANONYMOUS_BROKER = (
+    "the broker accepts anonymous clients, so anyone on the site network could send this; turn "
+    "anonymous access off (Mosquitto: allow_anonymous false, docs/mqtt.md) or set "
+    "mqtt.allow_anonymous_broker: true in the agent's file"
+)
+
 
 class Cards(Protocol):
     """What the agent needs of the NVML driver (:class:`~wattshift.drivers.nvml_gpu.NvmlGpus`)."""
@@ -79,9 +90,12 @@ class GpuAgent:
         runner: JobRunner | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        anonymity_check: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.config = config
         self.cards = cards
+        self._anonymity_check = anonymity_check
+        self.broker_open = False  # the last connect found that anyone gets in: commands refused
         self.runner = runner
         self._factory = client_factory
         self._clock = clock
@@ -114,6 +128,11 @@ class GpuAgent:
             return make_client(mqtt.host, mqtt.broker_port(), identifier=config.client_id, tls=mqtt.tls,
                                login=login, will=will, keepalive=mqtt.keepalive, logger=log)
 
+        async def broker_open() -> bool:
+            return await admits_anonymous(mqtt.host, mqtt.broker_port(), identifier=config.client_id, tls=mqtt.tls)
+
+        if proves_identity(login, mqtt.tls) and not mqtt.allow_anonymous_broker:
+            options.setdefault("anonymity_check", broker_open)
         cards = NvmlGpus(config.selection(), call_timeout_seconds=config.call_timeout_seconds, name=config.host)
         jobs = config.jobs
         runner = CommandRunner(jobs.commands, timeout_seconds=jobs.timeout_seconds) if jobs is not None else None
@@ -220,6 +239,7 @@ class GpuAgent:
         while True:
             try:
                 async with self._factory(will) as client:
+                    await self._check_broker()  # before any command can arrive
                     await client.subscribe(self.topics.command, qos=1)
                     await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
                     self._client = client
@@ -246,9 +266,20 @@ class GpuAgent:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, mqtt.reconnect_max_seconds)
 
+    async def _check_broker(self) -> None:
+        if self._anonymity_check is None:
+            return
+        was, self.broker_open = self.broker_open, await self._anonymity_check()
+        if self.broker_open and not was:
+            log.error("agent %s: %s: every command is refused", self.config.host, ANONYMOUS_BROKER)
+        elif was and not self.broker_open:
+            log.warning("agent %s: the broker no longer lets anonymous clients in; commands obeyed", self.config.host)
+
     async def on_command(self, payload: bytes, *, retained: bool = False) -> Reply | None:
         """Admit, obey and answer one message on the command topic (a heartbeat gets no answer)."""
         admitted = self.gate.admit(payload, retained=retained, now=self._wall())
+        if self.broker_open and not isinstance(admitted, Refusal):  # a heartbeat included: no one vouches for it
+            admitted = Refusal(ANONYMOUS_BROKER, admitted.id)
         if isinstance(admitted, Refusal):
             self.refused += 1
             log.warning("agent: command refused: %s", admitted.reason)

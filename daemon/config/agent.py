@@ -36,6 +36,9 @@ class AgentMqttConfig(Strict):
     keepalive: int = Field(default=30, ge=5, le=3600)
     reconnect_min_seconds: float = Field(default=1.0, gt=0, le=600)
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Obey commands even on a broker that lets anyone in (by default every command is then
+    # refused, and the cards fall to the safe cap once the controller has been silent).
+    allow_anonymous_broker: bool = False
 
     @field_validator("prefix")
     @classmethod

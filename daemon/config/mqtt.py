@@ -112,12 +112,15 @@ class CommandsConfig(Strict):
 class AgentLinkConfig(Strict):
     """How the controller hears the ``wattshift agent`` of each GPU host (``driver: agent``
     nodes): the agents' topic prefix, when a silent agent's node counts at its maximum, how far
-    an agent's clock may be from ours, and how often the loop tells each agent it is alive."""
+    an agent's clock may be from ours, and how often the loop tells each agent it is alive.
+    ``allow_anonymous_broker`` believes the agents' readings even on a broker that lets anyone
+    in (by default their nodes then count at their maximum)."""
 
     prefix: Topic = "wattshift/agents"
     stale_after_seconds: float = Field(default=15.0, gt=0, le=3600)
     max_skew_seconds: float = Field(default=30.0, gt=0, le=3600)
     heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
+    allow_anonymous_broker: bool = False
 
     @field_validator("prefix")
     @classmethod

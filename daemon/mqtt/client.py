@@ -6,6 +6,7 @@ to the broker as the daemon's bridge does (MQTT 5, TLS with the CA given, a boun
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 
@@ -48,3 +49,21 @@ def make_client(
         timeout=CALL_TIMEOUT_SECONDS,
         logger=logger,
     )
+
+
+async def admits_anonymous(host: str, port: int, *, identifier: str, tls: TlsConfig | None) -> bool:
+    """Whether a client with no login and no client certificate gets into the broker: the same
+    address and CA, nothing that proves who it is. Refused, or not reached at all: False."""
+    anonymous_tls = None if tls is None else TlsConfig(ca_file=tls.ca_file)
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            async with make_client(host, port, identifier=f"{identifier}-anonymity-check", tls=anonymous_tls):
+                return True
+    except (aiomqtt.MqttError, TimeoutError, OSError):
+        return False
+
+
+def proves_identity(login: Login | None, tls: TlsConfig | None) -> bool:
+    """Whether this client logs in (password or certificate): only then does an open broker
+    mean that others get in more easily than we do."""
+    return login is not None or (tls is not None and tls.cert_file is not None)

@@ -25,7 +25,7 @@ from wattshift.daemon.control.recorder import FanOut, JournalRecorder, Recorder
 from wattshift.daemon.control.shadow import ShadowRecorder
 from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.journal.store import AsyncJournal, journal_path
-from wattshift.daemon.mqtt.client import make_client
+from wattshift.daemon.mqtt.client import admits_anonymous, make_client, proves_identity
 from wattshift.daemon.mqtt.metrics import AgentCollector, MeterCollector
 from wattshift.drivers.agent_gpu import AgentJobs, AgentLink
 from wattshift.drivers.catalog import gpu_drivers, job_runners
@@ -54,9 +54,15 @@ def make_agent_link(site: SiteConfig) -> AgentLink | None:
         return make_client(mqtt.host, mqtt.broker_port(), identifier=f"{mqtt.identifier(site.name)}-agents",
                            tls=mqtt.tls, login=login, keepalive=mqtt.keepalive)
 
+    async def broker_open() -> bool:
+        return await admits_anonymous(mqtt.host, mqtt.broker_port(), identifier=f"{mqtt.identifier(site.name)}-agents",
+                                      tls=mqtt.tls)
+
+    check = broker_open if proves_identity(login, mqtt.tls) and not agents.allow_anonymous_broker else None
     return AgentLink(client, prefix=agents.prefix, stale_after_seconds=agents.stale_after_seconds,
                      max_skew_seconds=agents.max_skew_seconds, heartbeat_seconds=agents.heartbeat_seconds,
-                     reconnect_min_seconds=mqtt.reconnect_min_seconds, reconnect_max_seconds=mqtt.reconnect_max_seconds)
+                     reconnect_min_seconds=mqtt.reconnect_min_seconds, reconnect_max_seconds=mqtt.reconnect_max_seconds,
+                     anonymity_check=check)
 
 
 def make_gpu_fleet(site: SiteConfig, runner: JobRunner | None = None, link: AgentLink | None = None) -> GpuFleet | None:

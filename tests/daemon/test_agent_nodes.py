@@ -86,3 +86,14 @@ def test_agent_health_is_exported_per_node_with_bounded_labels(tmp_path):
     assert -3 < float(offset.rpartition(" ")[2]) < -1
     assert f"wattshift_agent_readings_total{{{one}}} 1.0" in text
     assert "gpu-99" not in text  # no label from what an unknown sender chose
+
+
+@pytest.mark.parametrize(("mqtt", "checks"), [
+    ("mqtt:\n  host: 10.0.0.5\n  credentials: broker\n", True),  # it logs in: is the broker open to others?
+    ("mqtt:\n  host: 10.0.0.5\n  credentials: broker\n  agents: {allow_anonymous_broker: true}\n", False),
+    ("mqtt:\n  host: 10.0.0.5\n", False),  # anonymous itself: nothing to compare (docs/mqtt.md)
+])
+def test_the_link_checks_for_an_open_broker_where_it_logs_in_unless_told_not_to(tmp_path, mqtt, checks):
+    (tmp_path / "secrets.yaml").write_text("broker: {username: wattshift, password: pw}\n")
+    link = make_agent_link(load(tmp_path, SITE + mqtt + "secrets_file: secrets.yaml\n"))
+    assert link is not None and (link._anonymity_check is not None) is checks

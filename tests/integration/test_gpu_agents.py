@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from wattshift.daemon.config.mqtt import Login, TlsConfig
 from wattshift.daemon.config.site import SiteConfig
-from wattshift.daemon.mqtt.client import make_client
+from wattshift.daemon.mqtt.client import admits_anonymous, make_client
 from wattshift.daemon.runtime.app import open_daemon
 from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
 from wattshift.drivers.base import DeviceError
@@ -550,3 +550,46 @@ async def test_two_agent_hosts_take_power_from_the_miners_and_give_it_back(tmp_p
         for host in ("gpu-a", "gpu-b"):
             cards = link.hosts[host].readings.gpus  # type: ignore[union-attr]
             assert all(c.limit_watts == 700.0 for c in cards), cards  # the caps given back
+
+
+# --- a broker that lets anyone in ---------------------------------------------------------------
+
+
+async def test_on_a_broker_that_lets_anonymous_clients_in_neither_side_trusts_the_other(tmp_path, agents):
+    """Logins on both sides, but the broker also admits clients with none: anyone could publish
+    readings that under-report a node, or caps that raise one. The controller counts the node at
+    its maximum and the agent refuses every command, each saying why; accepting it in the files
+    (allow_anonymous_broker on both sides) brings the node back."""
+    users = {"wattshift": "pw-controller", "gpu-a": "pw-a"}
+    with Broker(tmp_path / "open-broker", "127.0.42.4", users=users, anonymous=True) as broker:
+        agent = agents(tmp_path / "strict", broker, "gpu-a", login=("gpu-a", "pw-a"))
+        login = Login(username="wattshift", password=SecretStr("pw-controller"))
+
+        def client() -> aiomqtt.Client:
+            return make_client(broker.host, broker.port, identifier="controller-agents", keepalive=5, login=login)
+
+        async def broker_open() -> bool:
+            return await admits_anonymous(broker.host, broker.port, identifier="controller-agents", tls=None)
+
+        link = AgentLink(client, prefix=PREFIX, stale_after_seconds=3.0, anonymity_check=broker_open)
+        async with node_through(link, "gpu-a", timeout=3.0) as gpus:
+            await until(lambda: link.fresh("gpu-a"), what="gpu-a's reading arrives (and is not believed)")
+            assert link.untrusted is not None and "allow_anonymous_broker" in link.untrusted
+            read = await gpus.read_all()
+            assert read and all(isinstance(r, DeviceError) and r.failure is Failure.NO_ANSWER
+                                and "anonymous" in r.detail for r in read.values()), read
+            with pytest.raises(DeviceError) as refused:
+                await gpus.set_power_limit(agent.uuids[0], 300.0)
+            assert "anonymous" in refused.value.detail, refused.value
+        assert "every command is refused" in agent.output()
+        agent.kill()
+
+        trusting = agents(tmp_path / "trusting", broker, "gpu-a", login=("gpu-a", "pw-a"))
+        trusting.kill()
+        allow = trusting.config.read_text().replace("mqtt:\n", "mqtt:\n  allow_anonymous_broker: true\n")
+        trusting.config.write_text(allow)
+        trusting.start()
+        link = AgentLink(client, prefix=PREFIX, stale_after_seconds=3.0)  # the site file's allow: no check
+        async with node_through(link, "gpu-a") as gpus:
+            await until(lambda: link.fresh("gpu-a"), what="gpu-a's reading, believed")
+            assert await gpus.set_power_limit(trusting.uuids[0], 300.0) == 300.0
