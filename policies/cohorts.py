@@ -34,9 +34,12 @@ from itertools import repeat
 from typing import Any
 
 from wattshift.model.limits import LimitTree
-from wattshift.model.snapshot import GpuNodeState, Load
+from wattshift.model.snapshot import GpuJob, GpuNodeState, Load
 
 from .ladders import Ladder
+
+# Everything about a job but what names it: its terms are what its ladder is made of.
+_job_terms = operator.attrgetter(*(f.name for f in dataclasses.fields(GpuJob) if f.name not in ("job_id", "name")))
 
 
 def group_key(load: Load) -> tuple[Any, ...]:
@@ -48,7 +51,7 @@ def group_key(load: Load) -> tuple[Any, ...]:
     """
     if isinstance(load, GpuNodeState):
         job = load.job
-        job_key = dataclasses.replace(job, job_id="", name="") if job is not None else None
+        job_key = _job_terms(job) if job is not None else None
         return (GpuNodeState, load.gpu_model, load.gpu_count, load.host_idle_watts, load.host_max_watts,
                 load.cap_min_watts, load.cap_max_watts, load.is_on, load.idle_watts, job_key)
     return (type(load), load.model, load.capability, load.curve, load.max_watts, load.is_on, load.idle_watts)
@@ -116,7 +119,9 @@ class CohortFill:
         self.chain_end = [_chain_end(v) for v in self.values]
         # The first rung past which a load may not climb: its ladder's end, or while prices are
         # stale, the first setting above the limit it holds now.
-        self.stop = [self._stop(m, g) for m, g in zip(members, group_of, strict=True)]
+        lengths = [len(g.ladder.levels) if g.trusted else -1 for g in groups]
+        self.stop = [lengths[g] if lengths[g] >= 0 else self._stop(m, g)
+                     for m, g in zip(members, group_of, strict=True)]
         self.top = [-1] * len(members)  # the last rung taken
         self.blocked: dict[int, str] = {}
         self.pending: dict[tuple[int, int], list[int]] = {}
@@ -155,20 +160,28 @@ class CohortFill:
 
     def _start(self) -> None:
         """The heap's first pushes, and the loads that stay on through their dwell time."""
-        for i, m in enumerate(self.members):
-            group = self.groups[self.group_of[i]]
-            if not group.ladder.levels:
+        groups = self.groups
+        can_run = [bool(g.ladder.levels) for g in groups]
+        on = [g.ladder.load.is_on for g in groups]
+        first: list[list[int]] = [[] for _ in groups]  # the members whose next rung is the first
+        clock = self.clock
+        for i, (m, g) in enumerate(zip(self.members, self.group_of, strict=True)):
+            if not can_run[g]:
                 continue
-            on = group.ladder.load.is_on
-            dwelling = m.state_since is not None and self.clock - m.state_since < group.dwell_seconds
-            if dwelling and on:
+            since = m.state_since
+            dwelling = since is not None and clock - since < groups[g].dwell_seconds
+            if dwelling and on[g]:
                 if self._fits(i, 0):  # stays on through its dwell time, if the limits allow at all
                     self._pend(i, 1)
                 continue
-            if not on and (dwelling or not group.trusted):
+            if not on[g] and (dwelling or not groups[g].trusted):
                 self.blocked[i] = "holding off (dwell time)" if dwelling else "holding off (prices stale)"
                 continue
-            self._pend(i, 0)
+            first[g].append(i)  # as _pend(i, 0): a ladder's first rung is never past its stop
+        for g, run in enumerate(first):
+            if run:
+                self.pending[(g, 0)] = run
+                heapq.heappush(self.heap, (-self.values[g][0], g, 0))
 
     def _pend(self, i: int, k: int) -> None:
         """Rung ``k`` is member ``i``'s next one (rung ``k - 1`` was taken)."""
