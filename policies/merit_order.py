@@ -22,7 +22,6 @@ its own minimum run time, if longer), unless a limit forces it.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -242,25 +241,20 @@ class _CohortWaterFill(_WaterFill):
         only the label differs between members."""
         targets = [_fixed_target(d) for d in self.fixed]
         keys = [-(v or -1e18) for v in self.last_value]
-        tails: dict[tuple[Any, ...], str | None] = {}
+        # What follows the label: _reason says nothing else of the load that its group does not
+        # share (tests/policies/test_cohorts.py compares every reason with the per-load path's).
+        tails: dict[tuple[Any, ...], str] = {}
         for i in sorted(range(len(self.free)), key=keys.__getitem__):
             g, load, watts, last = self.member_group[i], self.free[i], self.granted[i], self.last_value[i]
             blocked = self.blocked.get(i)
             key = (g, watts, last, blocked)
-            if key not in tails:
+            tail = tails.get(key)
+            if tail is None:
                 ladder = self.groups[g]
                 value = last if watts else (ladder.value(0) if ladder.levels else None)
                 reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
-                head = ladder.load.label
-                tails[key] = reason[len(head):] if reason.startswith(head) else None
-            tail = tails[key]
-            if tail is None:  # the reason says more of the load than its label
-                ladder = dataclasses.replace(self.groups[g], load=load)
-                value = last if watts else (ladder.value(0) if ladder.levels else None)
-                reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
-            else:
-                reason = load.label + tail
-            targets.append(Target(load.device_id, watts, reason, last))
+                tail = tails[key] = reason.removeprefix(ladder.load.label)
+            targets.append(Target(load.device_id, watts, load.label + tail, last))
         return Allocation(tuple(targets), self.summary())
 
 
