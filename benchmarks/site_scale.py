@@ -19,7 +19,9 @@ LuxOS simulators: the cheapest firmware to simulate and to poll (one multicomman
 of them fit on a small machine beside the daemon; other firmwares cost more per miner (see
 ``benchmarks/telemetry_cycle.py``).
 
-    python benchmarks/site_scale.py [--miners 1000 10000] [--json]
+    python benchmarks/site_scale.py [--miners 1000 10000] [--json] [--profile]
+
+At 10,000 miners a run takes about 15 minutes on two busy cores; ``--miners 1000`` about two.
 """
 
 from __future__ import annotations
