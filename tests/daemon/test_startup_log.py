@@ -52,7 +52,7 @@ async def test_identifying_a_fleet_logs_one_summary_and_the_detail_at_debug(capl
 
 
 class SlowFleet:
-    """Identifies one miner every 20 ms, as a large site does over its concurrency bound."""
+    """Identifies one miner every 50 ms, as a large site does over its concurrency bound."""
 
     def __init__(self, count: int) -> None:
         self.device_ids = [f"10.0.0.{n}" for n in range(1, count + 1)]
@@ -63,7 +63,7 @@ class SlowFleet:
 
     async def discover(self) -> Mapping[str, Any]:
         for device_id in self.device_ids:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
             self.known[device_id] = Driver("luxos", "Antminer S21")
         return dict(self.known)
 
@@ -75,10 +75,10 @@ class Driver:
 
 async def test_a_long_identification_shows_progress(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="wattshift.daemon.runtime.startup"):
-        await identify_miners(SlowFleet(20), every_s=0.1)
+        await identify_miners(SlowFleet(20), every_s=0.5)
     lines = [r.getMessage() for r in caplog.records]
     progress = [line for line in lines if line.startswith("identifying miners: ")]
-    assert 1 <= len(progress) <= 6, lines  # every 0.1 s over ~0.4 s, not one per miner
+    assert 1 <= len(progress) < 20, lines  # every 0.5 s over about a second: not one per miner
     assert " of 20 identified so far (" in progress[0]
     assert lines[-1].startswith("identified 20 of 20 miners in ")
 
