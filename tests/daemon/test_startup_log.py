@@ -32,7 +32,7 @@ async def test_identifying_a_fleet_logs_one_summary_and_the_detail_at_debug(capl
     await asyncio.gather(*(m.start() for m in miners))
     try:
         fleet = MinerFleet([MinerTarget(m.host) for m in miners] + [MinerTarget(h) for h in silent],
-                           FleetSettings(deadlines=TEST_DEADLINES, identify_s=2.0))
+                           FleetSettings(deadlines=TEST_DEADLINES))
         with caplog.at_level(logging.DEBUG, logger="wattshift"):
             found = await identify_miners(fleet)
         await fleet.close()
