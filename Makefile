@@ -45,6 +45,7 @@ test: $(VENV)/.installed $(VENV)/.debs-prometheus $(VENV)/.debs-systemd $(VENV)/
 bench: $(VENV)/.installed
 	$(PY) benchmarks/telemetry_cycle.py
 	$(PY) benchmarks/decide_scale.py
+	$(PY) benchmarks/site_scale.py
 	$(PY) benchmarks/backtest_30d.py
 
 clean:

@@ -258,7 +258,7 @@ class MinerFleet:
             raise await self._unidentified(address, action, symptom)
         set_credentials(miner, target.username, target.password)
         driver = await PyasicMiner.open(miner, deadlines=settings.deadlines, nameplate_watts=target.nameplate_watts)
-        log.info("%s: %s %s, %s", address, driver.firmware, driver.model, driver.capability.describe())
+        log.debug("%s: %s %s, %s", address, driver.firmware, driver.model, driver.capability.describe())
         return driver
 
     async def _unidentified(self, address: str, action: str, symptom: str) -> DeviceError:

@@ -33,6 +33,7 @@ from wattshift.model.limits import LimitTree
 from wattshift.model.snapshot import GpuNodeState, Load, SiteSnapshot
 
 from .base import Allocation, Target
+from .cohorts import CohortFill, Group, Grouper
 from .ladders import Ladder, ladder_for
 
 
@@ -71,6 +72,11 @@ class MeritOrderPolicy:
             raise ValueError(f"merit-order option {field}: {first['msg']}") from None
 
     def decide(self, snapshot: SiteSnapshot) -> Allocation:
+        return _CohortWaterFill(snapshot, self.options).run()
+
+    def decide_per_load(self, snapshot: SiteSnapshot) -> Allocation:
+        """The same decision, one ladder and one heap entry per load: the reference the cohort
+        path is tested and measured against."""
         return _WaterFill(snapshot, self.options).run()
 
 
@@ -86,21 +92,23 @@ class _WaterFill:
         self.power_trusted = prices.power_usd_per_mwh is not None and not prices.power_stale
         self.hashprice_trusted = prices.hashprice_usd_per_ph_day is not None and not prices.hashprice_stale
         self.tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-        self.fixed = [d for d in snapshot.loads if _fixed(d)]
-        self.ladders: list[Ladder] = [
-            ladder_for(d, hashprice=self.hashprice, step_watts=options.step_watts,
-                       horizon_seconds=options.switch_horizon_seconds)
-            for d in snapshot.loads
-            if not _fixed(d)
-        ]
+        self.fixed: list[Load] = []
+        self.free: list[Load] = []
+        for d in snapshot.loads:
+            (self.fixed if _fixed(d) else self.free).append(d)
+        self.ladders: list[Ladder] = [self.ladder(d) for d in self.free]
         # Everything we cannot command counts at its worst case; the off draw of the rest too.
         self.loads = self.tree.loads(
             [(d.circuit, d.worst_case_watts) for d in self.fixed]
-            + [(lad.load.circuit, lad.off_watts) for lad in self.ladders]
+            + [(d.circuit, lad.off_watts) for d, lad in zip(self.free, self.ladders, strict=True)]
         )
         self.granted = [0.0] * len(self.ladders)
         self.last_value: list[float | None] = [None] * len(self.ladders)
         self.blocked: dict[int, str] = {}
+
+    def ladder(self, load: Load) -> Ladder:
+        return ladder_for(load, hashprice=self.hashprice, step_watts=self.options.step_watts,
+                          horizon_seconds=self.options.switch_horizon_seconds)
 
     def trusted(self, i: int) -> bool:
         """A stale price or rate never triggers a switch (invariant 4)."""
@@ -184,18 +192,70 @@ class _WaterFill:
             value = self.last_value[i] if self.granted[i] else first
             reason = _reason(ladder, self.granted[i], value, self.power_price, self.blocked.get(i), self.trusted(i))
             targets.append(Target(ladder.load.device_id, self.granted[i], reason, self.last_value[i]))
-        miners_on = sum(
-            1 for i, g in enumerate(self.granted) if g and not isinstance(self.ladders[i].load, GpuNodeState)
-        )
-        miners = sum(1 for lad in self.ladders if not isinstance(lad.load, GpuNodeState))
-        gpu_watts = sum(g for i, g in enumerate(self.granted) if isinstance(self.ladders[i].load, GpuNodeState))
+        return Allocation(tuple(targets), self.summary())
+
+    def summary(self) -> str:
+        gpu = [isinstance(d, GpuNodeState) for d in self.free]
+        miners_on = sum(1 for g, is_gpu in zip(self.granted, gpu, strict=True) if g and not is_gpu)
+        miners = gpu.count(False)
+        gpu_watts = sum(g for g, is_gpu in zip(self.granted, gpu, strict=True) if is_gpu)
         gpu_watts += sum(d.worst_case_watts for d in self.fixed if isinstance(d, GpuNodeState))
-        summary = (
+        return (
             f"{miners_on}/{miners} controllable miners on, {sum(self.granted) / 1000:.1f} kW planned"
             + (f" ({gpu_watts / 1000:.1f} kW AI)" if self.snapshot.gpu_nodes else "")
             + f"; hashprice ${self.hashprice:.2f}/PH/day, power ${self.power_price:.2f}/MWh"
         )
-        return Allocation(tuple(targets), summary)
+
+
+class _CohortWaterFill(_WaterFill):
+    """:class:`_WaterFill`'s decision with identical loads taken together
+    (:mod:`wattshift.policies.cohorts`). ``ladders[i]`` is the ladder of load ``i``'s group,
+    shared by every member (its ``load`` is the group's first), so ``trusted``, ``threshold``
+    and ``dwell_seconds`` answer for the whole group."""
+
+    def __init__(self, snapshot: SiteSnapshot, options: MeritOrderOptions) -> None:
+        self.grouper = Grouper()
+        self.groups: list[Ladder] = []
+        self.first: list[int] = []  # a member of each group
+        self.member_group: list[int] = []
+        super().__init__(snapshot, options)
+
+    def ladder(self, load: Load) -> Ladder:
+        g = self.grouper.group(load)
+        if g == len(self.groups):
+            self.groups.append(super().ladder(load))
+            self.first.append(len(self.member_group))
+        self.member_group.append(g)
+        return self.groups[g]
+
+    def run(self) -> Allocation:
+        groups = [Group(lad, self.trusted(i), self.threshold(i), self.dwell_seconds(lad.load))
+                  for lad, i in zip(self.groups, self.first, strict=True)]
+        result = CohortFill(self.tree, self.loads, groups, self.free, self.member_group, self.snapshot.clock,
+                            lambda circuit, loads: _tightest(self.tree, circuit, loads)).run()
+        self.granted, self.last_value, self.blocked = result.granted, result.last_value, result.blocked
+        return self.allocation()
+
+    def allocation(self) -> Allocation:
+        """As :meth:`_WaterFill.allocation`; a reason is made once per group and outcome, and
+        only the label differs between members."""
+        targets = [_fixed_target(d) for d in self.fixed]
+        keys = [-(v or -1e18) for v in self.last_value]
+        # What follows the label: _reason says nothing else of the load that its group does not
+        # share (tests/policies/test_cohorts.py compares every reason with the per-load path's).
+        tails: dict[tuple[Any, ...], str] = {}
+        for i in sorted(range(len(self.free)), key=keys.__getitem__):
+            g, load, watts, last = self.member_group[i], self.free[i], self.granted[i], self.last_value[i]
+            blocked = self.blocked.get(i)
+            key = (g, watts, last, blocked)
+            tail = tails.get(key)
+            if tail is None:
+                ladder = self.groups[g]
+                value = last if watts else (ladder.value(0) if ladder.levels else None)
+                reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
+                tail = tails[key] = reason.removeprefix(ladder.load.label)
+            targets.append(Target(load.device_id, watts, load.label + tail, last))
+        return Allocation(tuple(targets), self.summary())
 
 
 def _fixed(load: Load) -> bool:

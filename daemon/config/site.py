@@ -344,19 +344,39 @@ def _missing_secrets(data: Mapping[str, Any], credentials: Mapping[str, Credenti
 
 
 def expand_addresses(entry: str) -> Iterator[str]:
-    """``10.0.0.5``, ``10.0.0.5-10.0.0.40`` or ``10.0.0.0/28`` (hosts only) as addresses."""
+    """``10.0.0.5``, ``10.0.0.5-10.0.0.40`` or ``10.0.0.0/28`` (hosts only) as addresses.
+
+    An IPv4 range skips the network (.0) and broadcast (.255) address of every /24 it crosses:
+    no miner sits there, and a phantom miner is counted at its maximum. Its own first and last
+    address are kept whatever they are: the operator wrote them.
+    """
     first, count = _span(entry)
     if count == 1:
         return iter([str(first)])
     if "/" in entry and count > 2:  # a network's hosts: neither its network nor broadcast address
         first, count = first + 1, count - 2
+    elif "-" in entry and first.version == 4:
+        last = count - 1
+        return (str(first + n) for n in range(count)
+                if n in (0, last) or (int(first) + n) % 256 not in (0, 255))
     return (str(first + n) for n in range(count))
 
 
 def address_count(entry: str) -> int:
     """How many addresses ``entry`` names, without listing them; ValueError if it is not one."""
-    _, count = _span(entry)
-    return count - 2 if "/" in entry and count > 2 else count
+    first, count = _span(entry)
+    if "/" in entry:
+        return count - 2 if count > 2 else count
+    if "-" in entry and first.version == 4 and count > 2:
+        inside = (int(first) + 1, int(first) + count - 2)  # what the operator did not write
+        return count - sum(_every(inside, r) for r in (0, 255))
+    return count
+
+
+def _every(span: tuple[int, int], remainder: int) -> int:
+    """How many integers in ``span`` (inclusive) leave ``remainder`` divided by 256."""
+    low, high = span
+    return (high - remainder) // 256 - (low - 1 - remainder) // 256
 
 
 def _span(entry: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:

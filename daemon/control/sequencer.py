@@ -72,7 +72,8 @@ def plan_transition(
     snapshot: SiteSnapshot, allocation: Allocation, *, deadband_watts: float = DEADBAND_WATTS
 ) -> Plan:
     tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-    loads = tree.loads((d.circuit, d.worst_case_watts) for d in snapshot.loads)
+    worst = {d.device_id: d.worst_case_watts for d in snapshot.loads}  # read once: a property, not free
+    loads = tree.loads((d.circuit, worst[d.device_id]) for d in snapshot.loads)
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
@@ -80,7 +81,7 @@ def plan_transition(
         load = snapshot.load(target.device_id)
         if not load.controllable:
             continue
-        step = _step_for(load, target.watts, target.reason, deadband_watts)
+        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[target.device_id])
         if step is None:
             continue
         if step.is_shed:
@@ -97,14 +98,15 @@ def plan_transition(
     return Plan(tuple(sheds), tuple(grants), tuple(deferred))
 
 
-def _step_for(load: Load, watts: float, reason: str, deadband: float) -> Step | None:
-    before = load.worst_case_watts
+def _step_for(load: Load, watts: float, reason: str, deadband: float, before: float) -> Step | None:
+    """``before``: the load's ``worst_case_watts``."""
     limit = load.limit_watts
+    on = load.is_on
     if watts <= 0:
-        if not load.is_on:
+        if not on:
             return None
         return Step(load.device_id, load.circuit, Action.SLEEP, 0.0, before, load.idle_watts, reason)
-    if not load.is_on:
+    if not on:
         return Step(load.device_id, load.circuit, Action.WAKE, watts, before, max(watts, before), reason)
     if limit is not None and abs(limit - watts) <= deadband:
         return None

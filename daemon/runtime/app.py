@@ -36,6 +36,7 @@ from wattshift.model.budget import BudgetSchedule
 from .feeds import make_price_feeds
 from .metrics import MetricsRecorder
 from .restore import STARTED, close_open_commands
+from .startup import identify_miners
 
 if TYPE_CHECKING:
     from wattshift.drivers.pyasic_fleet import MinerFleet
@@ -164,7 +165,7 @@ async def open_daemon(
             await close_open_commands(opened, controller)
             await opened.record(EntryKind.EVENT, f"{STARTED}{' (dry run)' if dry_run else ''}: site {site.name}",
                                 data={"budget_watts": site.budget_watts, "miners": len(controller.miner_ids)})
-        await fleet.discover()
+        await identify_miners(fleet)  # a progress line and a summary, the detail at DEBUG
         if gpus is not None:
             await gpus.start()
         yield Daemon(site, fleet, gpus, controller, metrics, opened)
