@@ -56,6 +56,7 @@ _ON = {"wake", "resume", "start"}
 @dataclass(slots=True)
 class SimMiner:
     device_id: str
+    group: int  # index of its group in the site file: same model, circuit and switching
     circuit: str
     model: str
     curve: EfficiencyCurve
@@ -69,6 +70,7 @@ class SimMiner:
     boot_left: float = 0.0  # seconds of boot still to go: drawing boot watts, hashing nothing
     started_at: float | None = None  # loop clock of the last start and stop, for min up/down
     stopped_at: float | None = None
+    shown: tuple[tuple[float, float, bool, float, float | None], MinerState] | None = None  # last state read
 
     def setpoint(self) -> float:
         return self.sleep_watts if self.sleeping else self.target
@@ -141,8 +143,12 @@ class Totals:
 class SiteModel:
     """The true state of a back-tested site. Power in watts, time in seconds on a loop clock."""
 
-    def __init__(self, site: BacktestSite) -> None:
+    def __init__(self, site: BacktestSite, *, grouped: bool = True) -> None:
         self.site = site
+        # Identical miners in identical states are integrated once, and a miner whose state has
+        # not changed shows the loop the same state object again; ``grouped=False`` does every
+        # miner every time (the reference the grouped replay must equal).
+        self.grouped = grouped
         self.tree = LimitTree(site.circuit_limits(), site.circuit_parents())
         self.miners: list[SimMiner] = []
         for g, group in enumerate(site.miners):
@@ -153,7 +159,7 @@ class SiteModel:
                 # Every miner starts asleep (cold, as the demo does): a site powered up at
                 # nominal may already be over a circuit before the first decision.
                 self.miners.append(SimMiner(
-                    f"m{g}-{n}", group.circuit, spec.model, kind.curve, cap, spec.sleep_watts,
+                    f"m{g}-{n}", g, group.circuit, spec.model, kind.curve, cap, spec.sleep_watts,
                     target=spec.nominal_watts, switching=spec.switching, sleeping=True, draw=spec.sleep_watts,
                 ))
         self.gpu_nodes: list[SimGpuNode] = [
@@ -202,6 +208,14 @@ class SiteModel:
         )
 
     def _miner_state(self, m: SimMiner) -> MinerState:
+        if not self.grouped:
+            return self._read_miner(m)
+        key = (m.draw, m.target, m.sleeping, m.boot_left, m.state_since)
+        if m.shown is None or m.shown[0] != key:
+            m.shown = (key, self._read_miner(m))
+        return m.shown[1]
+
+    def _read_miner(self, m: SimMiner) -> MinerState:
         booting = m.boot_left > 0
         mining = not m.sleeping and not booting
         # Booting reads as the firmware says it: boards up, nothing hashed. Until it reads on (its
@@ -302,30 +316,16 @@ class SiteModel:
         paths = self.tree._paths
         joules = gpu_joules = 0.0
         ths_seconds = 0.0
-        for m in self.miners:
-            high = m.draw
-            left = seconds
-            if m.boot_left > 0:  # booting: its boot draw, no hashrate, then the ramp to its set point
-                booting = min(m.boot_left, seconds)
-                joules += booting * m.draw
-                m.boot_left -= booting
-                left -= booting
-            if m.boot_left <= 0:
-                start = m.draw
-                target = m.setpoint()
-                need = abs(target - start) / RAMP_WATTS_PER_S
-                if need <= left:
-                    end, reach = target, need
-                else:  # still ramping when the interval ends
-                    step = RAMP_WATTS_PER_S * left
-                    end, reach = (start + step if target > start else start - step), left
-                joules += reach * (start + end) / 2 + (left - reach) * end
-                if not m.sleeping:
-                    ths_seconds += reach * m.curve.ths_at((start + end) / 2) + (left - reach) * m.curve.ths_at(end)
-                m.draw = end
-                high = max(high, end)
+        for members in self._cohorts():
+            m = members[0]  # identical state: one integration stands for all of them
+            high, joules_m, ths_m = _integrate(m, seconds)
+            count = len(members)
+            joules += count * joules_m
+            ths_seconds += count * ths_m
+            for other in members[1:]:
+                other.draw, other.boot_left = m.draw, m.boot_left
             for node in paths[m.circuit]:
-                peak[node] += high
+                peak[node] += count * high
         ai = 0.0
         for n in self.gpu_nodes:
             watts = n.draw()
@@ -342,6 +342,44 @@ class SiteModel:
         out.power_usd = power_price * out.energy_wh / 1e6
         out.violations = [str(v) for v in _over(peak, limits)]
         return out
+
+
+    def _cohorts(self) -> Iterable[list[SimMiner]]:
+        """Miners of one group in one state (draw, set point, boot), which the next interval
+        treats alike: a 1,000-miner site is a few dozen of them. Ungrouped: one miner each."""
+        if not self.grouped:
+            return ([m] for m in self.miners)
+        cohorts: dict[tuple[int, float, float, bool, float], list[SimMiner]] = {}
+        for m in self.miners:
+            cohorts.setdefault((m.group, m.draw, m.target, m.sleeping, m.boot_left), []).append(m)
+        return cohorts.values()
+
+
+def _integrate(m: SimMiner, seconds: float) -> tuple[float, float, float]:
+    """Move one miner ``seconds`` on: (its highest draw, joules, TH/s-seconds hashed)."""
+    high = m.draw
+    left = seconds
+    joules = ths_seconds = 0.0
+    if m.boot_left > 0:  # booting: its boot draw, no hashrate, then the ramp to its set point
+        booting = min(m.boot_left, seconds)
+        joules += booting * m.draw
+        m.boot_left -= booting
+        left -= booting
+    if m.boot_left <= 0:
+        start = m.draw
+        target = m.setpoint()
+        need = abs(target - start) / RAMP_WATTS_PER_S
+        if need <= left:
+            end, reach = target, need
+        else:  # still ramping when the interval ends
+            step = RAMP_WATTS_PER_S * left
+            end, reach = (start + step if target > start else start - step), left
+        joules += reach * (start + end) / 2 + (left - reach) * end
+        if not m.sleeping:
+            ths_seconds += reach * m.curve.ths_at((start + end) / 2) + (left - reach) * m.curve.ths_at(end)
+        m.draw = end
+        high = max(high, end)
+    return high, joules, ths_seconds
 
 
 def _over(peak: Mapping[str, float], limits: Mapping[str, float]) -> list[str]:
