@@ -15,6 +15,7 @@ from types import MappingProxyType
 from .gpu import GpuReading
 from .jobs import NO_SWITCHING_COST, FlexTier, JobState, SwitchingCost
 from .miner import Failure, MinerCapability, MinerReading
+from .specs import NO_MINER_SWITCHING, MinerSwitching
 
 # A sleeping miner's control board and fans, when no reading says otherwise.
 IDLE_WATTS = 15.0
@@ -59,6 +60,8 @@ class MinerState:
     # Told to wake and not yet seen running: real boards take minutes to come up, and until
     # then the miner must be counted as if it were already at its limit.
     waking: bool = False
+    # Boot time and draw, wear per start, minimum up/down times (model/specs.py).
+    switching: MinerSwitching = NO_MINER_SWITCHING
 
     kind = DeviceClass.MINER
 

@@ -6,6 +6,29 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class MinerSwitching:
+    """What switching a miner costs and forbids: the five switching fields of a :class:`MinerSpec`
+    (after the site file's overrides), as the site model, the policies and the loop read them."""
+
+    boot_seconds: float = 0.0
+    boot_watts: float = 0.0
+    wear_usd_per_cycle: float = 0.0
+    min_up_seconds: float = 0.0
+    min_down_seconds: float = 0.0
+
+    def start_usd(self, power_usd_per_mwh: float, revenue_usd_per_hour: float) -> float:
+        """What one start costs: the wear, the energy drawn while booting and the revenue the
+        boot time does not earn (a negative power price makes booting pay a little)."""
+        boot_hours = self.boot_seconds / 3600
+        return (self.wear_usd_per_cycle + self.boot_watts / 1e6 * boot_hours * power_usd_per_mwh
+                + revenue_usd_per_hour * boot_hours)
+
+
+# Free switching: what a miner state says when nothing told it otherwise (tests, unknown loads).
+NO_MINER_SWITCHING = MinerSwitching()
+
+
+@dataclass(frozen=True, slots=True)
 class MinerSpec:
     """One row of the model table: nominal point and the range the firmware accepts."""
 
@@ -29,12 +52,20 @@ class MinerSpec:
     min_up_seconds: float = 900.0
     min_down_seconds: float = 900.0
 
+    @property
+    def switching(self) -> MinerSwitching:
+        return MinerSwitching(self.boot_seconds, self.boot_watts, self.wear_usd_per_cycle, self.min_up_seconds,
+                              self.min_down_seconds)
+
     def hashrate_at(self, watts: float) -> float:
         """TH/s at a steady draw of `watts` (0 below the minimum: the chips stop)."""
         if watts < self.min_watts * 0.5:
             return 0.0
         return self.nominal_ths * float((watts / self.nominal_watts) ** (1.0 / self.curve_exponent))
 
+
+# The switching figures of a model the table does not know (the live loop still needs them).
+DEFAULT_SWITCHING = MinerSpec("unknown", 0, 0, 0, 0).switching
 
 # Nominal points from DESIGN.md, section 4; ranges as the firmwares accept them.
 SPECS: dict[str, MinerSpec] = {

@@ -54,7 +54,8 @@ def group_key(load: Load) -> tuple[Any, ...]:
         job_key = _job_terms(job) if job is not None else None
         return (GpuNodeState, load.gpu_model, load.gpu_count, load.host_idle_watts, load.host_max_watts,
                 load.cap_min_watts, load.cap_max_watts, load.is_on, load.idle_watts, job_key)
-    return (type(load), load.model, load.capability, load.curve, load.max_watts, load.is_on, load.idle_watts)
+    return (type(load), load.model, load.capability, load.curve, load.max_watts, load.is_on, load.idle_watts,
+            load.switching)
 
 
 class Grouper:
@@ -70,7 +71,7 @@ class Grouper:
         if isinstance(load, GpuNodeState):
             return self.by_key.setdefault(group_key(load), len(self.by_key))
         on = load.is_on
-        quick = (id(load.capability), id(load.curve), load.model, load.max_watts, on,
+        quick = (id(load.capability), id(load.curve), id(load.switching), load.model, load.max_watts, on,
                  None if on else load.idle_watts)
         g = self._by_identity.get(quick)
         if g is None:

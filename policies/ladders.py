@@ -11,8 +11,10 @@ each setting. What differs is only how the ladder and the revenue are made:
   than power when a GPU is capped (memory-bound work), so the share is ``(cap / max) ** (1/3)``.
 
 Switching costs are folded into the first rung: keeping a running job avoids its interruption
-cost, starting a stopped one loses its restart time. Both are spread over ``horizon_seconds``,
-the time a decision is expected to last.
+cost, starting a stopped one loses its restart time; starting a sleeping miner costs its wear,
+its boot energy and the revenue its boot time does not earn (``MinerSwitching.start_usd``),
+while stopping one costs nothing (the next start pays). All are spread over
+``horizon_seconds``, the time a decision is expected to last (a miner's its own).
 """
 
 from __future__ import annotations
@@ -67,16 +69,27 @@ def revenue_usd_per_hour(load: Load, watts: float, hashprice_usd_per_ph_day: flo
     return hashprice_usd_per_ph_day * load.curve.ths_at(watts) / 1000 / 24
 
 
-def ladder_for(load: Load, *, hashprice: float, step_watts: float, horizon_seconds: float) -> Ladder:
+def ladder_for(
+    load: Load, *, hashprice: float, step_watts: float, horizon_seconds: float, power_price: float = 0.0,
+    miner_horizon_seconds: float | None = None,
+) -> Ladder:
     if isinstance(load, GpuNodeState):
         return gpu_ladder(load, horizon_seconds=horizon_seconds)
-    return miner_ladder(load, hashprice=hashprice, step_watts=step_watts)
+    return miner_ladder(load, hashprice=hashprice, step_watts=step_watts, power_price=power_price,
+                        horizon_seconds=miner_horizon_seconds or horizon_seconds)
 
 
-def miner_ladder(m: MinerState, *, hashprice: float, step_watts: float) -> Ladder:
+def miner_ladder(
+    m: MinerState, *, hashprice: float, step_watts: float, horizon_seconds: float = 3600.0, power_price: float = 0.0
+) -> Ladder:
     levels = tuple(miner_levels(m, step_watts))
     revenue = tuple(revenue_usd_per_hour(m, w, hashprice) for w in levels)
-    return Ladder(m, levels, m.idle_watts, revenue)
+    bonus = 0.0
+    if levels and not m.is_on:  # a start must earn back what it costs within the horizon
+        start = m.switching.start_usd(power_price, revenue[0])
+        mwh_over_horizon = (levels[0] - m.idle_watts) / 1e6 * horizon_seconds / 3600
+        bonus = -start / max(mwh_over_horizon, 1e-9)
+    return Ladder(m, levels, m.idle_watts, revenue, bonus)
 
 
 def miner_levels(m: MinerState, step: float) -> list[float]:

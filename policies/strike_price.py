@@ -6,7 +6,10 @@ debounce. Mining stops once the power price has stayed above ``strike + hysteres
 ``strike - hysteresis`` for ``restore_after_minutes`` in a row. In between, nothing changes.
 
 Otherwise every miner runs at its highest setting, within every limit: most efficient first,
-so when the budget is short the least efficient are the ones shed. GPU nodes with a job run at
+so when the budget is short the least efficient are the ones shed. Switching is not free: a
+miner stays on (off) through its minimum up (down) time unless a limit sheds it, and a sleeping
+miner is started only if, at today's hashprice and power price, it earns back its start cost
+(wear, boot energy, the boot time's lost revenue) within ``start_horizon_seconds``. GPU nodes with a job run at
 full caps (paid AI work beats mining at any power price that curtails mining); firm jobs are
 never touched.
 
@@ -33,6 +36,7 @@ from wattshift.model.snapshot import GpuNodeState, MinerState, SiteSnapshot
 
 from .base import Allocation, Target, parse_options
 from .fill import Fill, dwelling, fixed, gpu_settings, miner_settings
+from .ladders import revenue_usd_per_hour
 
 
 class StrikePriceOptions(BaseModel):
@@ -43,6 +47,8 @@ class StrikePriceOptions(BaseModel):
     curtail_after_minutes: float = Field(default=5.0, ge=0, le=1440)
     restore_after_minutes: float = Field(default=10.0, ge=0, le=1440)
     min_dwell_seconds: float = Field(default=300.0, ge=0)
+    # A start must pay for itself within this long (as merit-order's miner_horizon_seconds).
+    start_horizon_seconds: float = Field(default=14_400.0, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +153,40 @@ class StrikePricePolicy:
         return f"{head} within {line}: {'stays curtailed' if state.curtailed else 'keeps mining'}"
 
     def _miner(self, fill: Fill, m: MinerState, snapshot: SiteSnapshot, *, curtailed: bool, why: str) -> Target:
-        # No flapping: a recent on/off change stands until its dwell time is over.
-        held = dwelling(m, snapshot, self.options.min_dwell_seconds) and m.is_on == curtailed
+        # No flapping: a recent on/off change stands until its dwell time (or the miner's
+        # minimum up or down time) is over; a limit may still shed it below.
+        sw = m.switching
+        dwell = max(self.options.min_dwell_seconds, sw.min_up_seconds if m.is_on else sw.min_down_seconds)
+        held = dwelling(m, snapshot, dwell) and m.is_on == curtailed
         mining = m.is_on if held else not curtailed
         tail = f"holding {'on' if mining else 'off'} (dwell time); {why}" if held else why
         if not mining:
             return Target(m.device_id, 0.0, f"{m.label} -> off: {tail}")
         lowest, highest, steps = miner_settings(m)
+        if not m.is_on:
+            unpaid = self._unpaid_start(m, snapshot, highest)
+            if unpaid:
+                return Target(m.device_id, 0.0, f"{m.label} -> off: {unpaid}; {why}")
         watts = fill.grant(m, lowest, highest, steps)
         if watts <= 0:
             return Target(m.device_id, 0.0, f"{m.label} -> off: {fill.tightest(m)}")
         top = " (max)" if watts >= highest else f" ({fill.tightest(m)})"
         return Target(m.device_id, watts, f"{m.label} -> {watts:.0f} W{top}: {tail}")
+
+    def _unpaid_start(self, m: MinerState, snapshot: SiteSnapshot, watts: float) -> str | None:
+        """Why a start would not earn back its cost within the horizon (None: it would, or the
+        prices cannot tell, and the strike decides alone)."""
+        prices = snapshot.prices
+        hashprice, power = prices.hashprice_usd_per_ph_day, prices.power_usd_per_mwh
+        if hashprice is None or power is None or prices.hashprice_stale or prices.power_stale:
+            return None
+        revenue = revenue_usd_per_hour(m, watts, hashprice)
+        hours = self.options.start_horizon_seconds / 3600
+        earned = (revenue - (watts - m.idle_watts) / 1e6 * power) * hours
+        cost = m.switching.start_usd(power, revenue)
+        if earned >= cost:
+            return None
+        return f"a start costs ${cost:.2f} and earns ${earned:.2f} in {hours:g} h"
 
     def _gpu(self, fill: Fill, n: GpuNodeState) -> Target:
         target = gpu_full_caps(fill, n)

@@ -171,11 +171,96 @@ the spot market; spring ERCOT prices with two scarcity afternoons; hashprice ~$3
     return note, rows
 
 
+def gpu_plateau() -> tuple[str, list[str]]:
+    note = """A price plateau during a GPU training run: 2-3 June 2025 at 5-minute steps. Both nodes train a
+suspendable job all along at ~$2.0/GPU-hour (~$2,200/MWh of a node's 7.2 kW). On the first
+afternoon the price sits at ~$3,000/MWh for 3 hours (15:00-18:00 local): worth suspending
+for, once, whatever the checkpoint and restart cost. On the second a lone 15-minute spike to
+~$4,000/MWh (16:00 local) costs less than an interruption: worth riding through. Spring
+prices otherwise; hashprice ~$45/PH/day."""
+    market = Market(500, hashprice=45.0, gpu_rate=2.0, season="spring")
+    rows = []
+    for at in steps(datetime(2025, 6, 2, 5, tzinfo=UTC), 2):
+        local = at.astimezone(ERCOT)
+        h = local.hour + local.minute / 60
+        price = market.power(local, spike_chance=0.0)
+        if local.day == 2 and 15 <= h < 18:
+            price = round(3000 * market.rng.uniform(0.97, 1.03), 2)
+        elif local.day == 3 and 16 <= h < 16.25:
+            price = round(4000 * market.rng.uniform(0.97, 1.03), 2)
+        rows.append(row(at, market.hash(at), price, None, round(2.0 * (1 + market.rng.gauss(0, 0.01)), 3), 2))
+    return note, rows
+
+
+def negative_week() -> tuple[str, list[str]]:
+    note = """Negative prices: a windy, sunny spring week (7-13 April 2025) at 5-minute steps. Wind drives the
+night price below zero (-$5 to -$40/MWh for hours) and solar the midday one; evenings climb
+to $40-90/MWh. Running is paid for while the price is negative, booting too (its draw earns).
+Hashprice ~$48/PH/day; no GPU work."""
+    market = Market(600, hashprice=48.0, gpu_rate=2.0, season="spring")
+    rows = []
+    for at in steps(datetime(2025, 4, 7, 5, tzinfo=UTC), 7):
+        local = at.astimezone(ERCOT)
+        h = local.hour + local.minute / 60
+        price = market.power(local, spike_chance=0.0005)
+        windy = local.day % 3 != 0  # two nights in three
+        if (windy and (h < 5 or h >= 23)) or 11 <= h < 15:
+            price = round(-5 - 35 * market.rng.random() ** 2, 2)
+        rows.append(row(at, market.hash(at), price, None, None, None))
+    return note, rows
+
+
+def four_cp_windows() -> tuple[str, list[str]]:
+    note = """4CP windows, as a site running its own peak forecast sees them: 18-24 August 2025 at 5-minute
+steps. Every weekday afternoon the forecast calls one to three windows of 15-60 minutes between
+15:00 and 19:00 local, cutting the budget to 25 kW, some only 10-20 minutes apart: a miner
+stopped for one is still inside its minimum down time when the next ends. Summer prices with
+scarcity intervals; hashprice ~$52/PH/day; one GPU node with work at ~$2.0/GPU-hour."""
+    market = Market(700, hashprice=52.0, gpu_rate=2.0, season="summer")
+    windows: dict[int, list[tuple[float, float]]] = {}
+    for day in range(18, 25):
+        if datetime(2025, 8, day).weekday() >= 5:
+            continue
+        start, calls = 15.0 + market.rng.choice([0.0, 0.25, 0.5]), []
+        for _ in range(market.rng.randint(1, 3)):
+            length = market.rng.choice([0.25, 0.5, 0.75, 1.0])
+            calls.append((start, start + length))
+            start += length + market.rng.choice([1 / 6, 0.25, 1 / 3, 1.0])
+        windows[day] = calls
+    rows = []
+    for at in steps(datetime(2025, 8, 18, 5, tzinfo=UTC), 7):
+        local = at.astimezone(ERCOT)
+        h = local.hour + local.minute / 60
+        cut = any(a <= h < b for a, b in windows.get(local.day, []))
+        price = market.power(local, spike_chance=0.01 if 14 <= h < 19 else 0.0005)
+        rows.append(row(at, market.hash(at), price, 25.0 if cut else None, market.rate(local), 1))
+    return note, rows
+
+
+def low_hashprice_month() -> tuple[str, list[str]]:
+    note = """A low-hashprice month: November 2025 at 5-minute steps with hashprice near the record low,
+~$30/PH/day. The older miners earn $50-80/MWh at their best setting and the newest ~$95, so
+evening peaks ($40-120/MWh) and noisy intervals cross their break-even many times a day: a
+policy that switches for free flaps; one that pays for its starts (wear, boot) should not.
+Autumn ERCOT-like prices; no GPU work."""
+    market = Market(800, hashprice=30.0, gpu_rate=2.0, season="autumn")
+    rows = []
+    for at in steps(datetime(2025, 11, 1, 5, tzinfo=UTC), 30):
+        local = at.astimezone(ERCOT)
+        price = market.power(local, spike_chance=0.001) * 1.6  # a tight month: prices above the usual autumn
+        rows.append(row(at, market.hash(at), round(price, 2), None, None, None))
+    return note, rows
+
+
 TRACES: dict[str, Callable[[], tuple[str, list[str]]]] = {
     "hashprice_2024_2026.csv": hashprice_2024_2026,
     "power_spike_day.csv": spike_day,
     "four_cp_summer_month.csv": four_cp_month,
     "gpu_demand_week.csv": gpu_week,
+    "gpu_plateau_training.csv": gpu_plateau,
+    "negative_prices_week.csv": negative_week,
+    "four_cp_windows_week.csv": four_cp_windows,
+    "low_hashprice_month.csv": low_hashprice_month,
 }
 
 

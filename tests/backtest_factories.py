@@ -12,6 +12,10 @@ from wattshift.model.trace_columns import HEADER_COLUMNS
 START = datetime(2025, 8, 1, tzinfo=UTC)
 
 
+# Switching for free (the physics before issue 15), for tests about something else.
+FREE_SWITCHING = {"boot_seconds": 0, "wear_usd_per_cycle": 0, "min_up_seconds": 0, "min_down_seconds": 0}
+
+
 def site(**fields: Any) -> BacktestSite:
     """A site from keyword fields (kW, as in the file); one S21 on the site circuit by default."""
     data: dict[str, Any] = {"name": "tiny", "budget_kw": 100, "miners": [{"model": "Antminer S21", "count": 1}]}

@@ -12,6 +12,7 @@ from wattshift.model.snapshot import (
     Prices,
     SiteSnapshot,
 )
+from wattshift.model.specs import NO_MINER_SWITCHING, MinerSwitching
 
 S21 = EfficiencyCurve(3500, 200)
 S19XP = EfficiencyCurve(3010, 140)
@@ -30,6 +31,8 @@ def miner(
     failure: Failure | None = None,
     answered: bool = True,
     state_since: float | None = None,
+    switching: MinerSwitching = NO_MINER_SWITCHING,
+    waking: bool = False,
 ) -> MinerState:
     reading = (
         MinerReading(device_id, "Antminer S21", "sim", watts, limit, curve.ths_at(watts or 0), mining)
@@ -46,6 +49,8 @@ def miner(
         failure=failure if answered else (failure or Failure.NO_ANSWER),
         max_watts=capability.max_watts,
         state_since=state_since,
+        switching=switching,
+        waking=waking,
     )
 
 

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from wattshift.daemon.config.site import SiteConfig
+from wattshift.daemon.config.switching import SwitchingOverride
 from wattshift.daemon.runtime.app import open_daemon
 from wattshift.model.budget import BudgetSchedule
 from wattshift.simulators.gpu_site import SimulatedGpuSite
 from wattshift.simulators.site import MinerBatch, SimulatedSite, TruthMonitor
+
+FREE_SWITCHING = {"wear_usd_per_cycle": 0.0, "min_up_seconds": 0.0, "min_down_seconds": 0.0}
 
 
 @contextlib.asynccontextmanager
@@ -31,10 +34,13 @@ async def running_site(
     site_extra: dict[str, Any] | None = None,
     drivers: dict[str, Any] | None = None,
     identify: bool = False,
+    switching: dict[str, float] | None = None,
 ) -> AsyncIterator[tuple[SimulatedSite, Any, BudgetSchedule, TruthMonitor]]:
     """``gpus`` (entered by the caller) and ``runner`` add GPU nodes; ``site_extra`` adds
     site-file keys (job classes, GPU rates); ``drivers`` overrides the short test deadlines;
-    ``identify`` leaves every miner for pyasic to identify, as an operator who names no firmware."""
+    ``identify`` leaves every miner for pyasic to identify, as an operator who names no firmware;
+    ``switching`` is every miner group's override (default: no wear and no minimum up or down
+    time, so that a test of seconds is not held for the table's 15 minutes)."""
     sim = SimulatedSite(batches, first_address=first_address, physics_options={"ramp_watts_per_s": 2000.0})
     async with sim:
         site = SiteConfig.model_validate(
@@ -52,6 +58,8 @@ async def running_site(
         )
         if identify:
             site = site.model_copy(update={"miners": [g.model_copy(update={"firmware": "auto"}) for g in site.miners]})
+        override = SwitchingOverride.model_validate(FREE_SWITCHING if switching is None else switching)
+        site = site.model_copy(update={"miners": [g.model_copy(update={"switching": override}) for g in site.miners]})
         budget = BudgetSchedule(site.budget_watts, lead_seconds=30)
 
         limits = site.circuit_limits()

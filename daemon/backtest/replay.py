@@ -73,8 +73,12 @@ class BacktestResult:
             "revenue_usd": round(t.revenue_usd, 2),
             "power_cost_usd": round(t.power_usd, 2),
             "switching_cost_usd": round(t.switching_usd, 2),
+            "wear_cost_usd": round(t.wear_usd, 2),
             "margin_usd": round(t.margin_usd, 2),
             "miner_switches": t.miner_switches,
+            "miner_starts": t.miner_starts,
+            "refused_starts": t.refused_starts,
+            "min_up_breaks": t.min_up_breaks,
             "gpu_starts": t.gpu_starts,
             "job_interruptions": t.job_interruptions,
             "limit_violations": len(self.violations),
@@ -85,14 +89,22 @@ class BacktestResult:
 
 def true_limits(site: BacktestSite, budget_watts: float | None) -> dict[str, float]:
     """The circuit limits in force: the site's own, lowered by a trace event (never raised)."""
-    limits = site.circuit_limits()
+    return _lowered(site.circuit_limits(), budget_watts)
+
+
+def _lowered(own: dict[str, float], budget_watts: float | None) -> dict[str, float]:
+    limits = dict(own)
     if budget_watts is not None:
         limits[SITE_CIRCUIT] = min(limits[SITE_CIRCUIT], budget_watts)
     return limits
 
 
-def run_backtest(site: BacktestSite, policy: Policy, trace: Trace, *, keep_records: bool = True) -> BacktestResult:
-    model = SiteModel(site)
+def run_backtest(
+    site: BacktestSite, policy: Policy, trace: Trace, *, keep_records: bool = True, grouped: bool = True
+) -> BacktestResult:
+    """``grouped``: identical miners in identical states are modelled once (the same result,
+    faster: see :class:`SiteModel`)."""
+    model = SiteModel(site, grouped=grouped)
     totals = Totals()
     records: list[StepRecord] = []
     violations: list[str] = []
@@ -101,12 +113,13 @@ def run_backtest(site: BacktestSite, policy: Policy, trace: Trace, *, keep_recor
     tick = site.tick_seconds
     decides = 0
     began = time.perf_counter()
+    own = site.circuit_limits()
+    gpu_models = {g.gpu_model for g in site.gpu_nodes}
     for index, row in enumerate(rows):
         seconds = trace.durations[index]
-        limits = true_limits(site, row.budget_watts)
-        upcoming = true_limits(site, rows[index + 1].budget_watts) if index + 1 < len(rows) else limits
+        limits = _lowered(own, row.budget_watts)
+        upcoming = _lowered(own, rows[index + 1].budget_watts) if index + 1 < len(rows) else limits
         planned_budget = min(limits[SITE_CIRCUIT], upcoming[SITE_CIRCUIT]) - site.reserve_watts
-        gpu_models = {g.gpu_model for g in site.gpu_nodes}
         rate = row.gpu_rate_usd_per_gpu_hour
         prices = Prices(row.hashprice_usd_per_ph_day, row.power_usd_per_mwh,
                         gpu_rates_usd_per_gpu_hour={m: rate for m in gpu_models} if rate is not None else {})

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from wattshift.daemon.config.gpu import GpuHost
 from wattshift.daemon.config.site import SiteConfig, SiteLimits, load_site
+from wattshift.daemon.config.switching import SwitchingOverride
 from wattshift.daemon.config.yamlfile import FileInvalid, Problem, load_model, read_document
 from wattshift.model.efficiency import CURVES, normalise_model
 from wattshift.model.fields import SITE_CIRCUIT, Name, Strict
@@ -29,11 +30,23 @@ class MinerCount(Strict):
     model: str
     count: int = Field(ge=1, le=100_000)
     circuit: Name = SITE_CIRCUIT
+    switching: SwitchingOverride | None = None  # boot, wear, min up/down: the model table's otherwise
 
     @model_validator(mode="after")
     def _known(self) -> MinerCount:
-        spec_for(self.model)  # raises ValueError naming the model and the ones known
+        spec = self.kind.spec  # raises ValueError naming the model and the ones known
+        if spec.boot_watts > spec.max_watts:
+            raise ValueError(f"switching.boot_watts: {spec.boot_watts:g} is above the {spec.max_watts:g} W "
+                             f"a {spec.model} may draw")
         return self
+
+    @property
+    def kind(self) -> MinerKind:
+        """The model's row and curve, with this group's switching overrides in place."""
+        kind = spec_for(self.model)
+        if self.switching is None:
+            return kind
+        return MinerKind(self.switching.spec(kind.spec), kind.curve)
 
 
 class GpuNodeCount(GpuHost):
@@ -103,7 +116,8 @@ def from_site_config(site: SiteConfig, file: str) -> BacktestSite:
             spec_for(group.model)
         except ValueError as err:
             raise FileInvalid([Problem(file, None, f"miners[{index}].model", str(err))]) from None
-        miners.append({"model": group.model, "count": sum(1 for _ in group.hosts()), "circuit": group.circuit})
+        miners.append({"model": group.model, "count": sum(1 for _ in group.hosts()), "circuit": group.circuit,
+                       "switching": group.switching.model_dump() if group.switching else None})
     return BacktestSite.model_validate({
         "name": site.name,
         "budget_kw": site.budget_kw,

@@ -7,6 +7,13 @@ money, with the same numbers as :mod:`wattshift.simulators.physics` and the poli
 - a miner's draw follows its set point on a linear ramp (watts per second, as the miner
   simulator does); asleep it draws its board's sleep watts at once; it hashes on the policies'
   efficiency curve at its draw;
+- switching is not free (the figures per model in :mod:`wattshift.model.specs`, overridable per
+  miner group in the site file): a woken miner boots for ``boot_seconds``, drawing
+  ``boot_watts`` and hashing nothing, then ramps to its set point; each start costs
+  ``wear_usd_per_cycle`` (``Totals.wear_usd``, in the margin). A start within
+  ``min_down_seconds`` of the last stop is refused (the miner stays asleep, counted in
+  ``refused_starts``): that is physics. ``min_up_seconds`` is a rule the loop keeps but a limit
+  overrides, so an earlier stop is carried out and counted (``min_up_breaks``);
 - a GPU node draws its host's busy draw plus its cards at their cap while its job runs, and its
   idle draw otherwise; a running job earns its $/GPU-hour times the share of full speed its cap
   allows; a start costs ``restart_seconds`` of work at its rate, an interruption its checkpoint
@@ -34,9 +41,10 @@ from wattshift.model.snapshot import (
     Prices,
     SiteSnapshot,
 )
+from wattshift.model.specs import MinerSwitching
 from wattshift.policies.ladders import gpu_speed_share
 
-from .site import BacktestSite, GpuNodeCount, spec_for
+from .site import BacktestSite, GpuNodeCount
 
 RAMP_WATTS_PER_S = 600.0  # the miner simulator's default ramp
 
@@ -48,15 +56,21 @@ _ON = {"wake", "resume", "start"}
 @dataclass(slots=True)
 class SimMiner:
     device_id: str
+    group: int  # index of its group in the site file: same model, circuit and switching
     circuit: str
     model: str
     curve: EfficiencyCurve
     capability: MinerCapability
     sleep_watts: float
     target: float
+    switching: MinerSwitching
     sleeping: bool = False
     draw: float = 0.0
     state_since: float | None = None
+    boot_left: float = 0.0  # seconds of boot still to go: drawing boot watts, hashing nothing
+    started_at: float | None = None  # loop clock of the last start and stop, for min up/down
+    stopped_at: float | None = None
+    shown: tuple[tuple[float, float, bool, float, float | None], MinerState] | None = None  # last state read
 
     def setpoint(self) -> float:
         return self.sleep_watts if self.sleeping else self.target
@@ -97,7 +111,11 @@ class Totals:
     ai_usd: float = 0.0
     power_usd: float = 0.0
     switching_usd: float = 0.0
-    miner_switches: int = 0
+    miner_switches: int = 0  # on/off changes, both ways
+    miner_starts: int = 0  # starts (wear cycles)
+    wear_usd: float = 0.0  # their wear
+    refused_starts: int = 0  # wakes within a miner's minimum down time: refused, it stays off
+    min_up_breaks: int = 0  # stops within a miner's minimum up time (a limit may force them)
     gpu_starts: int = 0
     job_interruptions: int = 0
     violations: list[str] = field(default_factory=list)
@@ -112,11 +130,12 @@ class Totals:
 
     @property
     def margin_usd(self) -> float:
-        return self.revenue_usd - self.power_usd - self.switching_usd
+        return self.revenue_usd - self.power_usd - self.switching_usd - self.wear_usd
 
     def add(self, other: Totals) -> None:
         for name in ("seconds", "miner_wh", "gpu_wh", "mining_usd", "ai_usd", "power_usd", "switching_usd",
-                     "miner_switches", "gpu_starts", "job_interruptions"):
+                     "miner_switches", "miner_starts", "wear_usd", "refused_starts", "min_up_breaks",
+                     "gpu_starts", "job_interruptions"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.violations.extend(other.violations)
 
@@ -124,20 +143,24 @@ class Totals:
 class SiteModel:
     """The true state of a back-tested site. Power in watts, time in seconds on a loop clock."""
 
-    def __init__(self, site: BacktestSite) -> None:
+    def __init__(self, site: BacktestSite, *, grouped: bool = True) -> None:
         self.site = site
+        # Identical miners in identical states are integrated once, and a miner whose state has
+        # not changed shows the loop the same state object again; ``grouped=False`` does every
+        # miner every time (the reference the grouped replay must equal).
+        self.grouped = grouped
         self.tree = LimitTree(site.circuit_limits(), site.circuit_parents())
         self.miners: list[SimMiner] = []
         for g, group in enumerate(site.miners):
-            kind = spec_for(group.model)
+            kind = group.kind  # the model's row with the group's switching overrides
             spec = kind.spec
             cap = MinerCapability(PowerControl.WATTS, spec.min_watts, spec.max_watts)
             for n in range(group.count):
                 # Every miner starts asleep (cold, as the demo does): a site powered up at
                 # nominal may already be over a circuit before the first decision.
                 self.miners.append(SimMiner(
-                    f"m{g}-{n}", group.circuit, spec.model, kind.curve, cap, spec.sleep_watts,
-                    target=spec.nominal_watts, sleeping=True, draw=spec.sleep_watts,
+                    f"m{g}-{n}", g, group.circuit, spec.model, kind.curve, cap, spec.sleep_watts,
+                    target=spec.nominal_watts, switching=spec.switching, sleeping=True, draw=spec.sleep_watts,
                 ))
         self.gpu_nodes: list[SimGpuNode] = [
             SimGpuNode(f"g{g}-{n}", group.circuit, group, cap=group.cap_max_w)
@@ -185,11 +208,25 @@ class SiteModel:
         )
 
     def _miner_state(self, m: SimMiner) -> MinerState:
-        mining = not m.sleeping
+        if not self.grouped:
+            return self._read_miner(m)
+        key = (m.draw, m.target, m.sleeping, m.boot_left, m.state_since)
+        if m.shown is None or m.shown[0] != key:
+            m.shown = (key, self._read_miner(m))
+        return m.shown[1]
+
+    def _read_miner(self, m: SimMiner) -> MinerState:
+        booting = m.boot_left > 0
+        mining = not m.sleeping and not booting
+        # Booting reads as the firmware says it: boards up, nothing hashed. Until it reads on (its
+        # draw above half its minimum) the loop counts it waking, on at the limit it will climb to
+        # (its worst case), as the live loop's memory does.
+        waking = not m.sleeping and (booting or m.draw <= m.capability.min_watts * 0.5)
         reading = MinerReading(m.device_id, m.model, "sim", m.draw, m.target,
-                               m.curve.ths_at(m.draw) if mining else 0.0, mining)
+                               m.curve.ths_at(m.draw) if mining else 0.0, not m.sleeping, booting=booting)
         return MinerState(m.device_id, m.circuit, m.model, m.capability, m.curve, reading, None,
-                          m.capability.max_watts, state_since=m.state_since)
+                          m.capability.max_watts, state_since=m.state_since, waking=waking,
+                          switching=m.switching)
 
     def _node_state(self, node: SimGpuNode) -> GpuNodeState:
         k = node.kind
@@ -221,18 +258,30 @@ class SiteModel:
 
     def _apply_miner(self, m: SimMiner, action: str, watts: float, clock: float) -> None:
         cap = m.capability
+        sw = m.switching
         if action in _OFF:
             if not m.sleeping:
+                if m.started_at is not None and clock - m.started_at < sw.min_up_seconds - 1e-6:
+                    self.switches.min_up_breaks += 1  # carried out: a limit may demand it
                 m.sleeping = True
+                m.boot_left = 0.0  # a boot cut short is a stop too
                 m.draw = m.sleep_watts  # sleep cuts the hashboards at once
-                m.state_since = clock
+                m.state_since = m.stopped_at = clock
                 self.switches.miner_switches += 1
             return
-        m.target = min(max(watts, cap.min_watts), cap.max_watts)
         if action in _ON and m.sleeping:
+            if m.stopped_at is not None and clock - m.stopped_at < sw.min_down_seconds - 1e-6:
+                self.switches.refused_starts += 1  # too soon after its stop: it stays asleep
+                return
             m.sleeping = False
-            m.state_since = clock
+            m.boot_left = sw.boot_seconds
+            if m.boot_left > 0:
+                m.draw = sw.boot_watts
+            m.state_since = m.started_at = clock
             self.switches.miner_switches += 1
+            self.switches.miner_starts += 1
+            self.switches.wear_usd += sw.wear_usd_per_cycle
+        m.target = min(max(watts, cap.min_watts), cap.max_watts)
 
     def _apply_gpu(self, node: SimGpuNode, action: str, watts: float, clock: float) -> None:
         k = node.kind
@@ -267,22 +316,16 @@ class SiteModel:
         paths = self.tree._paths
         joules = gpu_joules = 0.0
         ths_seconds = 0.0
-        for m in self.miners:
-            start = m.draw
-            target = m.setpoint()
-            need = abs(target - start) / RAMP_WATTS_PER_S
-            if need <= seconds:
-                end, reach = target, need
-            else:  # still ramping when the interval ends
-                step = RAMP_WATTS_PER_S * seconds
-                end, reach = (start + step if target > start else start - step), seconds
-            joules += reach * (start + end) / 2 + (seconds - reach) * end
-            if not m.sleeping:
-                ths_seconds += reach * m.curve.ths_at((start + end) / 2) + (seconds - reach) * m.curve.ths_at(end)
-            m.draw = end
-            high = max(start, end)
+        for members in self._cohorts():
+            m = members[0]  # identical state: one integration stands for all of them
+            high, joules_m, ths_m = _integrate(m, seconds)
+            count = len(members)
+            joules += count * joules_m
+            ths_seconds += count * ths_m
+            for other in members[1:]:
+                other.draw, other.boot_left = m.draw, m.boot_left
             for node in paths[m.circuit]:
-                peak[node] += high
+                peak[node] += count * high
         ai = 0.0
         for n in self.gpu_nodes:
             watts = n.draw()
@@ -299,6 +342,44 @@ class SiteModel:
         out.power_usd = power_price * out.energy_wh / 1e6
         out.violations = [str(v) for v in _over(peak, limits)]
         return out
+
+
+    def _cohorts(self) -> Iterable[list[SimMiner]]:
+        """Miners of one group in one state (draw, set point, boot), which the next interval
+        treats alike: a 1,000-miner site is a few dozen of them. Ungrouped: one miner each."""
+        if not self.grouped:
+            return ([m] for m in self.miners)
+        cohorts: dict[tuple[int, float, float, bool, float], list[SimMiner]] = {}
+        for m in self.miners:
+            cohorts.setdefault((m.group, m.draw, m.target, m.sleeping, m.boot_left), []).append(m)
+        return cohorts.values()
+
+
+def _integrate(m: SimMiner, seconds: float) -> tuple[float, float, float]:
+    """Move one miner ``seconds`` on: (its highest draw, joules, TH/s-seconds hashed)."""
+    high = m.draw
+    left = seconds
+    joules = ths_seconds = 0.0
+    if m.boot_left > 0:  # booting: its boot draw, no hashrate, then the ramp to its set point
+        booting = min(m.boot_left, seconds)
+        joules += booting * m.draw
+        m.boot_left -= booting
+        left -= booting
+    if m.boot_left <= 0:
+        start = m.draw
+        target = m.setpoint()
+        need = abs(target - start) / RAMP_WATTS_PER_S
+        if need <= left:
+            end, reach = target, need
+        else:  # still ramping when the interval ends
+            step = RAMP_WATTS_PER_S * left
+            end, reach = (start + step if target > start else start - step), left
+        joules += reach * (start + end) / 2 + (left - reach) * end
+        if not m.sleeping:
+            ths_seconds += reach * m.curve.ths_at((start + end) / 2) + (left - reach) * m.curve.ths_at(end)
+        m.draw = end
+        high = max(high, end)
+    return high, joules, ths_seconds
 
 
 def _over(peak: Mapping[str, float], limits: Mapping[str, float]) -> list[str]:

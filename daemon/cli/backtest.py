@@ -102,6 +102,8 @@ def render(report: dict[str, Any], site: BacktestSite) -> str:
         f"  power cost    ${b['power_cost_usd']:10,.2f}",
         f"  switching     ${b['switching_cost_usd']:10,.2f}  ({b['miner_switches']} miner on/off, "
         f"{b['gpu_starts']} job starts, {b['job_interruptions']} job interruptions)",
+        f"  miner wear    ${b['wear_cost_usd']:10,.2f}  ({b['miner_starts']} starts; {b['refused_starts']} refused "
+        f"within the minimum down time, {b['min_up_breaks']} stops within the minimum up time)",
         f"  margin        ${b['margin_usd']:10,.2f}",
         f"  violations    {b['limit_violations']:10d}",
     ]

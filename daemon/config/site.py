@@ -30,6 +30,7 @@ from wattshift.policies.catalog import module_name
 from .gpu import GpuNodeConfig, JobsConfig
 from .mqtt import MqttConfig
 from .price import PricesConfig
+from .switching import SwitchingOverride
 from .yamlfile import (
     FileInvalid,
     Location,
@@ -97,6 +98,7 @@ class MinerGroup(Strict):
     model: str | None = None
     credentials: str | None = None
     max_kw: Kilowatts | None = None  # nameplate worst case, where the model table has none
+    switching: SwitchingOverride | None = None  # boot, wear, min up/down: the model table's otherwise
 
     @field_validator("addresses", mode="before")
     @classmethod

@@ -30,7 +30,7 @@ from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
-from .memory import DeviceMemory
+from .memory import DeviceMemory, boot_allowance
 from .meter_checks import (
     MeterRoom,
     OverheadEstimate,
@@ -280,7 +280,7 @@ class Controller:
                 self.fleet.capability(device_id),
                 state_since=memory.state_since,
                 ignored=device_id in suspect or now_clock < memory.distrusted_until,
-                waking=memory.still_waking(device_id, now_clock),
+                waking=memory.still_waking(device_id, now_clock, boot_allowance(slot.switching.boot_seconds)),
             )
             if memory.waking and state.reading is not None and state.reads_on:
                 memory.waking = False

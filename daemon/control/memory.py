@@ -11,9 +11,17 @@ from wattshift.model.snapshot import Load
 log = logging.getLogger(__name__)
 
 # A woken miner boots its hashboards for minutes before it draws and hashes; until it reads on
-# it is counted at its limit. One still not running after this long did not wake: it is then
-# taken as it reads (asleep), and the policy may send the wake again.
-BOOT_ALLOWANCE_SECONDS = 600.0
+# it is counted at its limit. One still not running after twice its model's boot time (and at
+# least this long) did not wake: it is then taken as it reads (asleep), and the policy may send
+# the wake again.
+MIN_BOOT_ALLOWANCE_SECONDS = 120.0
+
+
+def boot_allowance(boot_seconds: float) -> float:
+    return max(2.0 * boot_seconds, MIN_BOOT_ALLOWANCE_SECONDS)
+
+
+BOOT_ALLOWANCE_SECONDS = boot_allowance(300.0)  # the model table's default boot time
 
 
 @dataclass
@@ -28,11 +36,11 @@ class DeviceMemory:
         """A wake was sent (or may have been): counted on, at its limit, until seen running."""
         self.waking, self.waking_since = True, now_clock
 
-    def still_waking(self, device_id: str, now_clock: float) -> bool:
-        """Waking, within the boot allowance; past it the wake is given up on."""
-        if self.waking and now_clock - self.waking_since > BOOT_ALLOWANCE_SECONDS:
-            log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id,
-                        BOOT_ALLOWANCE_SECONDS)
+    def still_waking(self, device_id: str, now_clock: float, allowance: float = BOOT_ALLOWANCE_SECONDS) -> bool:
+        """Waking, within the boot allowance (:func:`boot_allowance` of its boot time); past it
+        the wake is given up on."""
+        if self.waking and now_clock - self.waking_since > allowance:
+            log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id, allowance)
             self.waking = False
         return self.waking
 

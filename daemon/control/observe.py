@@ -12,6 +12,7 @@ from datetime import datetime
 
 from wattshift.daemon.config.gpu import GpuNodeConfig, JobsConfig
 from wattshift.daemon.config.site import MinerGroup, SiteConfig
+from wattshift.daemon.config.switching import switching_for
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.jobs import JobStatus
 from wattshift.model.efficiency import curve_for
@@ -32,6 +33,7 @@ from wattshift.model.snapshot import (
     Prices,
     SiteSnapshot,
 )
+from wattshift.model.specs import DEFAULT_SWITCHING, MinerSwitching
 
 from .gpu_fleet import NodeReading
 
@@ -46,6 +48,8 @@ class MinerSlot:
     device_id: str
     circuit: str
     group: MinerGroup
+    # Boot, wear and min up/down: the group's model's figures, with the file's overrides.
+    switching: MinerSwitching = DEFAULT_SWITCHING
 
     @property
     def nameplate_watts(self) -> float | None:
@@ -54,7 +58,7 @@ class MinerSlot:
 
 def miner_slots(site: SiteConfig) -> dict[str, MinerSlot]:
     return {
-        host: MinerSlot(host, group.circuit or SITE_CIRCUIT, group)
+        host: MinerSlot(host, group.circuit or SITE_CIRCUIT, group, switching_for(group.model, group.switching))
         for group in site.miners
         for host in group.hosts()
     }
@@ -99,6 +103,7 @@ def miner_state(
         max_watts=max_watts,
         state_since=state_since,
         waking=waking,
+        switching=slot.switching,
     )
 
 

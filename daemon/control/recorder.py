@@ -97,6 +97,8 @@ class JournalRecorder:
             "sheds": len(plan.sheds),
             "grants": len(plan.grants),
             "deferred": [s.device_id for s in plan.deferred],
+            # Wakes held inside a miner's minimum down time (sequencer): asked for, not sent.
+            **({"held": [s.device_id for s in plan.held]} if plan.held else {}),
         }
         entries = [NewEntry(EntryKind.DECISION, allocation.summary, None, data)]
         # Per device only where something changes or is wrong: a quiet tick stays small.

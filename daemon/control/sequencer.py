@@ -8,7 +8,10 @@ The policy says where power should be; the sequencer decides what may be sent *n
   counted at its worst case, and a shed load still counted at its old draw: its release is not
   believed until telemetry shows it;
 - grants that do not fit yet are deferred; the controller confirms the sheds from readings and
-  plans again from a fresh snapshot.
+  plans again from a fresh snapshot;
+- a miner is not woken within its minimum down time of its last stop (``MinerSwitching``): its
+  wake is held, whatever a policy asks, since the hardware would refuse or wear for it. Nothing
+  holds a shed: a limit always wins over a minimum up time.
 
 Pure: snapshot and allocation in, plan out.
 """
@@ -19,7 +22,7 @@ import enum
 from dataclasses import dataclass
 
 from wattshift.model.limits import LimitTree
-from wattshift.model.snapshot import GpuNodeState, Load, SiteSnapshot
+from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapshot
 from wattshift.policies.base import Allocation
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
@@ -57,6 +60,7 @@ class Plan:
     sheds: tuple[Step, ...]
     grants: tuple[Step, ...]
     deferred: tuple[Step, ...]
+    held: tuple[Step, ...] = ()  # wakes within a miner's minimum down time: not sent, not waited on
 
     @property
     def now(self) -> tuple[Step, ...]:
@@ -77,12 +81,16 @@ def plan_transition(
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
+    held: list[Step] = []
     for target in allocation:  # merit order: the best use of freed power is granted first
         load = snapshot.load(target.device_id)
         if not load.controllable:
             continue
         step = _step_for(load, target.watts, target.reason, deadband_watts, worst[target.device_id])
         if step is None:
+            continue
+        if step.action is Action.WAKE and resting(load, snapshot.clock):
+            held.append(step)
             continue
         if step.is_shed:
             if isinstance(load, GpuNodeState) and load.firm:
@@ -95,7 +103,14 @@ def plan_transition(
             grants.append(step)
         else:
             deferred.append(step)
-    return Plan(tuple(sheds), tuple(grants), tuple(deferred))
+    return Plan(tuple(sheds), tuple(grants), tuple(deferred), tuple(held))
+
+
+def resting(load: Load, clock: float) -> bool:
+    """A miner stopped less than its minimum down time ago (by the loop clock)."""
+    if not isinstance(load, MinerState) or load.state_since is None:
+        return False
+    return clock - load.state_since < load.switching.min_down_seconds
 
 
 def _step_for(load: Load, watts: float, reason: str, deadband: float, before: float) -> Step | None:

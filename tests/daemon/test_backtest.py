@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from backtest_factories import gpu_node, site, trace
+from backtest_factories import FREE_SWITCHING, gpu_node, site, trace
 
 from wattshift.daemon.backtest.optimum import solve_optimum
 from wattshift.daemon.backtest.replay import run_backtest
@@ -20,8 +20,8 @@ def small_site() -> BacktestSite:
     return site(
         budget_kw=40, reserve_kw=1,
         circuits=[{"name": "pdu", "limit_kw": 20}],
-        miners=[{"model": "Antminer S21", "count": 6, "circuit": "pdu"},
-                {"model": "Antminer S19 XP", "count": 6}],
+        miners=[{"model": "Antminer S21", "count": 6, "circuit": "pdu", "switching": FREE_SWITCHING},
+                {"model": "Antminer S19 XP", "count": 6, "switching": FREE_SWITCHING}],
     )
 
 
@@ -47,7 +47,7 @@ def test_a_budget_cut_is_met_before_it_starts() -> None:
 
 
 def test_the_model_reports_true_draw_over_a_limit() -> None:
-    model = SiteModel(site(miners=[{"model": "Antminer S21", "count": 2}]))
+    model = SiteModel(site(miners=[{"model": "Antminer S21", "count": 2, "switching": FREE_SWITCHING}]))
     model.apply([Step(f"m0-{n}", "site", Action.WAKE, 4000, 12, 4000, "test") for n in range(2)], 0.0)
     totals = model.advance(300, hashprice=45, power_price=30, limits={"site": 7000})
     assert totals.violations and totals.violations[0].startswith("site: 8.00 kW over its 7.00 kW limit")

@@ -23,7 +23,11 @@ def test_json_report_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0
     b = report["backtest"]
     assert (b["policy"], b["steps"], b["limit_violations"]) == ("merit-order", 288, 0)
-    assert b["margin_usd"] == pytest.approx(b["revenue_usd"] - b["power_cost_usd"] - b["switching_cost_usd"], abs=0.02)
+    assert b["margin_usd"] == pytest.approx(
+        b["revenue_usd"] - b["power_cost_usd"] - b["switching_cost_usd"] - b["wear_cost_usd"], abs=0.02)
+    # Every start from cold pays its wear: 24 miners woke at least once.
+    assert b["miner_starts"] >= 24 and b["wear_cost_usd"] == pytest.approx(0.25 * b["miner_starts"])
+    assert (b["refused_starts"], b["min_up_breaks"]) == (0, 0)
     assert report["optimum"]["status"] == "Optimal"
     assert 0.97 <= report["ratio_to_optimum"] <= 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
@@ -34,7 +38,7 @@ def test_text_report(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert code == 0
     for words in ("back-test of merit-order on backtest-small", "energy", "margin", "violations             0",
-                  "LP relaxation (upper bound)", "ratio"):
+                  "LP relaxation (upper bound)", "ratio", "miner wear", "refused within the minimum down time"):
         assert words in out
 
 

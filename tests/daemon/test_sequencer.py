@@ -89,3 +89,17 @@ def test_worst_case_during_the_transition_never_exceeds_a_limit_that_held_before
             assert during[circuit] <= limit + 1e-6
         else:  # already over: nothing may add to it
             assert during[circuit] <= before[circuit] + 1e-6
+
+
+def test_a_wake_inside_the_minimum_down_time_is_held_and_a_shed_inside_the_minimum_up_time_is_not():
+    from wattshift.model.specs import SPECS
+
+    sw = SPECS["Antminer S21"].switching  # 900 s up, 900 s down
+    asleep = miner("b", watts=12, mining=False, state_since=10_000.0 - 600, switching=sw)
+    running = miner("a", watts=3500, limit=3500, state_since=10_000.0 - 60, switching=sw)
+    plan = plan_transition(snapshot([running, asleep], budget=20_000), allocate(a=0, b=3500))
+    assert [(s.device_id, s.action) for s in plan.sheds] == [("a", Action.SLEEP)]  # a limit may demand it
+    assert plan.grants == () and plan.deferred == ()
+    assert [(s.device_id, s.action) for s in plan.held] == [("b", Action.WAKE)]
+    rested = miner("b", watts=12, mining=False, state_since=10_000.0 - 900, switching=sw)
+    assert [s.device_id for s in plan_transition(snapshot([rested], budget=20_000), allocate(b=3500)).grants] == ["b"]

@@ -148,3 +148,33 @@ async def test_a_wake_the_miner_ignored_is_not_counted_as_booting(tmp_path):
         assert states[ignoring.host].worst_case_watts == states[ignoring.host].max_watts
         assert obeying.physics.mining
     assert_never_over(truth)
+
+
+async def test_a_miner_slept_by_a_cut_is_not_woken_inside_its_minimum_down_time(tmp_path):
+    # Issue 15: the site file gives the S21s a 6 s minimum down time; a 1 s cut sleeps them, and
+    # when it ends they stay asleep until 6 s after each stop, then are woken.
+    down = 6.0
+    batches = [MinerBatch("luxos", 2, "site", "Antminer S21")]
+    async with running_site(batches, tmp_path, first_address="127.0.43.1", budget_kw=20,
+                            switching={"min_down_seconds": down, "min_up_seconds": 0, "wear_usd_per_cycle": 0}
+                            ) as (sim, daemon, budget, truth):
+        controller = daemon.controller
+        await controller.run_once()
+        assert all(m.physics.mining for m in sim.miners)
+        start = datetime.now(UTC) + timedelta(seconds=2)
+        budget.add(BudgetEvent("cut", 100, start, start + timedelta(seconds=1)))
+        report = await controller.run_once()  # announced: the sheds go now
+        assert {r.step.device_id for r in report.results if r.step.action is Action.SLEEP} == {
+            m.host for m in sim.miners}
+        stopped = asyncio.get_running_loop().time()
+        await asyncio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 1.5)  # the cut is over
+        held = await controller.run_once()
+        assert [r for r in held.results if r.step.action is Action.WAKE] == []
+        # The policy keeps them off itself (had it not, the sequencer would have held the wakes).
+        assert all("holding off (dwell time)" in held.allocation[m.host].reason for m in sim.miners)
+        assert all(m.physics.sleeping for m in sim.miners)
+        await asyncio.sleep(max(0.0, stopped + down + 0.5 - asyncio.get_running_loop().time()))
+        woken = await controller.run_once()
+        wakes = {r.step.device_id for r in woken.results if r.step.action is Action.WAKE}
+        assert wakes == {m.host for m in sim.miners}
+    assert_never_over(truth)

@@ -19,6 +19,7 @@ from wattshift.daemon.control.sequencer import plan_transition
 from wattshift.model.jobs import FlexTier, JobState
 from wattshift.model.miner import Failure, MinerCapability, PowerControl
 from wattshift.model.snapshot import DeviceClass, EfficiencyCurve, SiteSnapshot
+from wattshift.model.specs import DEFAULT_SWITCHING, NO_MINER_SWITCHING, MinerSwitching
 from wattshift.policies.base import Allocation
 from wattshift.policies.merit_order import MeritOrderOptions, MeritOrderPolicy
 from wattshift.policies.overrides import Forced, Override, OverridePolicy, Overrides
@@ -31,6 +32,9 @@ CAPABILITIES = (
     MinerCapability(PowerControl.PROFILES, 2000, 3600, (2000.0, 2600.0, 3100.0, 3600.0)),
     MinerCapability(PowerControl.ON_OFF, 3250, 3250),
 )
+# Free switching, the model table's figures, and a long minimum down time with no wear: the first
+# rung of a sleeping miner and every miner's dwell time depend on them.
+SWITCHINGS = (NO_MINER_SWITCHING, DEFAULT_SWITCHING, MinerSwitching(600.0, 500.0, 0.0, 0.0, 3600.0))
 
 
 def random_site(rng: random.Random, *, miners: int, gpus: int) -> SiteSnapshot:
@@ -49,6 +53,7 @@ def random_site(rng: random.Random, *, miners: int, gpus: int) -> SiteSnapshot:
     for n in ids:
         kind = rng.choice(kinds)
         curve, capability = CURVES[kind % len(CURVES)], CAPABILITIES[kind // len(CURVES)]
+        switching = SWITCHINGS[kind % len(SWITCHINGS)] if rng.random() < 0.8 else rng.choice(SWITCHINGS)
         roll = rng.random()
         on = roll < 0.7
         top = min(capability.max_watts, 3500.0)
@@ -57,7 +62,7 @@ def random_site(rng: random.Random, *, miners: int, gpus: int) -> SiteSnapshot:
         fleet.append(miner(
             f"10.{n // 255 // 40}.{n // 255 % 40}.{n % 255}", circuit=rng.choice(leaves), watts=watts,
             limit=rng.choice([top, capability.min_watts, 2500.0]) if on else None, mining=on,
-            curve=curve, capability=capability, state_since=since,
+            curve=curve, capability=capability, state_since=since, switching=switching,
             answered=rng.random() > 0.05, failure=Failure.TIMEOUT if rng.random() < 0.03 else None,
         ))
     nodes = []
