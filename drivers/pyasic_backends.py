@@ -21,6 +21,7 @@ from typing import Any
 
 from wattshift.model.miner import PowerControl
 
+from .cgminer_telemetry import BOSMINER, LUXOS, LeanTelemetry
 from .pyasic_queries import BOSER_RANGE, BOSER_STATE, Query
 
 # Loggers pyasic's import reconfigures: the root (basicConfig + level) and asyncssh's level.
@@ -89,6 +90,9 @@ class BackendTraits:
     # setting (LuxOS answers profileset with the profile it holds): not a refusal, a
     # command to confirm by read-back.
     false_set_is_unconfirmed: bool = False
+    # Polls go over the firmware's CGMiner API in one multicommand where it costs less than
+    # pyasic's get_data (cgminer_telemetry; measured in benchmarks/telemetry_cycle.py).
+    lean: LeanTelemetry | None = None
 
 
 UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
@@ -97,7 +101,7 @@ UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
 # test checks every key still names a real pyasic class.
 BACKENDS: Mapping[str, BackendTraits] = {
     "pyasic.miners.backends.braiins_os.BOSer": BackendTraits(
-        "braiins", PowerControl.WATTS, range_query=BOSER_RANGE, state_query=BOSER_STATE
+        "braiins", PowerControl.WATTS, range_query=BOSER_RANGE, state_query=BOSER_STATE, lean=BOSMINER
     ),
     # The SSH/GraphQL fallback pyasic picks when the model does not map to a BOSer class: its
     # power target goes through a TOML file over SSH, which we do not rely on.
@@ -114,6 +118,7 @@ BACKENDS: Mapping[str, BackendTraits] = {
         reports_mining=False,
         before_command=_forget_luxos_session,
         false_set_is_unconfirmed=True,
+        lean=LUXOS,
     ),
     # pyasic issue #430: VNish set_power_limit always returns False in 0.79.0.
     "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF),
