@@ -21,6 +21,7 @@ propagate as ``OSError``/``TimeoutError`` for the driver's own deadline and diag
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,18 +63,31 @@ class LeanTelemetry:
     name: str  # "BOSminer", for messages
     commands: tuple[str, ...]
     parse: Callable[[Sections], Telemetry]  # raises LookupError/TypeError/ValueError on a bad shape
+    # Each command on its own connection, at once: for firmware that does not take "a+b"
+    # (stock Antminer S19s; pyasic falls back the same way).
+    split: bool = False
 
     @property
     def request(self) -> bytes:
-        return json.dumps({"command": "+".join(self.commands)}).encode()
+        return _request(self.commands)
 
     async def read(self, host: str, port: int) -> Telemetry:
-        """One round trip; NotLean where the answer is not what :attr:`parse` reads."""
-        raw = await exchange(host, port, self.request, max_bytes=MAX_REPLY_BYTES)
-        return self.decode(raw)
+        """One round trip (one per command if split); NotLean where the answer is not what
+        :attr:`parse` reads."""
+        if not self.split:
+            return self.decode(await exchange(host, port, self.request, max_bytes=MAX_REPLY_BYTES))
+        replies = await asyncio.gather(
+            *(exchange(host, port, _request((command,)), max_bytes=MAX_REPLY_BYTES) for command in self.commands)
+        )
+        sections: dict[str, Mapping[str, Any]] = {}
+        for command, raw in zip(self.commands, replies, strict=True):
+            sections.update(split_sections(raw, (command,)))
+        return self._parsed(sections)
 
     def decode(self, raw: bytes) -> Telemetry:
-        sections = split_sections(raw, self.commands)
+        return self._parsed(split_sections(raw, self.commands))
+
+    def _parsed(self, sections: Sections) -> Telemetry:
         try:
             return self.parse(sections)
         except (LookupError, TypeError, ValueError, AttributeError) as err:
@@ -81,11 +95,16 @@ class LeanTelemetry:
         raise NotLean(f"{self.name} telemetry lacks what it should hold ({problem})")
 
 
+def _request(commands: Sequence[str]) -> bytes:
+    return json.dumps({"command": "+".join(commands)}).encode()
+
+
 def split_sections(raw: bytes, commands: Sequence[str]) -> dict[str, Mapping[str, Any]]:
     """The answer of each command of a multicommand, each checked for a good ``STATUS``.
 
     CGMiner answers ``a+b`` as ``{"a": [{"STATUS": [...], ...}], "b": [...]}``; a firmware that
-    does not take multicommands answers with one error ``STATUS`` instead.
+    does not take multicommands answers with one error ``STATUS`` instead. A single command is
+    answered as that command's own object.
     """
     if not raw:
         raise NotLean("the firmware closed the connection without a word")
@@ -97,6 +116,8 @@ def split_sections(raw: bytes, commands: Sequence[str]) -> dict[str, Mapping[str
         raise NotLean(f"the answer is not plain JSON ({err})") from None
     if not isinstance(decoded, dict):
         raise NotLean(f"the answer is a JSON {type(decoded).__name__}, not an object")
+    if len(commands) == 1 and "STATUS" in decoded:
+        decoded = {commands[0]: [decoded]}
     if "STATUS" in decoded:
         raise NotLean(f"the firmware refused the multicommand: {_status_text(decoded)}")
     sections: dict[str, Mapping[str, Any]] = {}
@@ -215,6 +236,101 @@ def _sensors(text: object) -> list[int]:
 
 
 LUXOS = LeanTelemetry("LuxOS", ("power", "stats", "fans", "config", "profiles"), parse_luxos)
+
+
+# -- Whatsminer, API v2 (btminer's CGMiner API) ----------------------------------------------------
+# The keys pyasic reads in pyasic.miners.backends.btminer.BTMiner (_get_wattage, _get_wattage_limit,
+# _get_hashboards, _get_fans, _get_errors from the summary). "summary+devs" is the multicommand
+# btminer takes (pyasic sends the get_* commands and status apart). Whether the miner is
+# switched off (``status``) is asked only of a miner that hashes nothing (the driver's
+# ``lean_state``): a miner that hashes is mining.
+
+
+def parse_btminer(sections: Sections) -> Telemetry:
+    summary = sections["summary"]["SUMMARY"][0]
+    devs = sections["devs"]["DEVS"]
+    # pyasic reads "MHS 1m"; some firmware sends only "MHS av" (asic-rs's capture of API v2),
+    # where pyasic reads no hashrate at all.
+    if devs:
+        hashrate = sum(float(_mhs(dev)) for dev in devs) / MHS_PER_THS
+    else:
+        hashrate = float(_mhs(summary)) / MHS_PER_THS
+    watts = _number(summary.get("Power"))
+    codes = [summary.get(f"Error Code {i}") for i in range(int(summary.get("Error Code Count") or 0))]
+    return Telemetry(
+        watts=None if watts == -1 else watts,
+        limit_watts=_number(summary.get("Power Limit")),
+        hashrate_ths=hashrate,
+        # pyasic rounds the chips' average, else the board's sensor.
+        temperatures_c=tuple(
+            float(round(dev["Chip Temp Avg"] if dev.get("Chip Temp Avg") is not None else dev["Temperature"]))
+            for dev in devs
+        ),
+        fans_rpm=(int(summary.get("Fan Speed In", 0)), int(summary.get("Fan Speed Out", 0))),
+        errors=tuple(whatsminer_error_text(int(code)) for code in codes if code),
+        is_mining=hashrate > 0,
+    )
+
+
+def _mhs(row: Mapping[str, Any]) -> Any:
+    return row["MHS 1m"] if "MHS 1m" in row else row["MHS av"]
+
+
+def whatsminer_error_text(code: int) -> str:
+    """The text pyasic gives a Whatsminer error code (its own table; imported only when a miner
+    reports one, since importing pyasic configures logging: see pyasic_import)."""
+    from .pyasic_import import import_pyasic
+
+    import_pyasic()
+    from pyasic.data.error_codes import WhatsminerError
+
+    error = WhatsminerError(error_code=code)
+    return str(error.error_message or error)
+
+
+BTMINER = LeanTelemetry("btminer", ("summary", "devs"), parse_btminer)
+
+
+# -- stock Antminer (bmminer's CGMiner API) --------------------------------------------------------
+# pyasic's AntminerModern reads the boards from the web CGI's stats (digest authentication, about
+# 4 ms of CPU a call); bmminer's own ``stats`` on 4028 holds the same boards (pyasic's BMMiner
+# parser reads them there): ``chain_rate<n>`` in GH/s, ``temp2_<n>`` the chips and ``temp<n>``
+# the PCB (as recorded from an S21 XP, asic-rs test data), ``fan<n>`` (pyasic's BMMiner._get_fans
+# offset rule). Stock firmware reports no power. Its status lights (pyasic's errors) are on the
+# web only and are not read here; its work mode (asleep or not) is asked of a miner that hashes
+# nothing (the driver's ``lean_state``). S19s refuse "summary+stats": one connection each.
+
+
+def parse_bmminer(sections: Sections) -> Telemetry:
+    stats = sections["stats"]["STATS"][1]
+    boards = sorted(int(key.removeprefix("chain_rate")) for key in stats if key.startswith("chain_rate"))
+    rates = [float(stats[f"chain_rate{n}"] or 0) for n in boards]
+    if any(rates):
+        hashrate = sum(rates) / GHS_PER_THS
+    else:
+        hashrate = float(sections["summary"]["SUMMARY"][0]["GHS 5s"] or 0) / GHS_PER_THS
+    temps = []
+    for n in boards:
+        chip, pcb = stats.get(f"temp2_{n}"), stats.get(f"temp{n}")
+        if chip:
+            temps.append(float(chip))
+        elif pcb:
+            temps.append(float(pcb))
+    offset = 5 if not any(stats.get(f"fan{n}") for n in range(1, 5)) and any(
+        stats.get(f"fan{n}") for n in range(5, 9)
+    ) else 1
+    fans = tuple(int(stats.get(f"fan{offset + i}", 0)) for i in range(int(stats.get("fan_num", 4))))
+    return Telemetry(
+        watts=None,
+        limit_watts=None,
+        hashrate_ths=hashrate,
+        temperatures_c=tuple(temps),
+        fans_rpm=fans,
+        is_mining=hashrate > 0,
+    )
+
+
+BMMINER = LeanTelemetry("bmminer", ("summary", "stats"), parse_bmminer, split=True)
 
 
 def _number(value: object) -> float | None:

@@ -11,6 +11,7 @@ down over seconds); a wake by the firmware's state (boards boot for minutes, has
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -249,23 +250,33 @@ class PyasicMiner:
     async def _poll(self) -> Telemetry:
         """One poll: the lean multicommand where the firmware answers it, else pyasic's get_data.
 
-        A lean answer that cannot be read is judged by a probe: a miner that is gone, silent
-        or garbling is that failure, as on pyasic's path; a healthy one simply does not answer
-        this way (an older firmware, a refused multicommand), and is read through pyasic from
-        then on.
+        A lean answer that cannot be read is judged by a probe of the CGMiner port. Healthy, the
+        firmware simply does not answer this way (an older version, a refused multicommand): it
+        is read through pyasic from then on. Silent, it is a TIMEOUT at once (a second wait
+        would double a hung miner's cost). Closed or garbling, this poll goes through pyasic,
+        which reads what the miner's other APIs still tell (a stock Antminer's web CGI while
+        bmminer restarts) and diagnoses the miner itself when nothing answers.
         """
         lean = self._lean
         if lean is not None:
             port, seconds = probe_port(self._miner), self._deadlines.call_s
             try:
-                return await within(self.device_id, "read", lean.read(self.device_id, port), seconds)
+                poll = await within(self.device_id, "read", lean.read(self.device_id, port), seconds)
             except NotLean as err:
-                symptom = str(err)
-            failure, seen = await probe(self.device_id, port, seconds)
-            if failure is not None:
-                raise self._error(failure, f"read: {symptom} ({seen})")
-            log.warning("%s: %s; reading it through pyasic from now on", self.device_id, symptom)
-            self._lean = None
+                failure, seen = await probe(self.device_id, port, seconds)
+                if failure is None:
+                    log.warning("%s: %s; reading it through pyasic from now on", self.device_id, err)
+                    self._lean = None
+                elif failure is Failure.TIMEOUT:
+                    raise self._error(failure, f"read: {err} ({seen})") from None
+            except DeviceError as err:
+                if err.failure is Failure.TIMEOUT:
+                    raise
+            else:
+                state = self._traits.lean_state
+                if state is not None and not (poll.hashrate_ths or 0.0) > 0.0:
+                    poll = dataclasses.replace(poll, is_mining=await self._query(state, "read"))
+                return poll
         return _telemetry(await self._get_data(READ_ITEMS, "read"))
 
     async def _get_data(self, items: Iterable[str], action: str) -> Any:

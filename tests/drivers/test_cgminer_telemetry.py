@@ -10,6 +10,7 @@ path, never to a wrong reading. Its parsers also read replies recorded from real
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,21 +21,33 @@ from simulated_miners import FAST_PHYSICS, SIM_KINDS, TEST_DEADLINES, SimKind, c
 
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.cgminer_telemetry import (
+    BMMINER,
     BOSMINER,
+    BTMINER,
     LUXOS,
     MAX_REPLY_BYTES,
     NotLean,
     parse_bosminer,
+    parse_btminer,
     split_sections,
 )
-from wattshift.drivers.pyasic_backends import import_pyasic, traits_for
+from wattshift.drivers.pyasic_backends import identify, import_pyasic, traits_for
 from wattshift.drivers.pyasic_miner import PyasicMiner
-from wattshift.model.miner import Failure
+from wattshift.model.miner import Failure, PowerControl
+from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.braiins import BosminerApi, BraiinsMiner
 from wattshift.simulators.miner import Fault, SimulatedMiner
 
 CAPTURES = Path(__file__).parent.parent / "fixtures" / "captures"
-LEAN_KINDS = [kind for kind in SIM_KINDS if kind.firmware in ("braiins", "luxos")]
+ANTMINER = SimKind("antminer", AntminerMiner, "Antminer S21", "127.0.31", PowerControl.ON_OFF)
+# Every firmware whose polls take the lean path, and the commands one poll sends.
+LEAN_KINDS = [*SIM_KINDS, ANTMINER]
+POLL_COMMANDS = {
+    "braiins": BOSMINER.commands,
+    "luxos": LUXOS.commands,
+    "whatsminer": BTMINER.commands,
+    "antminer": BMMINER.commands,
+}
 BRAIINS = next(kind for kind in SIM_KINDS if kind.firmware == "braiins")
 
 
@@ -67,9 +80,8 @@ async def frozen_sim(lean_kind: SimKind) -> AsyncIterator[tuple[SimulatedMiner, 
 
 async def both_paths(sim: SimulatedMiner) -> tuple[PyasicMiner, PyasicMiner]:
     """The same miner behind the lean path and behind pyasic's get_data alone."""
-    pyasic = import_pyasic()
-    lean = await PyasicMiner.open(await pyasic.get_miner(sim.host), deadlines=TEST_DEADLINES)
-    miner = await pyasic.get_miner(sim.host)
+    lean = await PyasicMiner.open(await identify(sim.host), deadlines=TEST_DEADLINES)
+    miner = await identify(sim.host)
     plain = PyasicMiner(
         miner, lean.capability, traits=dataclasses.replace(traits_for(miner), lean=None), deadlines=TEST_DEADLINES
     )
@@ -88,7 +100,8 @@ async def test_the_lean_reading_equals_pyasics_get_data(frozen_sim: tuple[Simula
     assert by_lean.hashrate_ths == pytest.approx(by_pyasic.hashrate_ths, rel=1e-9)
     assert by_lean.hashrate_ths > 0
     assert dataclasses.replace(by_lean, hashrate_ths=None) == dataclasses.replace(by_pyasic, hashrate_ths=None)
-    assert by_lean.temperatures_c and by_lean.fans_rpm and by_lean.watts
+    assert by_lean.temperatures_c and by_lean.fans_rpm and by_lean.mining is True
+    assert (by_lean.watts is None) is isinstance(sim, AntminerMiner)  # stock firmware reports no power
 
 
 async def test_the_lean_reading_equals_pyasics_while_asleep(frozen_sim: tuple[SimulatedMiner, FrozenClock]) -> None:
@@ -101,13 +114,35 @@ async def test_the_lean_reading_equals_pyasics_while_asleep(frozen_sim: tuple[Si
     assert by_lean.hashrate_ths == 0.0 and by_lean.booting is False
 
 
+async def test_a_booting_miner_reads_as_booting_on_both_paths(
+    frozen_sim: tuple[SimulatedMiner, FrozenClock],
+) -> None:
+    """Woken, its boards booting, it hashes nothing: the lean path asks the firmware's own word
+    (pyasic's) whether it mines, as get_data does."""
+    sim, clock = frozen_sim
+    sim.physics.sleep(settled=True)
+    clock.now += 600.0
+    sim.physics.wake_boot_s = 300.0
+    sim.physics.wake()
+    clock.now += 1.0
+    lean, plain = await both_paths(sim)
+    by_lean, by_pyasic = await lean.read(), await plain.read()
+    if isinstance(sim, AntminerMiner):
+        # Stock firmware's status lights are on its web CGI only, which the lean path does not
+        # read: its "rate" light warns of boards that hash nothing, which booting already says.
+        assert by_pyasic.errors and by_lean.errors == ()
+        by_pyasic = dataclasses.replace(by_pyasic, errors=())
+    assert by_lean == by_pyasic
+    assert by_lean.hashrate_ths == 0.0
+    assert by_lean.booting is (sim.firmware != "luxos")  # LuxOS tells nothing of its boards
+
+
 async def test_a_poll_is_one_multicommand_on_4028(frozen_sim: tuple[SimulatedMiner, FrozenClock]) -> None:
     sim, _ = frozen_sim
     lean, _plain = await both_paths(sim)
     sim.commands_received.clear()
     await lean.read()
-    expected = BOSMINER.commands if isinstance(sim, BraiinsMiner) else LUXOS.commands
-    assert sim.commands_received == list(expected)
+    assert sorted(sim.commands_received) == sorted(POLL_COMMANDS[sim.firmware])
 
 
 # -- what the lean path cannot read goes to pyasic -----------------------------------------------
@@ -287,3 +322,62 @@ def test_a_luxos_reply_without_the_active_profile_has_no_limit() -> None:
     reply = luxos_capture()
     reply["config"][0]["CONFIG"][0]["Profile"] = "gone"
     assert LUXOS.decode(json.dumps(reply).encode()).limit_watts is None
+
+
+def capture(name: str) -> dict[str, Any]:
+    return json.loads((CAPTURES / name).read_text())  # type: ignore[no-any-return]
+
+
+def pyasic_miner(miner_type: str, model: str) -> Any:
+    factory = import_pyasic().miners.factory
+    return factory.MINER_CLASSES[factory.MinerTypes[miner_type]][model]("127.0.0.1")
+
+
+async def test_bmminer_parser_reads_a_real_stock_s19_pro() -> None:
+    """Stock firmware on an S19 Pro: three boards and an empty fourth chain (``chain_rate4``
+    is ""), fans 1-4; its summary and stats come on a connection each (split)."""
+    summary, stats = capture("bmminer_s19pro_summary.json"), capture("bmminer_s19pro_stats.json")
+    assert BMMINER.split
+    telemetry = BMMINER.parse({"summary": summary, "stats": stats})
+    miner = pyasic_miner("ANTMINER", "ANTMINER S19 PRO")
+    bmminer = import_pyasic().miners.backends.bmminer.BMMiner
+    boards = await bmminer._get_hashboards(miner, rpc_stats=stats)  # pyasic's parser of this API
+    assert telemetry.hashrate_ths == pytest.approx(sum(float(b.hashrate) for b in boards if b.hashrate is not None))
+    assert telemetry.hashrate_ths == pytest.approx((37603.30 + 35536.22 + 37427.38) / 1000)
+    assert telemetry.fans_rpm == tuple(int(f.speed) for f in await miner._get_fans(rpc_stats=stats))
+    assert telemetry.temperatures_c == (78.0, 71.0, 69.0)  # temp2_<n>: the chips
+    assert telemetry.watts is None and telemetry.is_mining is True
+
+
+async def test_btminer_parser_reads_a_real_whatsminer_v2() -> None:
+    summary, devs = capture("btminer_v2_summary.json"), capture("btminer_v2_devs.json")
+    reply = json.dumps({"summary": [summary], "devs": [devs], "id": 1}).encode()
+    telemetry = BTMINER.decode(reply)
+    miner = pyasic_miner("WHATSMINER", "M30S++VE40")
+    assert telemetry.watts == await miner._get_wattage(rpc_summary=summary) == 3200
+    assert telemetry.limit_watts == await miner._get_wattage_limit(rpc_summary=summary) == 3300
+    assert telemetry.fans_rpm == tuple(int(f.speed) for f in await miner._get_fans(rpc_summary=summary))
+    # This firmware sends "MHS av" and no "MHS 1m": pyasic reads no hashrate, the lean path does.
+    assert await miner._get_hashrate(rpc_summary=summary) is None
+    assert telemetry.hashrate_ths == pytest.approx(41.5 + 41.8 + 41.7)
+    assert telemetry.temperatures_c == (72.0, 72.0, 74.0)  # the chips' average, rounded as pyasic does
+
+
+def test_whatsminer_error_codes_are_worded_as_pyasic_words_them() -> None:
+    summary = capture("btminer_v2_summary.json")
+    summary["SUMMARY"][0].update({"Error Code Count": 2, "Error Code 0": 110, "Error Code 1": 0})
+    sections = {"summary": summary, "devs": capture("btminer_v2_devs.json")}
+    import_pyasic()
+    errors = importlib.import_module("pyasic.data.error_codes").WhatsminerError
+    assert parse_btminer(sections).errors == (errors(error_code=110).error_message,)
+    assert parse_btminer(sections).errors[0]  # a text, not an empty message
+
+
+def test_the_mining_state_query_is_pyasics_own_data_function() -> None:
+    """The lean path asks a miner that hashes nothing pyasic's ``_is_mining`` (private, stable
+    through 0.79.x: each backend's DataLocations names it); fail here the day it goes."""
+    for miner_type, model in (("WHATSMINER", "M60SVK10"), ("ANTMINER", "ANTMINER S21")):
+        miner = pyasic_miner(miner_type, model)
+        assert traits_for(miner).lean_state is not None
+        assert miner.data_locations.is_mining.cmd == "_is_mining"
+        assert callable(miner._is_mining)
