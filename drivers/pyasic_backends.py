@@ -18,7 +18,7 @@ from typing import Any
 
 from wattshift.model.miner import PowerControl
 
-from .cgminer_telemetry import BMMINER, BOSMINER, BTMINER, LUXOS, LeanTelemetry
+from .cgminer_telemetry import BMMINER, BOSMINER, BTMINER, LUXOS, VNISH, LeanReader
 from .pyasic_import import import_pyasic as import_pyasic  # where the rest of wattshift finds it
 from .pyasic_queries import BOSER_RANGE, BOSER_STATE, PYASIC_IS_MINING, Query
 
@@ -55,7 +55,7 @@ class BackendTraits:
     false_set_is_unconfirmed: bool = False
     # Polls go over the firmware's CGMiner API in one multicommand where it costs less than
     # pyasic's get_data (cgminer_telemetry; measured in benchmarks/telemetry_cycle.py).
-    lean: LeanTelemetry | None = None
+    lean: LeanReader | None = None
     # On the lean path, asked of a miner that hashes nothing: is it mining (booting) or not?
     # (The lean multicommand cannot tell; a miner that hashes is mining.)
     lean_state: Query | None = None
@@ -89,7 +89,7 @@ BACKENDS: Mapping[str, BackendTraits] = {
         lean=LUXOS,
     ),
     # pyasic issue #430: VNish set_power_limit always returns False in 0.79.0.
-    "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF),
+    "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF, lean=VNISH),
     # Stock Antminer: sleep/normal only, and a mode change restarts it.
     "pyasic.miners.backends.antminer.AntminerModern": BackendTraits(
         "antminer", PowerControl.ON_OFF, lean=BMMINER, lean_state=PYASIC_IS_MINING

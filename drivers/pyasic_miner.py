@@ -261,7 +261,7 @@ class PyasicMiner:
         if lean is not None:
             port, seconds = probe_port(self._miner), self._deadlines.call_s
             try:
-                poll = await within(self.device_id, "read", lean.read(self.device_id, port), seconds)
+                poll = await within(self.device_id, "read", lean.read(self._miner), seconds)
             except NotLean as err:
                 failure, seen = await probe(self.device_id, port, seconds)
                 if failure is None:

@@ -29,6 +29,7 @@ from wattshift.drivers.cgminer_telemetry import (
     NotLean,
     parse_bosminer,
     parse_btminer,
+    split_http,
     split_sections,
 )
 from wattshift.drivers.pyasic_backends import identify, import_pyasic, traits_for
@@ -37,16 +38,19 @@ from wattshift.model.miner import Failure, PowerControl
 from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.braiins import BosminerApi, BraiinsMiner
 from wattshift.simulators.miner import Fault, SimulatedMiner
+from wattshift.simulators.vnish import VNishMiner
 
 CAPTURES = Path(__file__).parent.parent / "fixtures" / "captures"
 ANTMINER = SimKind("antminer", AntminerMiner, "Antminer S21", "127.0.31", PowerControl.ON_OFF)
-# Every firmware whose polls take the lean path, and the commands one poll sends.
-LEAN_KINDS = [*SIM_KINDS, ANTMINER]
+VNISH = SimKind("vnish", VNishMiner, "Antminer S21", "127.0.32", PowerControl.ON_OFF)
+# Every firmware whose polls take the lean path, and the requests one poll sends.
+LEAN_KINDS = [*SIM_KINDS, ANTMINER, VNISH]
 POLL_COMMANDS = {
     "braiins": BOSMINER.commands,
     "luxos": LUXOS.commands,
     "whatsminer": BTMINER.commands,
     "antminer": BMMINER.commands,
+    "vnish": ("stats", "GET /api/v1/summary", "GET /api/v1/settings"),
 }
 BRAIINS = next(kind for kind in SIM_KINDS if kind.firmware == "braiins")
 
@@ -137,9 +141,10 @@ async def test_a_booting_miner_reads_as_booting_on_both_paths(
     assert by_lean.booting is (sim.firmware != "luxos")  # LuxOS tells nothing of its boards
 
 
-async def test_a_poll_is_one_multicommand_on_4028(frozen_sim: tuple[SimulatedMiner, FrozenClock]) -> None:
+async def test_a_poll_is_one_round_trip_per_api(frozen_sim: tuple[SimulatedMiner, FrozenClock]) -> None:
     sim, _ = frozen_sim
     lean, _plain = await both_paths(sim)
+    await lean.read()  # the first may log on (VNish: pyasic's unlock for a web token)
     sim.commands_received.clear()
     await lean.read()
     assert sorted(sim.commands_received) == sorted(POLL_COMMANDS[sim.firmware])
@@ -381,3 +386,27 @@ def test_the_mining_state_query_is_pyasics_own_data_function() -> None:
         assert traits_for(miner).lean_state is not None
         assert miner.data_locations.is_mining.cmd == "_is_mining"
         assert callable(miner._is_mining)
+
+
+async def test_vnish_logs_on_again_through_pyasic_when_its_token_is_forgotten() -> None:
+    sim = VNISH.build(22)
+    async with sim:
+        driver = await PyasicMiner.open(await identify(sim.host), deadlines=TEST_DEADLINES)
+        await driver.read()
+        assert isinstance(sim, VNishMiner)
+        sim._tokens.clear()  # what a reboot of the controller does to them
+        sim.commands_received.clear()
+        reading = await driver.read()
+        assert "POST /api/v1/unlock" in sim.commands_received and driver.polls_lean
+        assert reading.watts == pytest.approx(sim.physics.power_watts(), abs=1.0)
+    await collect_pyasic_leftovers()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"garbage", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}"],
+    ids=["empty", "not-http", "chunked"],
+)
+def test_an_answer_that_is_not_plain_http_is_not_lean(raw: bytes) -> None:
+    with pytest.raises(NotLean):
+        split_http(raw)
