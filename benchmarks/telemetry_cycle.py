@@ -9,12 +9,18 @@ any client must do. Each firmware's simulators run in a process of their own
 (``python -m wattshift.simulators.serve``), so ``time.process_time()`` here counts only the
 client; the simulators' CPU still shares the machine, so the wall-clock cycle is an upper bound.
 
-Per firmware, each path polls only that firmware's miners (its CPU per miner; the peer a sample
-of them, ``--peer-sample``, since it costs up to 40 times more); then each path polls the whole
-site at once (the cycle). Ratios to the peer hold on a noisy machine where seconds do not.
+Per firmware, each path polls only that firmware's miners (its CPU per miner); then each path
+polls the whole site at once (the cycle). The peer costs up to a hundred times more CPU, so it
+identifies and polls ``--peer-sample`` miners of each firmware (all of them with a sample as large
+as the site: ``--peer-sample 10000``); its SITE row is then its cycle over that sample, mixed as
+the site is. Ratios to the peer are per miner, and hold on a noisy machine where seconds do not.
+
+With ``--workers 1 2``, the site is then also polled by that many worker processes, each owning
+an even share of the miners with a fleet of its own (what a daemon split into shards would do):
+the cycle is the wall time from asking every worker to poll until the last has answered.
 
     python benchmarks/telemetry_cycle.py [--count 10000] [--peer-sample 250] [--firmware braiins ...]
-                                         [--no-peer]
+                                         [--no-peer] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from wattshift.drivers.base import DeviceError
@@ -149,6 +157,56 @@ class Wattshift:
         return f"{lean}/{len(drivers)}"
 
 
+# -- shards: the site split over worker processes ------------------------------------------------
+
+
+def _worker(conn: Connection, hosts_by_firmware: dict[str, list[str]]) -> None:
+    """One shard: build its fleet, then poll its miners each time it is asked."""
+    loop = asyncio.new_event_loop()
+    everyone = [h for hosts in hosts_by_firmware.values() for h in hosts]
+    ours = Wattshift(hosts_by_firmware)
+    built = loop.run_until_complete(ours.identify(everyone))
+    conn.send(built)
+    while conn.recv() == "poll":
+        timing = loop.run_until_complete(timed(len(everyone), lambda: ours.poll(everyone)))
+        conn.send((timing.cpu_s, timing.ok))
+    loop.run_until_complete(ours.fleet.close())
+    loop.close()
+
+
+def sharded_cycle(hosts_by_firmware: dict[str, list[str]], workers: int) -> dict[str, float]:
+    """The site polled by ``workers`` processes, each over every ``workers``-th miner of each firmware."""
+    context = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    for w in range(workers):
+        share = {fw: hosts[w::workers] for fw, hosts in hosts_by_firmware.items()}
+        parent, child = context.Pipe()
+        proc = context.Process(target=_worker, args=(child, share), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        built = sum(pipe.recv() for pipe in pipes)
+        cycles = []
+        for _ in range(2):  # the first settles each driver's path; the second is timed
+            start = time.perf_counter()
+            for pipe in pipes:
+                pipe.send("poll")
+            answers = [pipe.recv() for pipe in pipes]
+            cycles.append((time.perf_counter() - start, answers))
+        wall, answers = cycles[-1]
+        miners = sum(len(hosts) for hosts in hosts_by_firmware.values())
+        cpu = sum(a[0] for a in answers)
+        return {"workers": workers, "built": built, "ok": sum(a[1] for a in answers),
+                "cycle_s": wall, "cpu_ms_per_miner": cpu / miners * 1000.0,
+                "busiest_worker_cpu_s": max(a[0] for a in answers)}
+    finally:
+        for pipe in pipes:
+            pipe.send("stop")
+        for proc in procs:
+            proc.join(timeout=60)
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -179,9 +237,10 @@ async def measure(hosts_by_firmware: dict[str, list[str]], peer: bool, peer_samp
 
     progress(f"wattshift: building {len(everyone)} drivers (firmware named in the site file) ...")
     result["wattshift_identify"] = await timed(len(everyone), lambda: ours.identify(everyone))
+    sampled = [h for hosts in hosts_by_firmware.values() for h in hosts[:peer_sample]]
     if plain is not None:
-        progress(f"pyasic: get_miner on {len(everyone)} addresses ...")
-        result["pyasic_identify"] = await timed(len(everyone), lambda: plain.identify(everyone))
+        progress(f"pyasic: get_miner on {len(sampled)} addresses ...")
+        result["pyasic_identify"] = await timed(len(sampled), lambda: plain.identify(sampled))
 
     for firmware, hosts in hosts_by_firmware.items():
         row: dict[str, Any] = {"miners": len(hosts), "lean": ours.lean_share(hosts)}
@@ -198,14 +257,15 @@ async def measure(hosts_by_firmware: dict[str, list[str]], peer: bool, peer_samp
     result["site_floor"] = await timed(len(everyone), lambda: floor.poll(everyone))
     result["site_wattshift"] = await timed(len(everyone), lambda: ours.poll(everyone))
     if plain is not None:
-        result["site_pyasic"] = await timed(len(everyone), lambda: plain.poll(everyone))
+        progress(f"pyasic: {len(sampled)} miners of every firmware in one cycle ...")
+        result["site_pyasic"] = await timed(len(sampled), lambda: plain.poll(sampled))
     await ours.fleet.close()
     return result
 
 
 def report(result: dict[str, Any]) -> None:
     header = ["firmware", "miners", "lean", "ok", "cycle_s", "cpu_ms/miner",
-              "pyasic_ok", "pyasic_s", "pyasic_cpu_ms/miner", "pyasic_cpu/ours", "floor_cpu_ms/miner"]
+              "pyasic_ok/of", "pyasic_s", "pyasic_cpu_ms/miner", "pyasic_cpu/ours", "floor_cpu_ms/miner"]
     rows = []
     for firmware, row in result["per_firmware"].items():
         columns = _columns(row["wattshift"], row.get("pyasic"), row["floor"])
@@ -230,7 +290,7 @@ def _columns(ours: Timing, peer: Timing | None, floor: Timing) -> list[object]:
     else:
         # Per miner: the peer may have polled a sample of the miners.
         ratio = peer.cpu_ms_per_miner / ours.cpu_ms_per_miner if ours.cpu_s else float("inf")
-        columns += [peer.ok, f"{peer.wall_s:.2f}", f"{peer.cpu_ms_per_miner:.3f}", f"{ratio:.1f}x"]
+        columns += [f"{peer.ok}/{peer.miners}", f"{peer.wall_s:.2f}", f"{peer.cpu_ms_per_miner:.3f}", f"{ratio:.1f}x"]
     return [*columns, f"{floor.cpu_ms_per_miner:.3f}"]
 
 
@@ -240,6 +300,7 @@ def main() -> int:
     parser.add_argument("--firmware", nargs="*", default=list(FIRST_ADDRESS), choices=list(FIRST_ADDRESS))
     parser.add_argument("--peer-sample", type=int, default=250, help="miners per firmware the peer polls alone")
     parser.add_argument("--no-peer", action="store_true", help="skip plain pyasic (faster; no ratios)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="also poll the site over N worker processes")
     args = parser.parse_args()
     counts = split(args.count, args.firmware)
     procs: list[subprocess.Popen[str]] = []
@@ -251,13 +312,21 @@ def main() -> int:
             procs.append(proc)
             hosts_by_firmware[firmware] = hosts
         result = asyncio.run(measure(hosts_by_firmware, peer=not args.no_peer, peer_sample=args.peer_sample))
+        shards = []
+        for workers in args.workers:
+            progress(f"the whole site over {workers} worker process(es), each with its share ...")
+            shards.append(sharded_cycle(hosts_by_firmware, workers))
     finally:
         for proc in procs:
             proc.communicate(input="", timeout=120)
     print(f"telemetry cycle: {args.count} simulated miners ({', '.join(f'{fw} {n}' for fw, n in counts.items())}), "
-          f"concurrency {CONCURRENCY}; cpu = this process only (simulators run apart); per firmware the peer "
-          f"(plain pyasic get_miner + get_data()) polls {args.peer_sample} of each, the SITE row polls every miner")
+          f"concurrency {CONCURRENCY}; cpu = this process only (simulators run apart); the peer, plain pyasic "
+          f"(get_miner + get_data()), polls up to {args.peer_sample} of each firmware")
     report(result)
+    for shard in shards:
+        print(f"{shard['workers']} worker(s): cycle {shard['cycle_s']:.2f} s, {shard['ok']}/{args.count} read, "
+              f"{shard['cpu_ms_per_miner']:.3f} ms of client CPU per miner in all, "
+              f"the busiest worker {shard['busiest_worker_cpu_s']:.2f} s")
     return 0
 
 

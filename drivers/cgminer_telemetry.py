@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,7 +86,7 @@ class LeanTelemetry:
         host, port = str(miner.ip), probe_port(miner)
         if not self.split:
             return self.decode(await exchange(host, port, self.request, max_bytes=MAX_REPLY_BYTES))
-        replies = await asyncio.gather(
+        replies = await _all(
             *(exchange(host, port, _request((command,)), max_bytes=MAX_REPLY_BYTES) for command in self.commands)
         )
         sections: dict[str, Mapping[str, Any]] = {}
@@ -103,6 +103,16 @@ class LeanTelemetry:
         except (LookupError, TypeError, ValueError, AttributeError) as err:
             problem = f"{type(err).__name__}: {err}"
         raise NotLean(f"{self.name} telemetry lacks what it should hold ({problem})")
+
+
+async def _all(*calls: Awaitable[Any]) -> list[Any]:
+    """Every call at once; the first failure is raised once all have ended, so no request is
+    left running unwatched (plain gather would leave the others to finish on their own)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _request(commands: Sequence[str]) -> bytes:
@@ -370,7 +380,7 @@ class VNishTelemetry:
         host = str(miner.ip)
         if not miner.web.token:
             await _vnish_log_on(miner.web)
-        stats_raw, summary, settings = await asyncio.gather(
+        stats_raw, summary, settings = await _all(
             exchange(host, probe_port(miner), _request(("stats",)), max_bytes=MAX_REPLY_BYTES),
             _vnish_get(miner, "summary"),
             _vnish_get(miner, "settings"),
