@@ -1,22 +1,32 @@
-"""Telemetry in one round trip: the firmware's own CGMiner-compatible API on TCP 4028, asked
-one multicommand per poll, read into the numbers a poll needs and nothing else.
+"""Telemetry in one round trip per API: the firmware's own CGMiner-compatible API on TCP 4028
+(one multicommand, or one command), read into the numbers a poll needs and nothing else.
 
-Why not pyasic's ``get_data`` (benchmarks/telemetry_cycle.py measures both, side by side): on
+Why not pyasic's ``get_data`` (benchmarks/telemetry_cycle.py measures both in the same run): on
 Braiins OS+ pyasic 0.79 opens a fresh HTTP/2 channel for each of four gRPC calls per poll and
-spends most of its CPU building betterproto messages (``GetHashboards`` alone is half of it),
-about 12 ms per miner; LuxOS's one multicommand costs about 1 ms, most of it in building
-pyasic's pydantic ``MinerData``. The same numbers come over port 4028 in one multicommand
-(``summary+devs+temps+fans+tunerstatus`` on BOSminer) for about a tenth of that.
+spends most of its CPU building betterproto messages (``GetHashboards`` alone is half of it);
+on stock Antminer and VNish it builds a new httpx client (digest authentication on the former)
+for each web request; on LuxOS and Whatsminer most of its CPU goes to pyasic's own command
+checks (``dir()`` of the API class per multicommand) and pydantic's ``MinerData``. The numbers
+a poll needs come over port 4028 for a fraction of that:
+
+- Braiins OS+: ``summary+devs+temps+fans+tunerstatus`` (BOSminer);
+- LuxOS: ``power+stats+fans+config+profiles``;
+- Whatsminer API v2: ``summary+devs`` (btminer takes no ``get_*`` or ``status`` in one);
+- stock Antminer: ``stats`` (bmminer; S19s refuse multicommands);
+- VNish: bmminer's ``stats``, with its web API's ``summary`` and ``settings`` (its draw, state
+  and preset are there only), at once over plain sockets on pyasic's own login token.
 
 This is telemetry only. Every command, and every read-back that confirms one, stays on pyasic
-(drivers/pyasic_miner.py). Each parser reads the keys pyasic's own parsers of the same API read
-(named at each parser), so a lean reading equals the one ``get_data`` gives for the same miner,
-and tests/drivers/test_cgminer_telemetry.py compares the two over real sockets.
+(drivers/pyasic_miner.py), and so does everything a lean poll cannot tell (whether a miner that
+hashes nothing is booting: the driver's ``state_query``/``lean_state``). Each parser reads the
+keys pyasic's own parsers of the same API read (named at each parser), so a lean reading equals
+the one ``get_data`` gives for the same miner; tests/drivers/test_cgminer_telemetry.py compares
+the two over real sockets and runs the parsers on replies recorded from real firmware.
 
 A firmware that answers but not as the parser expects (an error ``STATUS``, a multicommand it
 refuses, a key missing, bytes that are not plain JSON) raises :class:`NotLean`; the driver then
-reads that miner through pyasic's ``get_data`` from then on. Connection failures and timeouts
-propagate as ``OSError``/``TimeoutError`` for the driver's own deadline and diagnosis.
+reads that miner through pyasic's ``get_data``. Connection failures and timeouts propagate as
+``OSError``/``TimeoutError`` for the driver's own deadline and diagnosis.
 """
 
 from __future__ import annotations
@@ -72,27 +82,16 @@ class LeanTelemetry:
     name: str  # "BOSminer", for messages
     commands: tuple[str, ...]
     parse: Callable[[Sections], Telemetry]  # raises LookupError/TypeError/ValueError on a bad shape
-    # Each command on its own connection, at once: for firmware that does not take "a+b"
-    # (stock Antminer S19s; pyasic falls back the same way).
-    split: bool = False
 
     @property
     def request(self) -> bytes:
         return _request(self.commands)
 
     async def read(self, miner: Any) -> Telemetry:
-        """One round trip to the pyasic ``miner``'s CGMiner port (one per command if split);
-        NotLean where the answer is not what :attr:`parse` reads."""
-        host, port = str(miner.ip), probe_port(miner)
-        if not self.split:
-            return self.decode(await exchange(host, port, self.request, max_bytes=MAX_REPLY_BYTES))
-        replies = await _all(
-            *(exchange(host, port, _request((command,)), max_bytes=MAX_REPLY_BYTES) for command in self.commands)
-        )
-        sections: dict[str, Mapping[str, Any]] = {}
-        for command, raw in zip(self.commands, replies, strict=True):
-            sections.update(split_sections(raw, (command,)))
-        return self._parsed(sections)
+        """One round trip to the pyasic ``miner``'s CGMiner port; NotLean where the answer is
+        not what :attr:`parse` reads."""
+        raw = await exchange(str(miner.ip), probe_port(miner), self.request, max_bytes=MAX_REPLY_BYTES)
+        return self.decode(raw)
 
     def decode(self, raw: bytes) -> Telemetry:
         return self._parsed(split_sections(raw, self.commands))
@@ -318,17 +317,15 @@ BTMINER = LeanTelemetry("btminer", ("summary", "devs"), parse_btminer)
 # the PCB (as recorded from an S21 XP, asic-rs test data), ``fan<n>`` (pyasic's BMMiner._get_fans
 # offset rule). Stock firmware reports no power. Its status lights (pyasic's errors) are on the
 # web only and are not read here; its work mode (asleep or not) is asked of a miner that hashes
-# nothing (the driver's ``lean_state``). S19s refuse "summary+stats": one connection each.
+# nothing (the driver's ``lean_state``). One command, so no multicommand (which S19s refuse).
 
 
 def parse_bmminer(sections: Sections) -> Telemetry:
     stats = sections["stats"]["STATS"][1]
     boards = _bmminer_boards(stats)
     rates = [float(stats[f"chain_rate{n}"] or 0) for n in boards]
-    if any(rates):
-        hashrate = sum(rates) / GHS_PER_THS
-    else:
-        hashrate = float(sections["summary"]["SUMMARY"][0]["GHS 5s"] or 0) / GHS_PER_THS
+    # Where the chains tell no rate, the total (the summary's "GHS 5s", which stats repeats).
+    hashrate = (sum(rates) if any(rates) else float(stats.get("GHS 5s") or 0)) / GHS_PER_THS
     temps = []
     for n in boards:
         chip, pcb = stats.get(f"temp2_{n}"), stats.get(f"temp{n}")
@@ -357,7 +354,7 @@ def _bmminer_fans(stats: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(stats.get(f"fan{offset + i}", 0)) for i in range(int(stats.get("fan_num", 4))))
 
 
-BMMINER = LeanTelemetry("bmminer", ("summary", "stats"), parse_bmminer, split=True)
+BMMINER = LeanTelemetry("bmminer", ("stats",), parse_bmminer)
 
 
 # -- VNish: bmminer's stats on 4028 and its web API's summary and settings -------------------------

@@ -340,10 +340,9 @@ def pyasic_miner(miner_type: str, model: str) -> Any:
 
 async def test_bmminer_parser_reads_a_real_stock_s19_pro() -> None:
     """Stock firmware on an S19 Pro: three boards and an empty fourth chain (``chain_rate4``
-    is ""), fans 1-4; its summary and stats come on a connection each (split)."""
+    is ""), fans 1-4; all from ``stats`` (one command: S19s refuse multicommands)."""
     summary, stats = capture("bmminer_s19pro_summary.json"), capture("bmminer_s19pro_stats.json")
-    assert BMMINER.split
-    telemetry = BMMINER.parse({"summary": summary, "stats": stats})
+    telemetry = BMMINER.decode(json.dumps(stats).encode())
     miner = pyasic_miner("ANTMINER", "ANTMINER S19 PRO")
     bmminer = import_pyasic().miners.backends.bmminer.BMMiner
     boards = await bmminer._get_hashboards(miner, rpc_stats=stats)  # pyasic's parser of this API
@@ -352,6 +351,11 @@ async def test_bmminer_parser_reads_a_real_stock_s19_pro() -> None:
     assert telemetry.fans_rpm == tuple(int(f.speed) for f in await miner._get_fans(rpc_stats=stats))
     assert telemetry.temperatures_c == (78.0, 71.0, 69.0)  # temp2_<n>: the chips
     assert telemetry.watts is None and telemetry.is_mining is True
+    # With no chain rates, the total: stats repeats the summary's "GHS 5s" (pyasic's raw hashrate).
+    for n in range(1, 5):
+        stats["STATS"][1][f"chain_rate{n}"] = ""
+    bare = BMMINER.decode(json.dumps(stats).encode())
+    assert bare.hashrate_ths == pytest.approx(float(summary["SUMMARY"][0]["GHS 5s"]) / 1000)
 
 
 async def test_btminer_parser_reads_a_real_whatsminer_v2() -> None:
