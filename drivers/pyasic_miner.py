@@ -158,7 +158,7 @@ class PyasicMiner:
 
     @property
     def polls_lean(self) -> bool:
-        """Whether polls go over the firmware's CGMiner API (cgminer_telemetry), not get_data."""
+        """Whether polls take the lean path (cgminer_telemetry) rather than pyasic's get_data."""
         return self._lean is not None
 
     async def set_power_limit(self, watts: float) -> float:
