@@ -1,13 +1,26 @@
-"""How long one full telemetry cycle takes over 1,000 simulated miners of each firmware, and
-how much client CPU each miner costs.
+"""One full telemetry cycle over a site of mixed firmware (10,000 simulated miners by default),
+and the client CPU each miner costs, per firmware, beside its peer measured in the same run.
 
-The simulators run in a separate process (``python -m wattshift.simulators.serve``), so
-``time.process_time()`` here counts only the client: wattshift's fleet and pyasic. The baseline,
-in the same run and over the same sockets, is one raw CGMiner ``summary`` round trip per miner
-without pyasic: the ratio says what the library costs above the wire, and holds on a noisy
-machine where absolute seconds do not.
+The peer is plain pyasic: ``pyasic.get_miner(ip)`` once, then ``miner.get_data()`` per poll,
+under a semaphore of 100. wattshift is its fleet (``MinerFleet.read_all``): the firmware's
+CGMiner API in one multicommand where that is cheaper (drivers/cgminer_telemetry.py), pyasic's
+``get_data`` elsewhere. The floor is one raw CGMiner ``summary`` round trip per miner, the least
+any client must do. Each firmware's simulators run in a process of their own
+(``python -m wattshift.simulators.serve``), so ``time.process_time()`` here counts only the
+client; the simulators' CPU still shares the machine, so the wall-clock cycle is an upper bound.
 
-    python benchmarks/telemetry_cycle.py [--count 1000] [--cycles 3] [--firmware luxos ...]
+Per firmware, each path polls only that firmware's miners (its CPU per miner); then each path
+polls the whole site at once (the cycle). The peer costs up to a hundred times more CPU, so it
+identifies and polls ``--peer-sample`` miners of each firmware (all of them with a sample as large
+as the site: ``--peer-sample 10000``); its SITE row is then its cycle over that sample, mixed as
+the site is. Ratios to the peer are per miner, and hold on a noisy machine where seconds do not.
+
+With ``--workers 1 2``, the site is then also polled by that many worker processes, each owning
+an even share of the miners with a fleet of its own (what a daemon split into shards would do):
+the cycle is the wall time from asking every worker to poll until the last has answered.
+
+    python benchmarks/telemetry_cycle.py [--count 10000] [--peer-sample 250] [--firmware braiins ...]
+                                         [--no-peer] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -15,18 +28,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
 from wattshift.drivers.base import DeviceError
+from wattshift.drivers.pyasic_backends import import_pyasic
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 
-FIRST_ADDRESS = {"luxos": "127.3.0.1", "whatsminer": "127.4.0.1", "braiins": "127.5.0.1"}
+# Each firmware's simulators on their own loopback /16 (one process each).
+FIRST_ADDRESS = {
+    "braiins": "127.160.0.1",
+    "luxos": "127.161.0.1",
+    "whatsminer": "127.162.0.1",
+    "antminer": "127.163.0.1",
+    "vnish": "127.164.0.1",
+}
 CONCURRENCY = 100
+CALL_S = 30.0  # generous: the benchmark measures cost, a miner cut short would be one not measured
 
 
 @dataclass
@@ -34,12 +58,24 @@ class Timing:
     wall_s: float
     cpu_s: float
     ok: int
+    miners: int
+
+    @property
+    def cpu_ms_per_miner(self) -> float:
+        return self.cpu_s / max(1, self.miners) * 1000.0
 
 
-async def timed(run: Callable[[], Awaitable[int]]) -> Timing:
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def timed(miners: int, run: Callable[[], Awaitable[int]]) -> Timing:
     wall, cpu = time.perf_counter(), time.process_time()
     ok = await run()
-    return Timing(time.perf_counter() - wall, time.process_time() - cpu, ok)
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu, ok, miners)
+
+
+# -- the three clients --------------------------------------------------------------------------
 
 
 async def raw_summary(host: str) -> bool:
@@ -53,48 +89,125 @@ async def raw_summary(host: str) -> bool:
         writer.close()
 
 
-async def measure(firmware: str, hosts: list[str], cycles: int) -> dict[str, object]:
-    gate = asyncio.Semaphore(CONCURRENCY)
+class Floor:
+    def __init__(self) -> None:
+        self.gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def baseline() -> int:
+    async def poll(self, hosts: Sequence[str]) -> int:
         async def one(host: str) -> bool:
-            async with gate:
-                return await raw_summary(host)
+            async with self.gate:
+                try:
+                    return await asyncio.wait_for(raw_summary(host), CALL_S)
+                except (OSError, TimeoutError):
+                    return False
 
         return sum(await asyncio.gather(*(one(h) for h in hosts)))
 
-    hinted = MinerFleet([MinerTarget(h, firmware=firmware) for h in hosts], FleetSettings(concurrency=CONCURRENCY))
-    await hinted.discover()
 
-    async def cycle() -> int:
-        readings = await hinted.read_all()
+class PlainPyasic:
+    """The peer: what a script on pyasic alone does."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Semaphore(CONCURRENCY)
+        self.miners: dict[str, Any] = {}
+
+    async def identify(self, hosts: Sequence[str]) -> int:
+        pyasic = import_pyasic()
+
+        async def one(host: str) -> None:
+            async with self.gate:
+                miner = await pyasic.get_miner(host)
+            if miner is not None:
+                self.miners[host] = miner
+
+        await asyncio.gather(*(one(h) for h in hosts))
+        return sum(1 for h in hosts if h in self.miners)
+
+    async def poll(self, hosts: Sequence[str]) -> int:
+        async def one(host: str) -> bool:
+            miner = self.miners.get(host)
+            if miner is None:
+                return False
+            async with self.gate:
+                try:
+                    data = await asyncio.wait_for(miner.get_data(), CALL_S)
+                except Exception:  # the peer as a script would run it: a failure is a miss
+                    return False
+            return data.wattage is not None or data.hashrate is not None
+
+        return sum(await asyncio.gather(*(one(h) for h in hosts)))
+
+
+class Wattshift:
+    def __init__(self, hosts_by_firmware: dict[str, list[str]]) -> None:
+        targets = [MinerTarget(h, firmware=fw) for fw, hosts in hosts_by_firmware.items() for h in hosts]
+        self.fleet = MinerFleet(targets, FleetSettings(concurrency=CONCURRENCY, identify_s=CALL_S))
+
+    async def identify(self, hosts: Sequence[str]) -> int:
+        found = await self.fleet.discover()
+        return sum(1 for h in hosts if not isinstance(found.get(h), DeviceError))
+
+    async def poll(self, hosts: Sequence[str]) -> int:
+        readings = await self.fleet.read(hosts)
         return sum(1 for r in readings.values() if not isinstance(r, DeviceError))
 
-    auto = MinerFleet([MinerTarget(h) for h in hosts], FleetSettings(concurrency=CONCURRENCY))
+    def lean_share(self, hosts: Iterable[str]) -> str:
+        drivers = [self.fleet.driver(h) for h in hosts]
+        lean = sum(1 for d in drivers if d is not None and d.polls_lean)
+        return f"{lean}/{len(drivers)}"
 
-    async def identify() -> int:
-        found = await auto.discover()
-        return sum(1 for r in found.values() if not isinstance(r, DeviceError))
 
-    identified = await timed(identify)
-    base = [await timed(baseline) for _ in range(cycles)]
-    runs = [await timed(cycle) for _ in range(cycles)]
-    wall = statistics.median(t.wall_s for t in runs)
-    cpu = statistics.median(t.cpu_s for t in runs)
-    base_wall = statistics.median(t.wall_s for t in base)
-    base_cpu = statistics.median(t.cpu_s for t in base)
-    return {
-        "firmware": firmware,
-        "miners": len(hosts),
-        "identified": identified.ok,
-        "identify_s": round(identified.wall_s, 2),
-        "read_ok": min(t.ok for t in runs),
-        "cycle_s": round(wall, 3),
-        "cpu_ms_per_miner": round(cpu / len(hosts) * 1000, 2),
-        "baseline_cycle_s": round(base_wall, 3),
-        "baseline_cpu_ms_per_miner": round(base_cpu / len(hosts) * 1000, 3),
-        "cpu_ratio_to_baseline": round(cpu / base_cpu, 1) if base_cpu else None,
-    }
+# -- shards: the site split over worker processes ------------------------------------------------
+
+
+def _worker(conn: Connection, hosts_by_firmware: dict[str, list[str]]) -> None:
+    """One shard: build its fleet, then poll its miners each time it is asked."""
+    loop = asyncio.new_event_loop()
+    everyone = [h for hosts in hosts_by_firmware.values() for h in hosts]
+    ours = Wattshift(hosts_by_firmware)
+    built = loop.run_until_complete(ours.identify(everyone))
+    conn.send(built)
+    while conn.recv() == "poll":
+        timing = loop.run_until_complete(timed(len(everyone), lambda: ours.poll(everyone)))
+        conn.send((timing.cpu_s, timing.ok))
+    loop.run_until_complete(ours.fleet.close())
+    loop.close()
+
+
+def sharded_cycle(hosts_by_firmware: dict[str, list[str]], workers: int) -> dict[str, float]:
+    """The site polled by ``workers`` processes, each over every ``workers``-th miner of each firmware."""
+    context = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    for w in range(workers):
+        share = {fw: hosts[w::workers] for fw, hosts in hosts_by_firmware.items()}
+        parent, child = context.Pipe()
+        proc = context.Process(target=_worker, args=(child, share), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        built = sum(pipe.recv() for pipe in pipes)
+        cycles = []
+        for _ in range(2):  # the first settles each driver's path; the second is timed
+            start = time.perf_counter()
+            for pipe in pipes:
+                pipe.send("poll")
+            answers = [pipe.recv() for pipe in pipes]
+            cycles.append((time.perf_counter() - start, answers))
+        wall, answers = cycles[-1]
+        miners = sum(len(hosts) for hosts in hosts_by_firmware.values())
+        cpu = sum(a[0] for a in answers)
+        return {"workers": workers, "built": built, "ok": sum(a[1] for a in answers),
+                "cycle_s": wall, "cpu_ms_per_miner": cpu / miners * 1000.0,
+                "busiest_worker_cpu_s": max(a[0] for a in answers)}
+    finally:
+        for pipe in pipes:
+            pipe.send("stop")
+        for proc in procs:
+            proc.join(timeout=60)
+
+
+# -- the run ------------------------------------------------------------------------------------
 
 
 def start_simulators(firmware: str, count: int) -> tuple[subprocess.Popen[str], list[str]]:
@@ -111,26 +224,109 @@ def start_simulators(firmware: str, count: int) -> tuple[subprocess.Popen[str], 
     return proc, json.loads(line)["hosts"]
 
 
+def split(total: int, firmwares: Sequence[str]) -> dict[str, int]:
+    share, extra = divmod(total, len(firmwares))
+    return {fw: share + (1 if i < extra else 0) for i, fw in enumerate(firmwares)}
+
+
+async def measure(hosts_by_firmware: dict[str, list[str]], peer: bool, peer_sample: int) -> dict[str, Any]:
+    everyone = [h for hosts in hosts_by_firmware.values() for h in hosts]
+    floor, ours = Floor(), Wattshift(hosts_by_firmware)
+    plain = PlainPyasic() if peer else None
+    result: dict[str, Any] = {"per_firmware": {}}
+
+    progress(f"wattshift: building {len(everyone)} drivers (firmware named in the site file) ...")
+    result["wattshift_identify"] = await timed(len(everyone), lambda: ours.identify(everyone))
+    sampled = [h for hosts in hosts_by_firmware.values() for h in hosts[:peer_sample]]
+    if plain is not None:
+        progress(f"pyasic: get_miner on {len(sampled)} addresses ...")
+        result["pyasic_identify"] = await timed(len(sampled), lambda: plain.identify(sampled))
+
+    for firmware, hosts in hosts_by_firmware.items():
+        row: dict[str, Any] = {"miners": len(hosts), "lean": ours.lean_share(hosts)}
+        progress(f"{firmware}: polling its {len(hosts)} miners alone, each path in turn ...")
+        row["floor"] = await timed(len(hosts), lambda hosts=hosts: floor.poll(hosts))
+        await ours.poll(hosts)  # a first poll settles each driver's path (lean, or pyasic's)
+        row["wattshift"] = await timed(len(hosts), lambda hosts=hosts: ours.poll(hosts))
+        if plain is not None:
+            sample = hosts[:peer_sample]
+            row["pyasic"] = await timed(len(sample), lambda sample=sample: plain.poll(sample))
+        result["per_firmware"][firmware] = row
+
+    progress(f"the whole site: {len(everyone)} miners in one cycle, each path in turn ...")
+    result["site_floor"] = await timed(len(everyone), lambda: floor.poll(everyone))
+    result["site_wattshift"] = await timed(len(everyone), lambda: ours.poll(everyone))
+    if plain is not None:
+        progress(f"pyasic: {len(sampled)} miners of every firmware in one cycle ...")
+        result["site_pyasic"] = await timed(len(sampled), lambda: plain.poll(sampled))
+    await ours.fleet.close()
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    header = ["firmware", "miners", "lean", "ok", "cycle_s", "cpu_ms/miner",
+              "pyasic_ok/of", "pyasic_s", "pyasic_cpu_ms/miner", "pyasic_cpu/ours", "floor_cpu_ms/miner"]
+    rows = []
+    for firmware, row in result["per_firmware"].items():
+        columns = _columns(row["wattshift"], row.get("pyasic"), row["floor"])
+        rows.append([firmware, row["miners"], row["lean"], *columns])
+    site = ["SITE", sum(r["miners"] for r in result["per_firmware"].values()), ""]
+    rows.append(site + _columns(result["site_wattshift"], result.get("site_pyasic"), result["site_floor"]))
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    for line in [header, *rows]:
+        print("  ".join(str(x).rjust(w) for x, w in zip(line, widths, strict=True)))
+    ident = result["wattshift_identify"]
+    print(f"start-up: wattshift built {ident.ok}/{ident.miners} drivers in {ident.wall_s:.1f} s", end="")
+    if "pyasic_identify" in result:
+        peer = result["pyasic_identify"]
+        print(f"; pyasic.get_miner identified {peer.ok}/{peer.miners} in {peer.wall_s:.1f} s", end="")
+    print()
+
+
+def _columns(ours: Timing, peer: Timing | None, floor: Timing) -> list[object]:
+    columns: list[object] = [ours.ok, f"{ours.wall_s:.2f}", f"{ours.cpu_ms_per_miner:.3f}"]
+    if peer is None:
+        columns += ["-", "-", "-", "-"]
+    else:
+        # Per miner: the peer may have polled a sample of the miners.
+        ratio = peer.cpu_ms_per_miner / ours.cpu_ms_per_miner if ours.cpu_s else float("inf")
+        columns += [f"{peer.ok}/{peer.miners}", f"{peer.wall_s:.2f}", f"{peer.cpu_ms_per_miner:.3f}", f"{ratio:.1f}x"]
+    return [*columns, f"{floor.cpu_ms_per_miner:.3f}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--count", type=int, default=10_000, help="miners in all, split evenly over the firmwares")
     parser.add_argument("--firmware", nargs="*", default=list(FIRST_ADDRESS), choices=list(FIRST_ADDRESS))
+    parser.add_argument("--peer-sample", type=int, default=250, help="miners per firmware the peer polls alone")
+    parser.add_argument("--no-peer", action="store_true", help="skip plain pyasic (faster; no ratios)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="also poll the site over N worker processes")
     args = parser.parse_args()
-    rows = []
-    for firmware in args.firmware:
-        print(f"{firmware}: starting {args.count} simulators in their own process ...", file=sys.stderr, flush=True)
-        proc, hosts = start_simulators(firmware, args.count)
-        try:
-            rows.append(asyncio.run(measure(firmware, hosts, args.cycles)))
-        finally:
+    counts = split(args.count, args.firmware)
+    procs: list[subprocess.Popen[str]] = []
+    hosts_by_firmware: dict[str, list[str]] = {}
+    try:
+        for firmware, count in counts.items():
+            progress(f"{firmware}: starting {count} simulators in their own process ...")
+            proc, hosts = start_simulators(firmware, count)
+            procs.append(proc)
+            hosts_by_firmware[firmware] = hosts
+        result = asyncio.run(measure(hosts_by_firmware, peer=not args.no_peer, peer_sample=args.peer_sample))
+        shards = []
+        for workers in args.workers:
+            progress(f"the whole site over {workers} worker process(es), each with its share ...")
+            shards.append(sharded_cycle(hosts_by_firmware, workers))
+    finally:
+        for proc in procs:
             proc.communicate(input="", timeout=120)
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    header = ["firmware", "miners", "identified", "identify_s", "read_ok", "cycle_s", "cpu_ms_per_miner",
-              "baseline_cycle_s", "baseline_cpu_ms_per_miner", "cpu_ratio_to_baseline"]
-    print("  ".join(header))
-    for row in rows:
-        print("  ".join(str(row[h]).rjust(len(h)) for h in header))
+    print(f"telemetry cycle: {args.count} simulated miners ({', '.join(f'{fw} {n}' for fw, n in counts.items())}), "
+          f"concurrency {CONCURRENCY}; cpu = this process only (simulators run apart); the peer, plain pyasic "
+          f"(get_miner + get_data()), polls up to {args.peer_sample} of each firmware")
+    report(result)
+    for shard in shards:
+        print(f"{shard['workers']} worker(s): cycle {shard['cycle_s']:.2f} s, {shard['ok']}/{args.count} read, "
+              f"{shard['cpu_ms_per_miner']:.3f} ms of client CPU per miner in all, "
+              f"the busiest worker {shard['busiest_worker_cpu_s']:.2f} s")
     return 0
 
 

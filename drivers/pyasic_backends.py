@@ -1,8 +1,9 @@
-"""What wattshift knows about pyasic's firmware backends, as data, and how to load pyasic.
+"""What wattshift knows about pyasic's firmware backends, as data, and how to build pyasic miners.
 
 Nothing here imports pyasic at import time: importing pyasic configures the root logger
 (``logging.basicConfig`` in ``pyasic.logger``) and emits pydantic deprecation warnings, so the
-driver loads it through :func:`import_pyasic`, which undoes the first and silences the second.
+driver loads it through :func:`~.pyasic_import.import_pyasic`, which undoes the first and
+silences the second.
 
 The backend table is keyed by the *backend* class (``LUXMiner``, ``BOSer``, ...), found by
 walking the miner's MRO, never by the hundreds of per-model subclasses pyasic generates.
@@ -11,52 +12,15 @@ walking the miner's MRO, never by the hundreds of per-model subclasses pyasic ge
 from __future__ import annotations
 
 import importlib
-import logging
-import sys
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from wattshift.model.miner import PowerControl
 
-from .pyasic_queries import BOSER_RANGE, BOSER_STATE, Query
-
-# Loggers pyasic's import reconfigures: the root (basicConfig + level) and asyncssh's level.
-_LOGGERS_PYASIC_TOUCHES = ("", "asyncssh")
-
-
-def import_pyasic() -> ModuleType:
-    """Import pyasic without letting it configure logging for the whole process.
-
-    pyasic 0.79.0 calls ``logging.basicConfig`` and sets the root level when imported, which
-    would put its own handler and format on every log line of the daemon. The handlers and
-    levels of the loggers it touches are put back as they were. Its pydantic v1-style models
-    (and passlib's use of ``crypt``) warn at import; those warnings are about pyasic's code,
-    not ours, and are dropped here.
-    """
-    if "pyasic" in sys.modules:
-        return sys.modules["pyasic"]
-    from pydantic.warnings import PydanticDeprecationWarning
-
-    saved = {name: _logger_state(logging.getLogger(name)) for name in _LOGGERS_PYASIC_TOUCHES}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PydanticDeprecationWarning)
-            # passlib, imported for the Whatsminer login, imports the stdlib crypt module.
-            warnings.filterwarnings("ignore", "'crypt' is deprecated", DeprecationWarning)
-            return importlib.import_module("pyasic")
-    finally:
-        for name, (handlers, level) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-
-
-def _logger_state(logger: logging.Logger) -> tuple[list[logging.Handler], int]:
-    return list(logger.handlers), logger.level
-
+from .cgminer_telemetry import BMMINER, BOSMINER, BTMINER, LUXOS, VNISH, LeanReader
+from .pyasic_import import import_pyasic as import_pyasic  # where the rest of wattshift finds it
+from .pyasic_queries import BOSER_RANGE, BOSER_STATE, PYASIC_IS_MINING, Query
 
 # -- the backend table ---------------------------------------------------------------------------
 
@@ -89,6 +53,12 @@ class BackendTraits:
     # setting (LuxOS answers profileset with the profile it holds): not a refusal, a
     # command to confirm by read-back.
     false_set_is_unconfirmed: bool = False
+    # Polls go over the firmware's CGMiner API in one multicommand where it costs less than
+    # pyasic's get_data (cgminer_telemetry; measured in benchmarks/telemetry_cycle.py).
+    lean: LeanReader | None = None
+    # On the lean path, asked of a miner that hashes nothing: is it mining (booting) or not?
+    # (The lean multicommand cannot tell; a miner that hashes is mining.)
+    lean_state: Query | None = None
 
 
 UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
@@ -97,14 +67,16 @@ UNKNOWN_BACKEND = BackendTraits("unknown", PowerControl.ON_OFF)
 # test checks every key still names a real pyasic class.
 BACKENDS: Mapping[str, BackendTraits] = {
     "pyasic.miners.backends.braiins_os.BOSer": BackendTraits(
-        "braiins", PowerControl.WATTS, range_query=BOSER_RANGE, state_query=BOSER_STATE
+        "braiins", PowerControl.WATTS, range_query=BOSER_RANGE, state_query=BOSER_STATE, lean=BOSMINER
     ),
     # The SSH/GraphQL fallback pyasic picks when the model does not map to a BOSer class: its
     # power target goes through a TOML file over SSH, which we do not rely on.
     "pyasic.miners.backends.braiins_os.BOSMiner": BackendTraits("braiins", PowerControl.ON_OFF),
     # V2's is_mining reads the firmware's own "mineroff" flag, so it is the firmware's state. API
     # v3 has no mining flag: pyasic 0.79.0 says is_mining=True while the miner is stopped.
-    "pyasic.miners.backends.btminer.BTMinerV2": BackendTraits("whatsminer", PowerControl.WATTS, range_from_limit=True),
+    "pyasic.miners.backends.btminer.BTMinerV2": BackendTraits(
+        "whatsminer", PowerControl.WATTS, range_from_limit=True, lean=BTMINER, lean_state=PYASIC_IS_MINING
+    ),
     "pyasic.miners.backends.btminer.BTMinerV3": BackendTraits(
         "whatsminer", PowerControl.WATTS, reports_mining=False, range_from_limit=True
     ),
@@ -114,11 +86,14 @@ BACKENDS: Mapping[str, BackendTraits] = {
         reports_mining=False,
         before_command=_forget_luxos_session,
         false_set_is_unconfirmed=True,
+        lean=LUXOS,
     ),
     # pyasic issue #430: VNish set_power_limit always returns False in 0.79.0.
-    "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF),
+    "pyasic.miners.backends.vnish.VNish": BackendTraits("vnish", PowerControl.ON_OFF, lean=VNISH),
     # Stock Antminer: sleep/normal only, and a mode change restarts it.
-    "pyasic.miners.backends.antminer.AntminerModern": BackendTraits("antminer", PowerControl.ON_OFF),
+    "pyasic.miners.backends.antminer.AntminerModern": BackendTraits(
+        "antminer", PowerControl.ON_OFF, lean=BMMINER, lean_state=PYASIC_IS_MINING
+    ),
     "pyasic.miners.backends.antminer.AntminerOld": BackendTraits("antminer", PowerControl.ON_OFF),
 }
 

@@ -78,7 +78,7 @@ async def probe(host: str, port: int, seconds: float) -> tuple[Failure | None, s
     request = CGMINER_PROBE if port == CGMINER_PORT else BTMINER_V3_PROBE if framed else b""
     try:
         async with asyncio.timeout(seconds):
-            answer = await (_exchange_framed(host, port, request) if framed else _exchange(host, port, request))
+            answer = await (_exchange_framed(host, port, request) if framed else exchange(host, port, request))
     except TimeoutError:
         return Failure.TIMEOUT, f"port {port} accepted and then said nothing for {seconds:g} s"
     except OSError as err:
@@ -98,15 +98,25 @@ async def diagnose(
     return DeviceError(device_id, failure or healthy, f"{action}: {symptom} ({seen})")
 
 
-async def _exchange(host: str, port: int, request: bytes) -> bytes:
-    """Send ``request`` (if any) and read until the miner closes, as CGMiner answers."""
+async def exchange(host: str, port: int, request: bytes, *, max_bytes: int | None = None) -> bytes:
+    """Send ``request`` (if any) and read until the miner closes, as CGMiner answers.
+
+    The caller's deadline bounds a peer that never stops; ``max_bytes`` bounds one that sends
+    too much (the answer is then cut there, and will not parse)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         if not request:
             return b""
         writer.write(request)
         await writer.drain()
-        return await reader.read()  # to EOF; the caller's deadline bounds a peer that never stops
+        if max_bytes is None:
+            return await reader.read()  # to EOF
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes and (chunk := await reader.read(65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     finally:
         writer.close()
         with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ down over seconds); a wake by the firmware's state (boards boot for minutes, has
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from wattshift.model.miner import (
 )
 
 from .base import DeviceError
+from .cgminer_telemetry import NotLean, Telemetry
 from .pyasic_backends import BackendTraits, model_name, power_range_for, traits_for
-from .pyasic_failures import diagnose, probe_port, within
+from .pyasic_failures import diagnose, probe, probe_port, within
 from .pyasic_queries import Query
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class PyasicMiner:
         self._traits = traits or traits_for(miner)
         self._deadlines = deadlines
         self._model = model_name(miner)
+        # Polls take the lean path until the firmware shows it does not answer it that way.
+        self._lean = self._traits.lean
 
     @classmethod
     async def open(
@@ -130,27 +134,32 @@ class PyasicMiner:
         return self._model
 
     async def read(self) -> MinerReading:
-        data = await self._get_data(READ_ITEMS, "read")
-        hashing = data.hashrate is not None and float(data.hashrate) > 0.0
+        poll = await self._poll()
+        hashing = poll.hashrate_ths is not None and poll.hashrate_ths > 0.0
         booting = False
         if not hashing and self._traits.state_query is not None:
             # Only a miner that hashes nothing costs the extra call (Braiins OS+: one gRPC).
             booting = await self._query(self._traits.state_query, "read") is True
         elif not hashing and self._traits.reports_mining:
-            booting = data.is_mining is True
+            booting = poll.is_mining is True
         return MinerReading(
             device_id=self.device_id,
             model=self._model,
             firmware=self._traits.firmware,
-            watts=_float(data.wattage),
-            limit_watts=_float(data.wattage_limit),
-            hashrate_ths=_float(data.hashrate),
-            mining=self._mining(data),
-            temperatures_c=tuple(_board_temperatures(data.hashboards)),
-            fans_rpm=tuple(int(fan.speed) for fan in data.fans if fan.speed is not None),
-            errors=tuple(_error_text(error) for error in data.errors),
+            watts=poll.watts,
+            limit_watts=poll.limit_watts,
+            hashrate_ths=poll.hashrate_ths,
+            mining=self._mining(poll),
+            temperatures_c=poll.temperatures_c,
+            fans_rpm=poll.fans_rpm,
+            errors=poll.errors,
             booting=booting,
         )
+
+    @property
+    def polls_lean(self) -> bool:
+        """Whether polls take the lean path (cgminer_telemetry) rather than pyasic's get_data."""
+        return self._lean is not None
 
     async def set_power_limit(self, watts: float) -> float:
         capability = self._capability
@@ -238,6 +247,38 @@ class PyasicMiner:
         # Raised outside the handler, so the error does not keep pyasic's frames alive.
         raise await self._diagnose(action, symptom, healthy=healthy)
 
+    async def _poll(self) -> Telemetry:
+        """One poll: the lean multicommand where the firmware answers it, else pyasic's get_data.
+
+        A lean answer that cannot be read is judged by a probe of the CGMiner port. Healthy, the
+        firmware simply does not answer this way (an older version, a refused multicommand): it
+        is read through pyasic from then on. Silent, it is a TIMEOUT at once (a second wait
+        would double a hung miner's cost). Closed or garbling, this poll goes through pyasic,
+        which reads what the miner's other APIs still tell (a stock Antminer's web CGI while
+        bmminer restarts) and diagnoses the miner itself when nothing answers.
+        """
+        lean = self._lean
+        if lean is not None:
+            port, seconds = probe_port(self._miner), self._deadlines.call_s
+            try:
+                poll = await within(self.device_id, "read", lean.read(self._miner), seconds)
+            except NotLean as err:
+                failure, seen = await probe(self.device_id, port, seconds)
+                if failure is None:
+                    log.warning("%s: %s; reading it through pyasic from now on", self.device_id, err)
+                    self._lean = None
+                elif failure is Failure.TIMEOUT:
+                    raise self._error(failure, f"read: {err} ({seen})") from None
+            except DeviceError as err:
+                if err.failure is Failure.TIMEOUT:
+                    raise
+            else:
+                state = self._traits.lean_state
+                if state is not None and not (poll.hashrate_ths or 0.0) > 0.0:
+                    poll = dataclasses.replace(poll, is_mining=await self._query(state, "read"))
+                return poll
+        return _telemetry(await self._get_data(READ_ITEMS, "read"))
+
     async def _get_data(self, items: Iterable[str], action: str) -> Any:
         items = list(items)
         data = await self._call(action, self._miner.get_data(include=items), healthy=Failure.GARBAGE)
@@ -307,11 +348,11 @@ class PyasicMiner:
         """A draw under this is the sleep draw of boards and fans, whatever the setting."""
         return self._capability.min_watts * ASLEEP_BELOW_SHARE_OF_MIN
 
-    def _mining(self, data: Any) -> bool | None:
+    def _mining(self, poll: Telemetry) -> bool | None:
         if self._traits.reports_mining:
-            return bool(data.is_mining)
+            return bool(poll.is_mining)
         # LuxOS: pyasic says True even while the miner sleeps; hashrate tells the truth.
-        return None if data.hashrate is None else float(data.hashrate) > 0.0
+        return None if poll.hashrate_ths is None else poll.hashrate_ths > 0.0
 
 
     # -- capability -----------------------------------------------------------------------------
@@ -402,6 +443,19 @@ class _State:
     def describe(self) -> str:
         said = {True: "its boards run", False: "its boards are stopped", None: "it does not say"}[self.running]
         return f"{said}, it draws {self.watts} W and hashes {self.hashrate_ths} TH/s"
+
+
+def _telemetry(data: Any) -> Telemetry:
+    """pyasic's MinerData as a poll, in the same terms as the lean path's."""
+    return Telemetry(
+        watts=_float(data.wattage),
+        limit_watts=_float(data.wattage_limit),
+        hashrate_ths=_float(data.hashrate),
+        temperatures_c=tuple(_board_temperatures(data.hashboards)),
+        fans_rpm=tuple(int(fan.speed) for fan in data.fans if fan.speed is not None),
+        errors=tuple(_error_text(error) for error in data.errors),
+        is_mining=data.is_mining,
+    )
 
 
 def _float(value: Any) -> float | None:

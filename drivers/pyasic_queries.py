@@ -71,3 +71,20 @@ def miner_running(answer: Any) -> bool | None:
 
 BOSER_RANGE = Query("power-target constraints", _boser_constraints, power_target_range)
 BOSER_STATE = Query("miner status", _boser_details, miner_running)
+
+
+# -- whether the miner mines: pyasic's own answer ------------------------------------------------
+
+
+def _pyasic_is_mining(miner: Any) -> Awaitable[Any]:
+    # The data function pyasic's get_data runs for "is_mining" (named in each backend's
+    # DataLocations): Whatsminer's ``status`` (mineroff), stock Antminer's work mode on the web.
+    return miner._is_mining()  # type: ignore[no-any-return]
+
+
+def mining_flag(answer: Any) -> bool | None:
+    return answer if isinstance(answer, bool) else None
+
+
+PYASIC_IS_MINING = Query("mining state", _pyasic_is_mining, mining_flag)
+

@@ -5,7 +5,11 @@ Two servers on the miner's own loopback address, both answering from its :class:
 - TCP 4028, the BOSminer CGMiner-style API (:class:`BosminerApi`): ``version`` and
   ``devdetails`` let ``pyasic.get_miner`` identify the firmware and model (the model string
   "Bitmain Antminer S21" maps to pyasic's BOSer class ``BOSMinerS21``); ``summary``, ``devs``
-  and ``tunerstatus`` feed hashrate, uptime, ``is_mining`` and errors in ``get_data``.
+  and ``tunerstatus`` feed hashrate, uptime, ``is_mining`` and errors in ``get_data``, and with
+  ``temps`` and ``fans`` they answer wattshift's one-multicommand telemetry
+  (:mod:`wattshift.drivers.cgminer_telemetry`). Shapes as pyasic's parsers of BOSminer's API
+  read them (``pyasic.miners.backends.braiins_os.BOSMiner``): chains numbered from 1 in
+  ``ID``, ``TEMPS`` with ``Board`` and ``Chip``, ``FANS`` with ``RPM``.
 - TCP 50051, the public gRPC API (:mod:`.braiins_grpc`): details, stats, hashboards, cooling,
   pools, the power target, and the control calls (SetPowerTarget, PauseMining, ResumeMining,
   Reboot), behind Login.
@@ -73,6 +77,8 @@ class BraiinsMiner(SimulatedMiner):
         self.locate_enabled = False
         # Firmware before the power-target constraints API answers GetConstraints UNIMPLEMENTED.
         self.reports_constraints = True
+        # False plays a BOSminer that answers "a+b" with one "Invalid command" STATUS.
+        self.accepts_multicommand = True
         self.hostname = f"bos-{self.serial.lower()}"
         self.pool_user = f"wattshift.{self.serial.lower()}"
         spread = self.rng.uniform
@@ -103,8 +109,11 @@ class BraiinsMiner(SimulatedMiner):
         return self._grpc.open_connections
 
     async def _answer_cgminer(self, request: dict[str, Any]) -> Reply:
-        for command in str(request.get("command", "")).split("+"):
-            self.record(command)
+        command = str(request.get("command", ""))
+        for name in command.split("+"):
+            self.record(name)
+        if "+" in command and not self.accepts_multicommand:
+            return {"STATUS": status(14, "Invalid command", ok=False), "id": 1}
         return await dispatch_commands(self._bosminer_api, request)
 
     # -- telemetry shared by both APIs ----------------------------------------------------------
@@ -199,7 +208,7 @@ class BosminerApi:
             {
                 "ASC": slot,
                 "Name": "Chain",
-                "ID": slot,
+                "ID": slot + 1,
                 "Enabled": "Y",
                 "Status": "Alive",
                 "Temperature": round(temp, 1),
@@ -213,6 +222,21 @@ class BosminerApi:
             for slot, (ths, temp) in enumerate(boards)
         ]
         return {"STATUS": self._status(9, f"{len(devs)} ASC(s)"), "DEVS": devs, "id": 1}
+
+    def api_temps(self, _parameter: object) -> dict[str, Any]:
+        miner = self.miner
+        temps = [
+            {"TEMPS": slot, "ID": slot + 1, "Board": board, "Chip": chip}
+            for slot, (board, chip) in enumerate(zip(miner.board_temps_c(), miner.chip_temps_c(), strict=True))
+        ]
+        return {"STATUS": self._status(201, f"{len(temps)} Temp(s)"), "TEMPS": temps, "id": 1}
+
+    def api_fans(self, _parameter: object) -> dict[str, Any]:
+        fans = [
+            {"FANS": slot, "ID": slot, "RPM": rpm, "Speed": round(100 * rpm / self.miner.fan_max_rpm)}
+            for slot, rpm in enumerate(self.miner.fan_rpms())
+        ]
+        return {"STATUS": self._status(202, f"{len(fans)} Fan(s)"), "FANS": fans, "id": 1}
 
     def api_tunerstatus(self, _parameter: object) -> dict[str, Any]:
         physics = self.miner.physics
