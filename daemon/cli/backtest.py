@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             optimum = solve_optimum(site, trace, integer=args.mip)
         except OptimumError as err:
             print(f"hindsight optimum: {err}", file=sys.stderr)
+        if optimum is not None and optimum.shortfall is not None:
+            print(f"hindsight optimum: {optimum.shortfall.describe()}", file=sys.stderr)
     report = build_report(result, optimum)
     if args.plot:
         from wattshift.daemon.backtest.plot import plot_backtest
@@ -78,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
 def build_report(result: BacktestResult, optimum: Optimum | None) -> dict[str, Any]:
     report: dict[str, Any] = {"backtest": result.summary(), "violations": result.violations[:20]}
     if optimum is not None:
+        # The policy's money while over a limit does not count (the optimum keeps every limit it
+        # can); a MIP is judged against its dual bound, which is above its true optimum.
         report["optimum"] = optimum.summary()
-        report["ratio_to_optimum"] = ratio(result.totals.margin_usd, optimum.margin_usd)
+        report["ratio_to_optimum"] = ratio(result.margin_within_limits_usd, optimum.bound_usd)
+        if optimum.integer:
+            report["ratio_to_incumbent"] = ratio(result.margin_within_limits_usd, optimum.margin_usd)
     return report
 
 
@@ -106,12 +112,19 @@ def render(report: dict[str, Any], site: BacktestSite) -> str:
         f"  violations    {b['limit_violations']:10d}",
     ]
     lines += [f"    {v}" for v in report["violations"][:5]]
+    if b["limit_violations"]:
+        lines.append(f"  within limits ${b['margin_within_limits_usd']:10,.2f}  "
+                     f"(without ${b['revenue_over_limit_usd']:,.2f} earned in steps over a limit)")
     if "optimum" in report:
         o = report["optimum"]
         r = report["ratio_to_optimum"]
-        lines += [
-            f"  optimum       ${o['margin_usd']:10,.2f}  ({o['kind']}; {o['columns']} columns, {o['rows']} rows, "
-            f"solved in {o['solve_seconds']:.2f} s)",
-            f"  ratio         {r:10.2%}" if r is not None else "  ratio         undefined (the optimum makes no money)",
-        ]
+        lines.append(f"  optimum       ${o['margin_usd']:10,.2f}  ({o['kind']}; {o['columns']} columns, {o['rows']} rows, "
+                     f"solved in {o['solve_seconds']:.2f} s)")
+        if o["mip_gap"] is not None:
+            lines.append(f"  MIP bound     ${o['bound_usd']:10,.2f}  (incumbent above; gap {o['mip_gap']:.4%}, "
+                         f"target {o['mip_rel_gap_target']:.4%}; the ratio is to the bound)")
+        if o["shortfall"]:
+            lines.append(f"  shortfall     {o['shortfall']}")
+        lines.append(f"  ratio         {r:10.2%}" if r is not None else
+                     "  ratio         undefined (the optimum makes no money)")
     return "\n".join(lines)
