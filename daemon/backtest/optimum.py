@@ -73,6 +73,7 @@ class Shortfall:
     first_at: str
     circuit: str
     worst_kw: float
+    at: frozenset[str]  # the steps' timestamps (ISO 8601), as the replay names its violations
 
     def describe(self) -> str:
         return (f"the limit cannot be met at {self.steps} step(s) (first {self.first_at}): "
@@ -410,7 +411,8 @@ def _limits(
     if not unmet.any():
         return headroom, unmet, None
     first = trace.rows[int(np.argmax(unmet))].at.isoformat()
-    return headroom, unmet, Shortfall(int(unmet.sum()), first, worst[1], worst[0] / 1000)
+    at = frozenset(trace.rows[i].at.isoformat() for i in np.flatnonzero(unmet))
+    return headroom, unmet, Shortfall(int(unmet.sum()), first, worst[1], worst[0] / 1000, at)
 
 
 @contextmanager

@@ -82,10 +82,19 @@ def build_report(result: BacktestResult, optimum: Optimum | None) -> dict[str, A
     if optimum is not None:
         # The policy's money while over a limit does not count (the optimum keeps every limit it
         # can); a MIP is judged against its dual bound, which is above its true optimum.
+        # A policy that broke a limit the optimum keeps could have bought its margin with it (a job
+        # kept running through a cut): no ratio then, only its margin within limits.
         report["optimum"] = optimum.summary()
-        report["ratio_to_optimum"] = ratio(result.margin_within_limits_usd, optimum.bound_usd)
+        unmet = optimum.shortfall.at if optimum.shortfall else frozenset()
+        broken = sorted({v.split(": ", 1)[0] for v in result.violations} - unmet)
+        comparable = not broken
+        report["ratio_to_optimum"] = ratio(result.margin_within_limits_usd, optimum.bound_usd) if comparable else None
         if optimum.integer:
-            report["ratio_to_incumbent"] = ratio(result.margin_within_limits_usd, optimum.margin_usd)
+            report["ratio_to_incumbent"] = (
+                ratio(result.margin_within_limits_usd, optimum.margin_usd) if comparable else None)
+        if broken:
+            report["ratio_undefined"] = (f"the policy broke a limit at {len(broken)} step(s) where the optimum "
+                                         f"keeps it (first {broken[0]}): not comparable")
     return report
 
 
@@ -125,6 +134,6 @@ def render(report: dict[str, Any], site: BacktestSite) -> str:
                          f"target {o['mip_rel_gap_target']:.4%}; the ratio is to the bound)")
         if o["shortfall"]:
             lines.append(f"  shortfall     {o['shortfall']}")
-        lines.append(f"  ratio         {r:10.2%}" if r is not None else
-                     "  ratio         undefined (the optimum makes no money)")
+        why = report.get("ratio_undefined", "the optimum makes no money")
+        lines.append(f"  ratio         {r:10.2%}" if r is not None else f"  ratio         undefined ({why})")
     return "\n".join(lines)
