@@ -27,10 +27,10 @@ class PowerLaw:
     power: float
 
     def __call__(self, x: float) -> float:
-        return self.scale * (x - self.shift) ** self.power
+        return float(self.scale * (x - self.shift) ** self.power)
 
     def slope(self, x: float) -> float:
-        return self.scale * self.power * (x - self.shift) ** (self.power - 1)
+        return float(self.scale * self.power * (x - self.shift) ** (self.power - 1))
 
 
 def tangents(f: PowerLaw, lo: float, hi: float, tol: float = TOLERANCE) -> list[tuple[float, float]]:

@@ -195,6 +195,17 @@ class _Clock:
         self.length = np.array(trace.durations, dtype=float)
         self.end = self.start + self.length
         self.T = len(self.start)
+        self.step = float(np.min(self.length))
+
+    def joined(self, d: int) -> np.ndarray:
+        """Whether steps ``t - d .. t`` follow one another with no gap (1.0) or not (0.0)."""
+        out = np.zeros(self.T)
+        if d == 0:
+            return out + 1.0
+        t = np.arange(d, self.T)
+        out[d:] = np.abs(self.start[t] - self.start[t - d] - np.sum(
+            [self.length[t - k] for k in range(1, d + 1)], axis=0)) < 1e-6
+        return out
 
     def shifted(self, cols: np.ndarray, d: int) -> np.ndarray:
         """The column of step ``t + d`` for every ``t`` (-1 where there is none)."""
@@ -205,7 +216,9 @@ class _Clock:
             out[-d:] = cols[: self.T + d]
         return out
 
-    def offsets(self, within: Callable[[np.ndarray, np.ndarray], np.ndarray], reach: int) -> list[tuple[int, np.ndarray]]:
+    def offsets(
+        self, within: Callable[[np.ndarray, np.ndarray], np.ndarray], reach: int,
+    ) -> list[tuple[int, np.ndarray]]:
         """``(d, mask)`` for ``d`` in ``-reach..reach``: whether step ``t + d`` is ``within(t, t + d)``."""
         t = np.arange(self.T)
         out = []
@@ -261,29 +274,41 @@ def solve_optimum(
         st = m.cols(upper=n, cost=-wear)
         sp = m.cols(upper=n)
         before = clock.shifted(on, -1)  # every miner starts asleep: none awake before the first step
-        m.rows([(st, 1.0), (on, -1.0), (before, 1.0)], lower=0.0)
-        m.rows([(st, 1.0), (on, -1.0)], upper=0.0)  # a miner started in a step is awake in it
-        m.rows([(sp, 1.0), (on, 1.0), (before, -1.0)], lower=0.0)
+        # Awake changes by starts less stops, exactly: a start (stop) at a share s of the way
+        # into step t counts 1 - s in step t and s in step t + 1 (the step averages move so).
+        m.rows([(on, 1.0), (before, -1.0), (st, -1.0), (sp, 1.0)], lower=0.0, upper=0.0)
         hashing: list[tuple[np.ndarray, float]] = [(on, 1.0)]
         B = None
         if boot_s > 0:
             B = m.cols(upper=n, cost=-watt_cost * spec.boot_watts)
             m.rows([(B, 1.0), (on, -1.0)], upper=0.0)
             hashing.append((B, -1.0))
-            # Boot seconds owed by the starts of step t fall in steps t-1 .. (t's end + boot).
-            def window(t: np.ndarray, u: np.ndarray, _b: float = boot_s) -> np.ndarray:
-                return (u >= t - 1) & (clock.start[u] < clock.end[t] + _b)
-
-            terms = [(clock.shifted(B, d), clock.length[np.clip(np.arange(T) + d, 0, T - 1)] * mask)
-                     for d, mask in clock.offsets(window, _reach(clock, boot_s))]
-            m.rows([*terms, (st, -boot_s)], lower=0.0)
+            # Boot owed by starts (see docs/backtest.md: a start's mass may sit in the next step).
+            # Boot of at least a step: miners started in the last floor(boot/step) steps all boot.
+            # Shorter: the boot of step t's starts lies in steps t-1 and t. Never across a gap.
+            whole = int(boot_s // clock.step)
+            # ... and only miners started within a boot (and a step) ago boot: awake is hashing.
+            since = int(np.ceil(boot_s / clock.step))
+            m.rows([(B, 1.0), *[(clock.shifted(st, -d), -1.0) for d in range(since + 1)]], upper=0.0)
+            if whole >= 1:
+                terms = [(clock.shifted(st, -d), -1.0 * clock.joined(d)) for d in range(whole)]
+                m.rows([(B, 1.0), *terms], lower=0.0)
+            else:
+                m.rows([(B, clock.length), (clock.shifted(B, -1), clock.length * clock.joined(1)),
+                        (st, -boot_s * clock.joined(1))], lower=0.0)
         if min_down > 0:
             # Miners stopped in steps that end within min_down of t's end are still off in t.
             def recent(t: np.ndarray, u: np.ndarray, _d: float = min_down) -> np.ndarray:
-                return (u <= t) & (clock.end[t] - clock.start[u] <= _d + 1e-9)
+                return np.asarray((u <= t) & (clock.end[t] - clock.start[u] <= _d + 1e-9))
 
-            terms = [(clock.shifted(sp, d), mask.astype(float)) for d, mask in clock.offsets(recent, _reach(clock, min_down))]
+            terms = [(clock.shifted(sp, d), mask.astype(float))
+                     for d, mask in clock.offsets(recent, _reach(clock, min_down))]
             m.rows([(on, 1.0), *terms], upper=n)
+            if min_down >= clock.step:
+                # Down at least a step: a start's share of a step was asleep in the step before,
+                # a stop's share is asleep in its own step (docs/backtest.md).
+                m.rows([(st, 1.0), (before, 1.0)], upper=n)
+                m.rows([(sp, 1.0), (on, 1.0)], upper=n)
         # Hashing miners draw at least their minimum, less what a ramp up from the floor takes: a
         # wake ramps at RAMP_WATTS_PER_S once booted, and that ramp may fall in any step from the
         # start's to one a boot later (a start's mass may sit in the next step: see the docs).
@@ -291,7 +316,7 @@ def solve_optimum(
         ramp_s = boot_s + spec.min_watts / RAMP_WATTS_PER_S
 
         def ramped(t: np.ndarray, u: np.ndarray, _s: float = ramp_s) -> np.ndarray:
-            return (u <= t + 1) & (clock.start[t] < clock.start[u] + _s)
+            return np.asarray((u <= t + 1) & (clock.start[t] < clock.start[u] + _s))
 
         allowance = [(clock.shifted(st, d), ramp_joules / clock.length * mask)
                      for d, mask in clock.offsets(ramped, _reach(clock, ramp_s))]

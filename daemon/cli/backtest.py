@@ -127,8 +127,8 @@ def render(report: dict[str, Any], site: BacktestSite) -> str:
     if "optimum" in report:
         o = report["optimum"]
         r = report["ratio_to_optimum"]
-        lines.append(f"  optimum       ${o['margin_usd']:10,.2f}  ({o['kind']}; {o['columns']} columns, {o['rows']} rows, "
-                     f"solved in {o['solve_seconds']:.2f} s)")
+        lines.append(f"  optimum       ${o['margin_usd']:10,.2f}  ({o['kind']}; {o['columns']} columns, "
+                     f"{o['rows']} rows, solved in {o['solve_seconds']:.2f} s)")
         if o["mip_gap"] is not None:
             lines.append(f"  MIP bound     ${o['bound_usd']:10,.2f}  (incumbent above; gap {o['mip_gap']:.4%}, "
                          f"target {o['mip_rel_gap_target']:.4%}; the ratio is to the bound)")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from backtest_factories import gpu_node, site, trace
-
-import numpy as np
 
 from wattshift.daemon.backtest.envelope import TOLERANCE, PowerLaw, overshoot, tangents
 from wattshift.daemon.backtest.optimum import MIP_REL_GAP, solve_optimum
