@@ -38,8 +38,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import highspy
 import numpy as np
@@ -100,6 +102,7 @@ class Optimum:
     shortfall: Shortfall | None
     miner_watts: tuple[float, ...]  # mean draw per step, for the plot
     gpu_watts: tuple[float, ...]
+    windows: int = 1  # solved as one program, or as the sum of this many windows (still a bound)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -116,6 +119,7 @@ class Optimum:
             "mip_rel_gap_target": MIP_REL_GAP if self.integer else None,
             "mip_gap": self.mip_gap,
             "shortfall": self.shortfall.describe() if self.shortfall else None,
+            "windows": self.windows,
             "columns": self.columns,
             "rows": self.rows,
             "build_seconds": round(self.build_seconds, 3),
@@ -126,8 +130,12 @@ class Optimum:
 class _Model:
     """Columns and rows added in blocks of one per step, entries as numpy triplets."""
 
-    def __init__(self, steps: int) -> None:
+    def __init__(self, steps: int, live: np.ndarray | None = None, core: np.ndarray | None = None) -> None:
         self.T = steps
+        # A window of a longer trace (see solve_optimum): rows bind only on live steps, money
+        # counts only on core steps; the other columns are the free history and future of the window.
+        self.live = np.ones(steps, dtype=bool) if live is None else live
+        self.core = np.ones(steps) if core is None else core.astype(float)
         self.lower: list[np.ndarray] = []
         self.upper: list[np.ndarray] = []
         self.cost: list[np.ndarray] = []
@@ -145,7 +153,7 @@ class _Model:
         self.ncols += self.T
         self.lower.append(np.broadcast_to(np.asarray(lower, float), (self.T,)).copy())
         self.upper.append(np.broadcast_to(np.asarray(upper, float), (self.T,)).copy())
-        self.cost.append(np.broadcast_to(np.asarray(cost, float), (self.T,)).copy())
+        self.cost.append(np.broadcast_to(np.asarray(cost, float), (self.T,)) * self.core)
         self.integer.append(np.full(self.T, integer))
         return idx
 
@@ -153,8 +161,8 @@ class _Model:
         """One row per step: sum of coef * column over ``terms`` within [lower, upper]."""
         idx = np.arange(self.nrows, self.nrows + self.T)
         self.nrows += self.T
-        self.row_lower.append(np.broadcast_to(np.asarray(lower, float), (self.T,)).copy())
-        self.row_upper.append(np.broadcast_to(np.asarray(upper, float), (self.T,)).copy())
+        self.row_lower.append(np.where(self.live, np.broadcast_to(np.asarray(lower, float), (self.T,)), -np.inf))
+        self.row_upper.append(np.where(self.live, np.broadcast_to(np.asarray(upper, float), (self.T,)), np.inf))
         for cols, coef in terms:
             values = np.broadcast_to(np.asarray(coef, float), (self.T,))
             mask = (cols >= 0) & (values != 0)  # -1: no column (before the first step, after the last)
@@ -237,12 +245,82 @@ def miner_spec(group: MinerCount) -> MinerSpec:
 
 def solve_optimum(
     site: BacktestSite, trace: Trace, *, integer: bool = False, switching: bool | None = None,
-    time_limit_s: float = 600.0,
+    time_limit_s: float = 600.0, window_hours: float | None = None, overlap_hours: float = 3.0,
+    workers: int = 1,
 ) -> Optimum:
-    """The hindsight optimum; ``switching`` (default: as the site model) charges boot, wear and min down."""
+    """The hindsight optimum; ``switching`` (default: as the site model) charges boot, wear and min down.
+
+    ``window_hours``: solve the trace in windows of that many hours instead of all at once, each
+    with ``overlap_hours`` of the trace after it (its limits, no money) and, before it, the steps
+    its rows look back on as free columns. The sum of the windows' optima is still an upper bound
+    (docs/backtest.md, "Windows"); ``workers`` solve windows in parallel processes.
+    """
     physics = SITE_MODEL_SWITCHING if switching is None else switching
+    T = len(trace.rows)
+    if window_hours is None or window_hours * 3600 >= trace.seconds:
+        return _solve(site, trace, integer, physics, time_limit_s, 0, T, 0, T)
+    step = trace.step_seconds
+    core = max(1, round(window_hours * 3600 / step))
+    ahead = int(np.ceil(overlap_hours * 3600 / step))
+    back = _lookback(site, trace) if physics else 3
+    jobs = []
+    for c0 in range(0, T, core):
+        c1 = min(T, c0 + core)
+        lo, hi = max(0, c0 - back), min(T, c1 + ahead + back)
+        window = replace(trace, rows=trace.rows[lo:hi], durations=trace.durations[lo:hi])
+        # Rows bind from the core on (from the first step for the first window: its start is the
+        # site's true start, everything asleep) to the end of the overlap; money on the core only.
+        jobs.append((site, window, integer, physics, time_limit_s, c0 - lo if lo else 0,
+                     min(hi, c1 + ahead) - lo, c0 - lo, c1 - lo))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_solve_job, jobs))
+    else:
+        parts = [_solve_job(job) for job in jobs]
+    return _combine(parts, limits_of=(site, trace))
+
+
+def _solve_job(job: tuple[Any, ...]) -> Optimum:
+    return _solve(*job)
+
+
+def _lookback(site: BacktestSite, trace: Trace) -> int:
+    """Steps a row may look back (or ahead) on: min down, boot and ramp windows, and one."""
+    longest = max([miner_spec(g).min_down_seconds for g in site.miners]
+                  + [miner_spec(g).boot_seconds + miner_spec(g).min_watts / RAMP_WATTS_PER_S for g in site.miners]
+                  + [0.0])
+    return int(np.ceil(longest / trace.step_seconds)) + 3
+
+
+def _combine(parts: list[Optimum], *, limits_of: tuple[BacktestSite, Trace]) -> Optimum:
+    site, trace = limits_of
+    _, _, shortfall = _limits(site, trace, _paths(site))
+    gaps = [p.mip_gap for p in parts if p.mip_gap is not None]
+    statuses = sorted({p.status for p in parts})
+    return Optimum(
+        margin_usd=sum(p.margin_usd for p in parts), bound_usd=sum(p.bound_usd for p in parts),
+        mining_usd=sum(p.mining_usd for p in parts), ai_usd=sum(p.ai_usd for p in parts),
+        power_usd=sum(p.power_usd for p in parts), switching_usd=sum(p.switching_usd for p in parts),
+        energy_mwh=sum(p.energy_mwh for p in parts), integer=parts[0].integer, switching=parts[0].switching,
+        status=statuses[0] if len(statuses) == 1 else "/".join(statuses), mip_gap=max(gaps) if gaps else None,
+        columns=sum(p.columns for p in parts), rows=sum(p.rows for p in parts),
+        build_seconds=sum(p.build_seconds for p in parts), solve_seconds=sum(p.solve_seconds for p in parts),
+        shortfall=shortfall, miner_watts=tuple(w for p in parts for w in p.miner_watts),
+        gpu_watts=tuple(w for p in parts for w in p.gpu_watts), windows=len(parts),
+    )
+
+
+def _solve(
+    site: BacktestSite, trace: Trace, integer: bool, physics: bool, time_limit_s: float,
+    live_from: int, live_to: int, core_from: int, core_to: int,
+) -> Optimum:
+    """The optimum of ``trace``, or of the window of a longer one (rows bind on live steps only,
+    money counts on core steps only)."""
     began = time.perf_counter()
     T = len(trace.rows)
+    steps = np.arange(T)
+    live = (steps >= live_from) & (steps < live_to)
+    core = (steps >= core_from) & (steps < core_to)
     clock = _Clock(trace)
     hours = clock.length / 3600
     hashprice = np.array([r.hashprice_usd_per_ph_day for r in trace.rows])
@@ -252,7 +330,7 @@ def solve_optimum(
     paths = _paths(site)
     limits, unmet, shortfall = _limits(site, trace, paths)
     earns = np.where(unmet, 0.0, np.inf)  # nothing is earned where no policy keeps the limit
-    m = _Model(T)
+    m = _Model(T, live, core)
     constant = np.zeros(T)  # idle draw of everything, in watts: taken off the limits
     draws: dict[str, list[tuple[np.ndarray, object]]] = {c: [] for c in site.circuit_limits()}
     miner_cols: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, float, float, float]] = []
@@ -389,16 +467,18 @@ def solve_optimum(
     if not found:
         raise OptimumError(f"HiGHS did not find the optimum: {status}")
     x = np.asarray(h.getSolution().col_value)
-    idle_cost = float(np.sum(watt_cost * constant))
+    idle_cost = float(np.sum(watt_cost * constant * core))
     objective = info.objective_function_value - idle_cost
     bound = info.mip_dual_bound - idle_cost if integer else objective
     miner_w = sum((x[P] + (bw * x[B] if B is not None else 0.0) + idle * (n - x[on])
-                   for on, P, B, bw, idle, n in miner_cols), np.zeros(T))
-    gpu_w = sum((x[Q] + idle * (n - x[r]) for r, Q, idle, n in gpu_cols), np.zeros(T))
+                   for on, P, B, bw, idle, n in miner_cols), np.zeros(T))[core]
+    gpu_w = sum((x[Q] + idle * (n - x[r]) for r, Q, idle, n in gpu_cols), np.zeros(T))[core]
+    hours, price = hours[core], price[core]
     energy_mwh = float(np.sum((miner_w + gpu_w) * hours) / 1e6)
 
     def total(kind: str) -> float:
-        return float(sum(np.sum(x[cols] * coef) for cols, coef in money[kind]))
+        return float(sum(np.sum(x[cols][core] * np.broadcast_to(np.asarray(coef, float), (T,))[core])
+                         for cols, coef in money[kind]))
 
     return Optimum(
         margin_usd=float(objective), bound_usd=float(max(bound, objective)), mining_usd=total("mining"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--no-optimum", action="store_true", help="skip the hindsight optimum")
     parser.add_argument("--mip", action="store_true",
                         help="integer on-counts in the optimum (tighter, slower); default: LP upper bound")
+    parser.add_argument("--window-hours", type=float, metavar="H",
+                        help="solve the optimum in windows of H hours (still an upper bound; docs/backtest.md)")
     parser.set_defaults(func=run)
 
 
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     optimum: Optimum | None = None
     if not args.no_optimum:
         try:
-            optimum = solve_optimum(site, trace, integer=args.mip)
+            optimum = solve_optimum(site, trace, integer=args.mip, window_hours=args.window_hours,
+                                    workers=min(4, os.cpu_count() or 1))
         except OptimumError as err:
             print(f"hindsight optimum: {err}", file=sys.stderr)
         if optimum is not None and optimum.shortfall is not None:

@@ -8,6 +8,7 @@ a firm job left pending while power costs more than it earns.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from backtest_factories import gpu_node, site, trace
 
@@ -90,3 +91,25 @@ def test_random_policies_on_firm_work_and_a_cut_below_it(seed: int) -> None:
     rows = trace([{"power": p, "budget_kw": b, "gpu_rate": 2.0, "gpu_demand": 2}
                   for p, b in zip([30, 30, 40, 40, 30, 30], ["", "", "4", "4", "", ""], strict=True)], minutes=10)
     assert_bounded(site(**FIRM_SITE), rows, plugin("Random", seed=seed, on_share=0.7))
+
+
+@pytest.mark.parametrize("switching", [False, True])
+def test_windows_sum_to_a_bound_at_least_the_whole(switching: bool) -> None:
+    # Windows cut every coupling between steps (starts, boots, min down, firm work that must not
+    # stop); the cut only frees the program, so the windows' sum is at least the whole optimum,
+    # however small the windows, and still bounds the policies.
+    where = site(miners=[{"model": "Antminer S21", "count": 3}],
+                 gpu_nodes=[gpu_node(tier="firm", restart_seconds=600), gpu_node(restart_seconds=900, penalty_usd=3)])
+    prices = [30, 2500, 2500, 40, 30, 3000, 35, 30, 20, 900, 900, 30, 25, 30, 3000, 40]
+    rows = trace([{"hashprice": 120, "power": p, "gpu_rate": 2.0, "gpu_demand": 1 + i % 2,
+                   "budget_kw": "9" if i in (6, 7) else ""} for i, p in enumerate(prices)], minutes=5)
+    whole = solve_optimum(where, rows, switching=switching)
+    for hours, overlap in ((1 / 12, 0.0), (0.25, 0.0), (0.5, 0.25), (1.0, 0.5)):
+        part = solve_optimum(where, rows, switching=switching, window_hours=hours, overlap_hours=overlap)
+        assert part.windows == int(np.ceil(16 / (hours * 12)))
+        assert part.bound_usd >= whole.bound_usd - 1e-6 * abs(whole.bound_usd)
+        assert len(part.miner_watts) == len(rows.rows)
+    single = solve_optimum(where, rows, switching=switching, window_hours=1 / 12, overlap_hours=0.0)
+    assert single.bound_usd > whole.bound_usd + 0.01  # one-step windows forget the costs of switching
+    result = run_backtest(where, plugin("WaitingFirm"), rows)
+    assert result.margin_within_limits_usd <= single.bound_usd
