@@ -11,8 +11,8 @@ Per step a miner group has ``on`` miners awake (``0..n``), of which ``B`` boot (
 ``boot_watts`` and hash nothing) and ``on - B`` hash, at total power ``P`` and hashrate ``R``.
 Hashrate is concave in power, so it is bounded by tangent lines ``f(p) <= a_j + b_j p``; for
 ``h`` miners sharing ``P`` that is ``R <= a_j h + b_j P`` (the perspective of the curve), linear in
-both. Starts ``st >= on_t - on_(t-1)`` cost the wear of a cycle and owe ``boot_seconds`` of
-booting (in a window around the start); stops ``sp >= on_(t-1) - on_t``; a miner stopped less than
+both. Starts and stops conserve the count (``on_t - on_(t-1) = st_t - sp_t``); a start costs the
+wear of a cycle and owes ``boot_seconds`` of booting right after it; a miner stopped less than
 ``min_down_seconds`` ago stays off. ``min_up_seconds`` is *not* imposed: a limit may always stop a
 miner early (the site model allows it and counts it), so imposing it would cut off real runs.
 

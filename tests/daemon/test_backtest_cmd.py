@@ -88,3 +88,27 @@ def test_a_cut_below_the_idle_draw_reports_the_shortfall_and_still_a_ratio(
     b = report["backtest"]
     assert b["margin_within_limits_usd"] == pytest.approx(b["margin_usd"] - b["revenue_over_limit_usd"], abs=0.02)
     assert b["revenue_over_limit_usd"] >= 0 and 0 < report["ratio_to_optimum"] <= 1.0
+
+
+def test_a_policy_that_breaks_a_limit_the_optimum_keeps_gets_no_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Firm work runs from the first hour; at 03:00 the budget falls to 10 kW, below the firm
+    # nodes' 14.4 kW. The merit order started them (firm comes first) and cannot stop them: it is
+    # over the limit. The optimum, seeing the cut, leaves the firm work waiting: it keeps the limit.
+    site = tmp_path / "site.yaml"
+    site.write_text("name: firm\nbudget_kw: 40\nminers:\n  - {model: Antminer S21, count: 2}\n"
+                    "gpu_nodes:\n  - {count: 2, tier: firm, host_max_kw: 1.6}\n")
+    cut = tmp_path / "cut.csv"
+    lines = ["timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh,budget_kw,gpu_rate_usd_per_gpu_hour,gpu_demand"]
+    lines += [f"2025-08-01T{h:02d}:00:00+00:00,45,30,{'10' if h == 3 else ''},2.0,2" for h in range(6)]
+    cut.write_text("\n".join(lines) + "\n")
+    code = main(["backtest", "--site", str(site), "--policy", str(POLICY), "--trace", str(cut), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["backtest"]["limit_violations"] >= 1
+    assert report["optimum"]["shortfall"] is None
+    assert report["ratio_to_optimum"] is None
+    assert "broke a limit at 1 step(s) where the optimum keeps it" in report["ratio_undefined"]
+    assert report["backtest"]["revenue_over_limit_usd"] > 0
+    code = main(["backtest", "--site", str(site), "--policy", str(POLICY), "--trace", str(cut)])
+    assert "ratio         undefined (the policy broke a limit" in capsys.readouterr().out
