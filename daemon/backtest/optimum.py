@@ -526,7 +526,11 @@ def _stdout_to_stderr() -> Iterator[None]:
     solver, before any option can be set: point descriptor 1 at stderr meanwhile, so ``--json``
     prints pure JSON."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no descriptor 1 at all: nothing to keep clean
+        yield
+        return
     try:
         os.dup2(2, 1)
         yield

@@ -18,7 +18,7 @@ from wattshift.daemon.backtest.site import BacktestSite
 from wattshift.daemon.backtest.trace import Trace
 from wattshift.daemon.cli.backtest import build_report
 from wattshift.policies.base import Policy
-from wattshift.policies.catalog import build_policy
+from wattshift.policies.catalog import build_policy, make_policy
 
 PLUGINS = ["adversarial_policies"]
 
@@ -113,3 +113,12 @@ def test_windows_sum_to_a_bound_at_least_the_whole(switching: bool) -> None:
     assert single.bound_usd > whole.bound_usd + 0.01  # one-step windows forget the costs of switching
     result = run_backtest(where, plugin("WaitingFirm"), rows)
     assert result.margin_within_limits_usd <= single.bound_usd
+
+
+def test_a_policy_that_follows_every_price_swing_does_not_beat_the_optimum() -> None:
+    # The merit order wakes and sleeps the miners with a price that flips every five minutes. The
+    # optimum must charge switching exactly as the site model does: charged boots and wear the
+    # site model does not charge, it would fall below this run (SITE_MODEL_SWITCHING guards that).
+    where = site(miners=[{"model": "Antminer S21", "count": 2}])
+    rows = trace([{"hashprice": 300, "power": p} for p in [30, 1500] * 6], minutes=5)
+    assert_bounded(where, rows, make_policy("merit-order", {}))
