@@ -34,6 +34,7 @@ and the ratio is taken against the bound.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
@@ -273,7 +274,8 @@ def solve_optimum(
         jobs.append((site, window, integer, physics, time_limit_s, c0 - lo if lo else 0,
                      min(hi, c1 + ahead) - lo, c0 - lo, c1 - lo))
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # Spawned, not forked: a fork of a process whose HiGHS threads already run can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(_solve_job, jobs))
     else:
         parts = [_solve_job(job) for job in jobs]

@@ -112,3 +112,17 @@ def test_a_policy_that_breaks_a_limit_the_optimum_keeps_gets_no_ratio(
     assert report["backtest"]["revenue_over_limit_usd"] > 0
     code = main(["backtest", "--site", str(site), "--policy", str(POLICY), "--trace", str(cut)])
     assert "ratio         undefined (the policy broke a limit" in capsys.readouterr().out
+
+
+def test_window_hours_solves_in_windows_whose_sum_bounds_the_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backtest", "--site", str(SITE), "--policy", str(POLICY), "--trace", str(SPIKE), "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(["backtest", "--site", str(SITE), "--policy", str(POLICY), "--trace", str(SPIKE), "--json",
+                 "--window-hours", "6", "--mip"]) == 0
+    parts = json.loads(capsys.readouterr().out)
+    assert (whole["optimum"]["windows"], parts["optimum"]["windows"]) == (1, 4)
+    # A MIP in windows: each window's dual bound is above its optimum, so the sum stays above the
+    # policy's margin; the windows only loosen what they cut, so it is not far above the whole LP.
+    assert parts["backtest"]["margin_within_limits_usd"] <= parts["optimum"]["bound_usd"]
+    assert parts["optimum"]["bound_usd"] <= whole["optimum"]["bound_usd"] * 1.01
+    assert 0.97 <= parts["ratio_to_optimum"] <= 1.0
