@@ -55,6 +55,12 @@ class BacktestResult:
     decide_calls: int
     records: list[StepRecord] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # "time: circuit: ..." at every step over
+    over_limit_revenue_usd: float = 0.0  # earned in steps over a limit: not money a policy may count
+
+    @property
+    def margin_within_limits_usd(self) -> float:
+        """The margin without the revenue of steps over a limit (what is compared with the optimum)."""
+        return self.totals.margin_usd - self.over_limit_revenue_usd
 
     def summary(self) -> dict[str, Any]:
         t = self.totals
@@ -82,6 +88,8 @@ class BacktestResult:
             "gpu_starts": t.gpu_starts,
             "job_interruptions": t.job_interruptions,
             "limit_violations": len(self.violations),
+            "revenue_over_limit_usd": round(self.over_limit_revenue_usd, 2),
+            "margin_within_limits_usd": round(self.margin_within_limits_usd, 2),
             "wall_seconds": round(self.wall_seconds, 3),
             "steps_per_second": round(self.steps / self.wall_seconds, 1) if self.wall_seconds else None,
         }
@@ -112,6 +120,7 @@ def run_backtest(
     start = rows[0].at
     tick = site.tick_seconds
     decides = 0
+    over_limit_usd = 0.0
     began = time.perf_counter()
     own = site.circuit_limits()
     gpu_models = {g.gpu_model for g in site.gpu_nodes}
@@ -146,6 +155,8 @@ def run_backtest(
             elapsed += span
         advance(seconds - elapsed)
         violations.extend(f"{row.at.isoformat()}: {v}" for v in step.violations)
+        if step.violations:
+            over_limit_usd += step.revenue_usd
         step.violations.clear()
         totals.add(step)
         if keep_records:
@@ -154,4 +165,4 @@ def run_backtest(
                 limits[SITE_CIRCUIT], step.miner_wh * 3600 / seconds, step.gpu_wh * 3600 / seconds,
             ))
     return BacktestResult(site.name, policy.name, trace.name, len(rows), trace.step_seconds, totals,
-                          time.perf_counter() - began, decides, records, violations)
+                          time.perf_counter() - began, decides, records, violations, over_limit_usd)
