@@ -58,10 +58,10 @@ from .site_model import RAMP_WATTS_PER_S
 from .trace import Trace
 
 MIP_REL_GAP = 1e-4  # stated, not HiGHS's default by accident: the report gives the gap reached
-# Whether the site model charges boot time, wear and minimum down time (issue 15). The optimum
-# must charge exactly what the site model charges, no more, or it stops being a bound: it follows
-# the site model, and this flips with it.
-SITE_MODEL_SWITCHING = False
+# Whether the site model charges boot time, wear and minimum down time (issue 15): it does
+# (daemon/backtest/site_model.py). The optimum must charge exactly what the site model charges,
+# no more, or it stops being a bound; False is the free-switching model, for comparison.
+SITE_MODEL_SWITCHING = True
 
 
 class OptimumError(RuntimeError):
@@ -240,8 +240,9 @@ class _Clock:
 
 
 def miner_spec(group: MinerCount) -> MinerSpec:
-    """The spec of a miner group: boot, wear and minimum down time as the site model sees them."""
-    return spec_for(group.model).spec
+    """The spec of a miner group: boot, wear and minimum down time as the site model sees them
+    (the model's row with the group's ``switching`` overrides in place)."""
+    return group.kind.spec
 
 
 def solve_optimum(

@@ -33,14 +33,14 @@ NODE_MIN_W = 1500 + 8 * 200
 @pytest.mark.parametrize("integer", [False, True])
 def test_one_miner_two_steps_runs_flat_out_when_cheap_and_sleeps_when_dear(integer: bool) -> None:
     # $20/MWh is below even the last watt's value at 4000 W; $500 is above the first watt's.
-    result = solve_optimum(site(), trace([{"power": 20}, {"power": 500}]), integer=integer)
+    result = solve_optimum(site(), trace([{"power": 20}, {"power": 500}]), integer=integer, switching=False)
     expected = (s21_usd_per_hour(4000) - 20 * 4.0 / 1000) + (-500 * 12 / 1e6)
     assert result.margin_usd == pytest.approx(expected, rel=1e-9)
     assert result.miner_watts == pytest.approx((4000, 12))
 
 
 def test_a_budget_cut_holds_the_miner_at_the_budget() -> None:
-    result = solve_optimum(site(), trace([{"power": 20, "budget_kw": 2.5}, {"power": 20}]))
+    result = solve_optimum(site(), trace([{"power": 20, "budget_kw": 2.5}, {"power": 20}]), switching=False)
     exact = s21_usd_per_hour(2500) - 20 * 2.5 / 1000 + s21_usd_per_hour(4000) - 20 * 4.0 / 1000
     assert result.miner_watts == pytest.approx((2500, 4000))
     # Tangent lines bound the curve from above: never below the truth, and within 0.1% of it.
@@ -88,7 +88,7 @@ def test_a_budget_below_the_idle_draw_is_a_shortfall_where_nothing_is_earned() -
     # 1 kW is below the node's idle draw (1.36 kW): no policy meets it. The optimum still solves,
     # names the shortfall, and earns nothing in that step (the other step runs as usual).
     rows = [{"power": 20, "budget_kw": 1.0}, {"power": 20}]
-    result = solve_optimum(site(gpu_nodes=[gpu_node()]), trace(rows))
+    result = solve_optimum(site(gpu_nodes=[gpu_node()]), trace(rows), switching=False)  # free starts: exact sums
     assert result.shortfall is not None
     assert result.shortfall.steps == 1 and result.shortfall.circuit == "site"
     assert result.shortfall.worst_kw == pytest.approx((12 + NODE_IDLE_W) / 1000 - 1.0)
