@@ -511,13 +511,18 @@ class AgentJobs:
         try:
             command = JobCommand(v=PROTOCOL, command="job", id=link.new_id(), host=host, sent_at=link.wall(),
                                  action=action, job_id=local)
+            sent = link.clock()
             reply = await link.ask(host, command, self.timeout_seconds)
+            if reply.status != "ok":
+                raise JobError(job_id, action, f"agent {host}: {reply.detail or reply.status}")
+            # Done once the agent's next reading shows the job where it is now: till then the
+            # controller's view has it where it was, and would send the same move again (which
+            # the host's runner refuses: "is suspended, not running").
+            await link.reading_after(host, reply.at, sent, self.timeout_seconds)
         except DeviceError as err:
             raise JobError(job_id, action, err.detail) from None
         except ValueError as err:  # an id the wire refuses
             raise JobError(job_id, action, str(err)) from None
-        if reply.status != "ok":
-            raise JobError(job_id, action, f"agent {host}: {reply.detail or reply.status}")
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -225,3 +225,38 @@ def test_moving_a_job_without_a_broker_is_a_job_error(link):
     AgentGpus(name="node-a", host="gpu-a", link=link)
     with pytest.raises(JobError, match="not connected"):
         asyncio.run(AgentJobs(link).suspend("gpu-a/7"))
+
+
+def test_a_job_move_is_done_only_once_a_reading_taken_after_the_reply_shows_it(link, clock):
+    """Until the agent's next reading, the controller's view has the job where it was, and the
+    next tick would send the same move again (which the host's runner refuses)."""
+    AgentGpus(name="node-a", host="gpu-a", link=link)
+    sent: list[Any] = []
+
+    async def publish(host: str, message: Any) -> None:
+        sent.append(message)
+
+    link.publish = publish  # type: ignore[method-assign]
+
+    def reading(state: str, at: float) -> bytes:
+        body = json.loads(payload("gpu-a", ["GPU-1"], at=at))
+        body["jobs"] = [{"job_id": "7", "name": "train", "state": state, "gpus": 1}]
+        return json.dumps(body).encode()
+
+    async def main() -> None:
+        link.deliver(f"{P}/gpu-a/readings", reading("running", now(link)))
+        moving = asyncio.create_task(AgentJobs(link, timeout_seconds=5.0).suspend("gpu-a/7"))
+        while not sent:
+            await asyncio.sleep(0.01)
+        replied_at = now(link)
+        ok = {"v": 1, "host": "gpu-a", "id": sent[0].id, "status": "ok", "at": replied_at, "job_id": "7"}
+        assert link.deliver(f"{P}/gpu-a/reply", json.dumps(ok).encode()) is None
+        link.deliver(f"{P}/gpu-a/readings", reading("running", replied_at - 0.1))  # taken before it moved
+        await asyncio.sleep(0.05)
+        assert not moving.done()  # the agent said OK; its readings do not show it yet
+        clock.advance(0.2)
+        link.deliver(f"{P}/gpu-a/readings", reading("suspended", replied_at + 0.2))
+        await asyncio.wait_for(moving, 1.0)
+        assert link.hosts["gpu-a"].readings.jobs[0].state.value == "suspended"  # type: ignore[union-attr]
+
+    asyncio.run(main())
