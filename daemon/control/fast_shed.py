@@ -20,14 +20,19 @@ out, so one whose answer is lost still counts):
 
 - a grant sent since (a limit raised, a wake) is folded in: a miner counts at the highest limit
   commanded and as waking (on, at that limit), never below the step's own ``worst_after``; a
-  GPU node granted since counts at its maximum (its caps and job state are not modelled here);
+  GPU node granted since counts at its maximum (its caps and job state are not modelled here).
+  This is not a corner case: a tick sends its last plan's grants *after* its last read, and the
+  drivers' read-back confirms the setting, not the draw, so the snapshot a tick leaves behind
+  does not show its own grants;
 - a shed sent since changes nothing in the count (its release is not believed until telemetry
   shows it, as in the sequencer), but it is what the device now holds: the fast shed sends a
   device only a setting below the last one commanded (:func:`lowering`), so a stale reading
   can never turn into a raise;
-- a device whose command failed is distrusted (the controller's memory) and a device whose worst
-  case rose since (driver dropped, read lost) is unknown: both count at their maximum, and are
-  sent nothing, as the normal observe does.
+- a device whose command failed is distrusted (the controller's memory, ``DISTRUST_SECONDS``)
+  and a device whose worst case rose since (driver dropped, read lost) is unknown: both count at
+  their maximum, and are sent nothing, as the normal observe does;
+- a miner waking in the snapshot stays waking (on, at its limit) even if its boot allowance
+  ran out since (``memory.still_waking``): only a read may take it as asleep.
 
 Each fast step lowers its device below both its count in the basis and its last command, so
 after the fast shed every device still draws at most what the basis counted: the fast shed can
