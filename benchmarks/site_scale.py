@@ -11,9 +11,12 @@ metrics, policy, the real pyasic fleet). Measured, each beside a peer from the s
 - memory: the daemon's resident set after its first tick, beside a bare interpreter that has
   imported the same modules (wattshift's daemon and pyasic);
 - shed reaction: from a budget event received (``Controller.add_budget_event``, what the MQTT
-  ``budget`` command calls) to every shed command acknowledged (the tick's shed steps all
-  answered), beside one raw CGMiner round trip per shed command under the same bound; the tick's
-  read of the fleet, decision and sends are shown apart.
+  ``budget`` command calls) to every shed command acknowledged, beside one raw CGMiner round
+  trip per shed command under the same bound. Twice, each cut taking a fifth of the first
+  tick's draw: with the loop running (``Controller.run``), where the fast shed goes out from the
+  last snapshot (``daemon/control/fast_shed.py``); and read-then-act, the tick alone
+  (``run_once``: read the fleet, decide, send), as before the fast shed, with its read,
+  decision and sends shown apart.
 
 LuxOS simulators: the cheapest firmware to simulate and to poll (one multicommand), so 10,000
 of them fit on a small machine beside the daemon; other firmwares cost more per miner (see
@@ -165,6 +168,7 @@ async def daemon_side(hosts: list[str], profile: bool = False) -> dict[str, Any]
                 parts.setdefault("decide_s", time.perf_counter() - t0)
                 return allocation
 
+            out.update(await fast_shed_reaction(controller, BudgetEvent("bench-fast", draw * 0.8, datetime.now(UTC))))
             controller.observe = observed  # type: ignore[method-assign]
             controller.policy.decide = decided  # type: ignore[method-assign]
             event = BudgetEvent("bench-shed", draw * 0.6, datetime.now(UTC))
@@ -188,7 +192,37 @@ async def daemon_side(hosts: list[str], profile: bool = False) -> dict[str, Any]
             out["rss_after_shed_mb"] = rss_mb()
             shed_hosts = [r.step.device_id for r in sheds]
         out["raw_shed_s"] = await raw_round_trips(shed_hosts, "summary") if shed_hosts else 0.0
+        fast_hosts = out.pop("fast_hosts")
+        out["raw_fast_s"] = await raw_round_trips(fast_hosts, "summary") if fast_hosts else 0.0
     return out
+
+
+async def fast_shed_reaction(controller: Any, event: Any) -> dict[str, Any]:
+    """The loop running, idle after its first tick: ``event`` received -> the fast shed's every
+    command answered. The loop is stopped once the tick that follows the shed has run."""
+    stop = asyncio.Event()
+    before = controller.last_report
+    loop = asyncio.create_task(controller.run(stop))
+    try:
+        while controller.last_report is before:  # the loop's own first tick
+            await asyncio.sleep(0.05)
+        received, cpu = time.perf_counter(), time.process_time()
+        await controller.add_budget_event(event)
+        while controller.last_fast_shed is None:
+            if loop.done():
+                raise SystemExit("the loop ended before the fast shed")
+            await asyncio.sleep(0.005)
+        seconds, cpu_s = time.perf_counter() - received, time.process_time() - cpu
+        shed = controller.last_fast_shed
+        after = controller.last_report
+        while controller.last_report is after:  # the tick that follows: reads, confirms, may grant
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await loop
+    sheds = [r for r in shed.results if r.step.is_shed]
+    return {"fast_s": seconds, "fast_cpu_s": cpu_s, "fast_commands": len(sheds),
+            "fast_acknowledged": sum(1 for r in sheds if r.ok), "fast_hosts": [r.step.device_id for r in sheds]}
 
 
 def bare_rss_mb() -> float:
@@ -235,8 +269,11 @@ def main() -> None:
               f"{r['identified_hinted']} built; peer: one raw 'version' round trip each {r['raw_version_s']:5.1f} s")
         print(f"{'':6s}   resident after the first tick ({r['first_tick_s']:.1f} s) {r['rss_mb']:6.0f} MB, "
               f"{r['rss_mb'] - results['bare_rss_mb']:.0f} MB above the peer")
-        print(f"{'':6s}   shed reaction (budget event -> {r['shed_acknowledged']}/{r['shed_commands']} sheds "
-              f"acknowledged) {r['shed_s']:6.2f} s = read {r['shed_read_s'] or 0:.2f} s + decide "
+        print(f"{'':6s}   shed reaction, fast shed from the last snapshot (budget event -> "
+              f"{r['fast_acknowledged']}/{r['fast_commands']} sheds acknowledged) {r['fast_s']:6.2f} s, "
+              f"{r['fast_cpu_s']:.1f} s of CPU; peer: one raw round trip per shed {r['raw_fast_s']:5.2f} s")
+        print(f"{'':6s}   shed reaction, read then act (budget event -> {r['shed_acknowledged']}/{r['shed_commands']} "
+              f"sheds acknowledged) {r['shed_s']:6.2f} s = read {r['shed_read_s'] or 0:.2f} s + decide "
               f"{r['shed_decide_s'] or 0:.2f} s + the sends, {r['shed_cpu_s']:.1f} s of CPU; "
               f"peer: one raw round trip per shed {r['raw_shed_s']:5.2f} s")
 

@@ -97,6 +97,7 @@ class JournalRecorder:
             "sheds": len(plan.sheds),
             "grants": len(plan.grants),
             "deferred": [s.device_id for s in plan.deferred],
+            **({"fast_shed": True} if plan.fast_shed else {}),
             # Wakes held inside a miner's minimum down time (sequencer): asked for, not sent.
             **({"held": [s.device_id for s in plan.held]} if plan.held else {}),
         }

@@ -61,6 +61,9 @@ class Plan:
     grants: tuple[Step, ...]
     deferred: tuple[Step, ...]
     held: tuple[Step, ...] = ()  # wakes within a miner's minimum down time: not sent, not waited on
+    # The sheds of a plan made on the last snapshot and sent before the fleet is read again
+    # (controller.shed_now, fast_shed.py): no grants, and the journal says so.
+    fast_shed: bool = False
 
     @property
     def now(self) -> tuple[Step, ...]:
