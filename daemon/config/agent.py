@@ -14,27 +14,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
 from wattshift.model.fields import Name, Strict
 
 from .gpu import MAX_GPU_INDEX, CommandRunnerConfig
-from .mqtt import Login, TlsConfig, Topic, check_topic
+from .mqtt import BrokerConfig, Login, Topic, check_topic
 from .site import Credentials, load_secrets
 from .yamlfile import FileInvalid, Problem, read_document, validate
 
 
-class AgentMqttConfig(Strict):
-    """The broker, as the site file's ``mqtt`` block names it (the agent needs no more of it)."""
+class AgentMqttConfig(BrokerConfig):
+    """The broker, as the site file's ``mqtt`` block names it (the agent needs no more of it);
+    ``credentials`` names an entry of the agent's own secrets file, ``client_id`` defaults to
+    wattshift-agent-<host>."""
 
-    host: str = Field(min_length=1, max_length=253)
-    port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with TLS
-    tls: TlsConfig | None = None
-    credentials: str | None = None  # an entry of the agent's secrets file: {username, password}
-    client_id: str | None = Field(default=None, min_length=1, max_length=128)  # None: wattshift-agent-<host>
     prefix: Topic = "wattshift/agents"  # the site file's mqtt.agents.prefix
-    keepalive: int = Field(default=30, ge=5, le=3600)
-    reconnect_min_seconds: float = Field(default=1.0, gt=0, le=600)
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Obey commands even on a broker that lets anyone in (by default every command is then
     # refused, and the cards fall to the safe cap once the controller has been silent).
@@ -44,16 +39,6 @@ class AgentMqttConfig(Strict):
     @classmethod
     def _prefix(cls, value: str) -> str:
         return check_topic(value, what="prefix")
-
-    @model_validator(mode="after")
-    def _backoff(self) -> AgentMqttConfig:
-        if self.reconnect_max_seconds < self.reconnect_min_seconds:
-            raise ValueError(f"reconnect_max_seconds ({self.reconnect_max_seconds}) must be at least "
-                             f"reconnect_min_seconds ({self.reconnect_min_seconds})")
-        return self
-
-    def broker_port(self) -> int:
-        return self.port or (8883 if self.tls is not None else 1883)
 
 
 class AgentConfig(Strict):

@@ -128,19 +128,38 @@ class AgentLinkConfig(Strict):
         return check_topic(value, what="prefix")
 
 
-class MqttConfig(Strict):
+class BrokerConfig(Strict):
+    """How to reach the broker: the part of the site file's ``mqtt`` block that a GPU host's
+    agent file repeats (daemon/config/agent.py)."""
+
     host: str = Field(min_length=1, max_length=253)
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with TLS
     tls: TlsConfig | None = None
     credentials: str | None = None  # an entry of the secrets file: {username, password}
-    client_id: str | None = Field(default=None, min_length=1, max_length=128)  # None: wattshift-<site>
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    reconnect_min_seconds: float = Field(default=1.0, gt=0, le=600)
+    reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> BrokerConfig:
+        if self.reconnect_max_seconds < self.reconnect_min_seconds:
+            raise ValueError(f"reconnect_max_seconds ({self.reconnect_max_seconds}) must be at least "
+                             f"reconnect_min_seconds ({self.reconnect_min_seconds})")
+        return self
+
+    def broker_port(self) -> int:
+        return self.port or (8883 if self.tls is not None else 1883)
+
+
+class MqttConfig(BrokerConfig):
+    """The site file's ``mqtt`` block: the broker (``client_id`` defaults to wattshift-<site>),
+    the daemon's topics, the site meter, commands and the GPU hosts' agents."""
+
     prefix: Topic | None = None  # None: wattshift/<site name>
     qos: Literal[0, 1, 2] = 1
     retain: bool = True  # state topics (site, circuits, classes, devices, availability)
     publish_min_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
-    keepalive: int = Field(default=30, ge=5, le=3600)
-    reconnect_min_seconds: float = Field(default=1.0, gt=0, le=600)
-    reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600)
     queue_limit: int = Field(default=1000, ge=10, le=1_000_000)  # decisions/events kept while offline
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     meter: MeterConfig | None = None
@@ -151,13 +170,6 @@ class MqttConfig(Strict):
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
         return None if value is None else check_topic(value, what="prefix")
-
-    @model_validator(mode="after")
-    def _backoff(self) -> MqttConfig:
-        if self.reconnect_max_seconds < self.reconnect_min_seconds:
-            raise ValueError(f"reconnect_max_seconds ({self.reconnect_max_seconds}) must be at least "
-                             f"reconnect_min_seconds ({self.reconnect_min_seconds})")
-        return self
 
     @model_validator(mode="after")
     def _replies_apart(self) -> MqttConfig:
@@ -186,9 +198,6 @@ class MqttConfig(Strict):
 
     def identifier(self, site_name: str) -> str:
         return self.client_id or f"wattshift-{site_name}"
-
-    def broker_port(self) -> int:
-        return self.port or (8883 if self.tls is not None else 1883)
 
 
 class Login(Strict):

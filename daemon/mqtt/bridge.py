@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from wattshift.model.snapshot import SiteSnapshot
 from wattshift.policies.base import Allocation
 from wattshift.policies.overrides import Overrides, forced_devices
 
+from .client import CALL_TIMEOUT_SECONDS, admits_anonymous, make_client, proves_identity
 from .commands import Rejection, parse_command, show
 from .delivery import ReplyTo, delivery_refusal, reply_target
 from .handler import BudgetWatch, CommandHandler, Outcome, PolicySwitcher
@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-CALL_TIMEOUT_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class _Pending:
     watch: BudgetWatch
@@ -311,47 +312,20 @@ class MqttBridge:
 
     # -- the connection --------------------------------------------------------------------------
 
-    def _client(self, *, anonymous: bool = False) -> aiomqtt.Client:
-        """The daemon's client; ``anonymous``: the same broker and CA, but no password, no client
-        certificate, no will and another identifier (the check of the broker's openness)."""
+    def _client(self) -> aiomqtt.Client:
         config = self.config
-        tls = None
-        if config.tls is not None:
-            own_cert = config.tls.cert_file is not None and not anonymous
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
-                certfile=str(config.tls.cert_file) if own_cert else None,
-                keyfile=str(config.tls.key_file) if own_cert else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        login = None if anonymous else self.login
-        identifier = config.identifier(self.site_name)
-        return aiomqtt.Client(
-            config.host,
-            config.broker_port(),
-            username=login.username if login else None,
-            password=login.password.get_secret_value() if login else None,
-            identifier=f"{identifier}-anonymity-check" if anonymous else identifier,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            will=None if anonymous else aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
-            keepalive=config.keepalive,
-            tls_params=tls,
-            timeout=CALL_TIMEOUT_SECONDS,
-            logger=log,
-        )
+        return make_client(config.host, config.broker_port(), identifier=config.identifier(self.site_name),
+                           tls=config.tls, login=self.login, keepalive=config.keepalive, logger=log,
+                           will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True))
 
     async def _check_anonymous(self) -> None:
         """Whether a client without credentials gets in where the daemon needs them. Checked
         before the command topic is subscribed, so no command arrives before the verdict."""
-        tls = self.config.tls
-        if self.login is None and (tls is None or tls.cert_file is None):
+        config = self.config
+        if not proves_identity(self.login, config.tls):
             return  # the daemon itself is anonymous: nothing to compare (docs/mqtt.md says so)
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
-                async with self._client(anonymous=True):
-                    accepted = True
-        except (aiomqtt.MqttError, TimeoutError, OSError):
-            accepted = False  # refused (not authorised, no certificate) or did not get in at all
+        accepted = await admits_anonymous(config.host, config.broker_port(),
+                                          identifier=config.identifier(self.site_name), tls=config.tls)
         if accepted and self.anonymous_broker is not True:
             refused = not self.config.commands.allow_anonymous_broker
             message = ("mqtt: the broker accepts anonymous clients: anyone on the network can publish to "

@@ -1,7 +1,7 @@
 """An aiomqtt client from the site's broker settings: address, TLS, login, last will.
 
-Shared by the link to the GPU hosts' agents and by ``wattshift agent`` itself, so both speak
-to the broker as the daemon's bridge does (MQTT 5, TLS with the CA given, a bounded timeout).
+Shared by the daemon's bridge, its link to the GPU hosts' agents and ``wattshift agent`` itself,
+so all three speak to the broker alike (MQTT 5, TLS with the CA given, a bounded timeout).
 """
 
 from __future__ import annotations
