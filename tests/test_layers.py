@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("model", "policies", "drivers", "simulators", "daemon")
+FOLDERS = ("model", "planning", "policies", "drivers", "simulators", "daemon")
 # What each folder may import of wattshift, besides itself.
 MAY_IMPORT = {
     "model": set(),
-    "policies": {"model"},
+    "planning": {"model"},
+    "policies": {"model", "planning"},
     "drivers": {"model"},
     "simulators": {"model", "drivers"},
-    "daemon": {"model", "policies", "drivers", "simulators"},
+    "daemon": {"model", "planning", "policies", "drivers", "simulators"},
 }
 # Inside the daemon: the entry points, which nothing else imports and which alone may import the
 # simulators (the demo runs a simulated site).

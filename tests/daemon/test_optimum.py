@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from backtest_factories import gpu_node, site, trace
 
-from wattshift.daemon.backtest.envelope import TOLERANCE, PowerLaw, overshoot, tangents
 from wattshift.daemon.backtest.optimum import MIP_REL_GAP, solve_optimum
 from wattshift.daemon.backtest.site import spec_for
 from wattshift.model.specs import SPECS
+from wattshift.planning.envelope import TOLERANCE, PowerLaw, overshoot, tangents
 
 HASHPRICE = 45.0
 

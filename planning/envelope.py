@@ -14,6 +14,7 @@ host draw, ``g = 1/3``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,8 +36,13 @@ class PowerLaw:
 
 def tangents(f: PowerLaw, lo: float, hi: float, tol: float = TOLERANCE) -> list[tuple[float, float]]:
     """``(intercept, slope)`` of tangent lines at points from ``lo`` to ``hi`` (both included)."""
+    return list(_tangents(f, lo, hi, tol))
+
+
+@lru_cache(maxsize=1024)  # a planning policy asks for the same few curves at every plan
+def _tangents(f: PowerLaw, lo: float, hi: float, tol: float) -> tuple[tuple[float, float], ...]:
     if hi <= lo:
-        return [_line(f, lo)]
+        return (_line(f, lo),)
     points = [lo]
     while points[-1] < hi:
         here = points[-1]
@@ -48,7 +54,7 @@ def tangents(f: PowerLaw, lo: float, hi: float, tol: float = TOLERANCE) -> list[
             mid = (near + far) / 2
             near, far = (mid, far) if _worst(f, here, mid) <= tol else (near, mid)
         points.append(near)
-    return [_line(f, x) for x in points]
+    return tuple(_line(f, x) for x in points)
 
 
 def overshoot(f: PowerLaw, lines: list[tuple[float, float]], lo: float, hi: float, samples: int = 20_001) -> float:
