@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
+from .forecast import ForecastStep
 from .gpu import GpuReading
 from .jobs import NO_SWITCHING_COST, FlexTier, JobState, SwitchingCost
 from .miner import Failure, MinerCapability, MinerReading
@@ -277,6 +278,8 @@ class SiteSnapshot:
     miners: tuple[MinerState, ...]
     prices: Prices
     gpu_nodes: tuple[GpuNodeState, ...] = ()
+    # The hours ahead, for a policy that asked for them (``forecast_seconds``): model/forecast.py.
+    forecast: tuple[ForecastStep, ...] = ()
     _by_id: Mapping[str, Load] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

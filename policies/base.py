@@ -153,6 +153,19 @@ def carried(policy: Policy) -> Policy:
     return Carried(policy) if is_stateful(policy) else policy
 
 
+def forecast_seconds(policy: object) -> float:
+    """How far ahead the snapshot's forecast must reach for ``policy`` (0: it reads none), through
+    the wrappers around it (:class:`Carried`, a policy file's windows)."""
+    wanted = getattr(policy, "forecast_seconds", None)
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+        return max(0.0, float(wanted))
+    for attr in ("policy", "base"):
+        inner = getattr(policy, attr, None)
+        if inner is not None and inner is not policy:
+            return forecast_seconds(inner)
+    return 0.0
+
+
 def bare(policy: Policy) -> Policy:
     """The pure policy inside a :class:`Carried`, or the policy itself."""
     return policy.policy if isinstance(policy, Carried) else policy

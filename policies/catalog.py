@@ -2,7 +2,7 @@
 
 In this order (:func:`policy_factory`):
 
-1. a built-in (``merit-order``, ``strike-price``, ``ai-first``);
+1. a built-in (``merit-order``, ``lookahead``, ``strike-price``, ``ai-first``);
 2. a dotted path ``package.module:factory``, only for a module the site file allows
    (``policy_modules``): a policy file is data, and naming ``subprocess:Popen`` in it must not
    make even ``wattshift validate`` run code, so nothing outside the list is imported;
@@ -49,11 +49,13 @@ def module_name(value: str) -> str:
 def builtin_policies() -> Registry[PolicyFactory]:
     """The policies wattshift ships, by the names operators write in their files."""
     from .ai_first import AiFirstPolicy
+    from .lookahead import LookaheadPolicy
     from .merit_order import MeritOrderPolicy
     from .strike_price import StrikePricePolicy
 
     registry: Registry[PolicyFactory] = Registry("policy")
     registry.register(MeritOrderPolicy.name)(MeritOrderPolicy.from_options)
+    registry.register(LookaheadPolicy.name)(LookaheadPolicy.from_options)
     registry.register(StrikePricePolicy.name)(StrikePricePolicy.from_options)
     registry.register(AiFirstPolicy.name)(AiFirstPolicy.from_options)
     return registry

@@ -9,25 +9,33 @@ Events in the trace are known one step ahead: the loop plans for the lower of th
 and the next's, the way a 4CP window is scheduled and a demand-response call comes with notice,
 so the site is already under a cut when it begins. Limit violations are judged on the *true*
 draw against the budget in force at that step, never on what the loop believed.
+
+A policy that plans ahead (``forecast_seconds``) also gets ``snapshot.forecast``: the trace's
+budget events announced ``notice_seconds`` ahead (beyond that, the site's own budget), and its
+day-ahead power price where the trace has one. The real-time price is never in it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from wattshift.daemon.control.sequencer import plan_transition
 from wattshift.model.fields import SITE_CIRCUIT
+from wattshift.model.forecast import ForecastStep
 from wattshift.model.snapshot import Prices
-from wattshift.policies.base import Policy
+from wattshift.policies.base import Policy, forecast_seconds
 
 from .site import BacktestSite
 from .site_model import SiteModel, Totals
 from .trace import Trace
 
 MAX_ROUNDS = 4  # reads and plans per step: sheds confirmed, then the grants they made room for
+# How long before it starts a budget event is known: a 4CP window called by the site's own peak
+# forecast the same day, a demand-response call with hours of notice (ERCOT ERS: 10-30 minutes).
+DEFAULT_NOTICE_SECONDS = 7200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +115,34 @@ def _lowered(own: dict[str, float], budget_watts: float | None) -> dict[str, flo
     return limits
 
 
+def forecast_at(
+    site: BacktestSite, trace: Trace, index: int, elapsed: float, *, seconds: float, notice_seconds: float,
+) -> tuple[ForecastStep, ...]:
+    """What a site knows at ``elapsed`` seconds into row ``index`` of the next ``seconds``: the
+    budget with every event announced by then, the day-ahead price where the trace has one."""
+    rows = trace.rows
+    now = rows[index].at + timedelta(seconds=elapsed)
+    own = site.circuit_limits()
+    steps = []
+    for j in range(index, len(rows)):
+        offset = (rows[j].at - now).total_seconds()
+        if offset >= seconds:
+            break
+        announced = rows[j].budget_watts if offset <= notice_seconds else None
+        budget = _lowered(own, announced)[SITE_CIRCUIT] - site.reserve_watts
+        price = rows[j].day_ahead_usd_per_mwh if j > index else None
+        steps.append(ForecastStep(max(0.0, offset), trace.durations[j] - (elapsed if j == index else 0.0),
+                                  max(0.0, budget), price))
+    return tuple(steps)
+
+
 def run_backtest(
-    site: BacktestSite, policy: Policy, trace: Trace, *, keep_records: bool = True, grouped: bool = True
+    site: BacktestSite, policy: Policy, trace: Trace, *, keep_records: bool = True, grouped: bool = True,
+    notice_seconds: float = DEFAULT_NOTICE_SECONDS,
 ) -> BacktestResult:
     """``grouped``: identical miners in identical states are modelled once (the same result,
-    faster: see :class:`SiteModel`)."""
+    faster: see :class:`SiteModel`). ``notice_seconds``: how long before it starts a budget event
+    is in a planning policy's forecast."""
     model = SiteModel(site, grouped=grouped)
     totals = Totals()
     records: list[StepRecord] = []
@@ -124,6 +155,7 @@ def run_backtest(
     began = time.perf_counter()
     own = site.circuit_limits()
     gpu_models = {g.gpu_model for g in site.gpu_nodes}
+    ahead = forecast_seconds(policy)
     for index, row in enumerate(rows):
         seconds = trace.durations[index]
         limits = _lowered(own, row.budget_watts)
@@ -144,6 +176,9 @@ def run_backtest(
         for _ in range(MAX_ROUNDS):
             snapshot = model.snapshot(at=row.at + timedelta(seconds=elapsed), clock=clock0 + elapsed,
                                       budget_watts=max(0.0, planned_budget), prices=prices)
+            if ahead:
+                snapshot = replace(snapshot, forecast=forecast_at(site, trace, index, elapsed, seconds=ahead,
+                                                                  notice_seconds=notice_seconds))
             allocation = policy.decide(snapshot)
             decides += 1
             plan = plan_transition(snapshot, allocation)

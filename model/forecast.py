@@ -1,0 +1,44 @@
+"""What the site knows of the hours ahead: announced budget events and published prices.
+
+A policy that plans ahead (``lookahead``) asks for a forecast by its ``forecast_seconds``; the
+control loop and the back-test attach one to the snapshot, step by step from ``snapshot.at``.
+Only what is really known goes in: the site limit with every *announced* event (a 4CP window
+called by the site's peak forecast, a demand-response call with its notice), and the power price
+where a market has published it (the day-ahead price). Where a step has no published price the
+policy assumes the price now holds (persistence); a budget with no event announced is the
+site's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .budget import BudgetSchedule
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastStep:
+    offset_seconds: float  # from the snapshot's time to this step's start
+    seconds: float
+    budget_watts: float  # the site limit in force over the step, reserve taken off (as the snapshot's)
+    power_usd_per_mwh: float | None = None  # published (day-ahead); None: unknown, persistence
+
+
+def budget_outlook(
+    schedule: BudgetSchedule, now: datetime, *, seconds: float, step_seconds: float, less_watts: float = 0.0,
+) -> tuple[ForecastStep, ...]:
+    """The schedule's budget over the next ``seconds``, in steps: the lowest budget in force at
+    any instant of each step (events begin and end between steps), less ``less_watts`` (the
+    reserve and what the devices cannot see)."""
+    events = schedule.events()
+    steps = []
+    offset = 0.0
+    while offset < seconds:
+        begin = now + timedelta(seconds=offset)
+        end = begin + timedelta(seconds=step_seconds)
+        instants = {begin} | {t for e in events for t in (e.start, e.end) if t is not None and begin < t < end}
+        low = min(schedule.at(t) for t in instants)
+        steps.append(ForecastStep(offset, step_seconds, max(0.0, low - less_watts)))
+        offset += step_seconds
+    return tuple(steps)
