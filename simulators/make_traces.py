@@ -81,7 +81,7 @@ def row(
     at: datetime, hashprice: float, power: float, budget: float | None, rate: float | None, demand: int | None
 ) -> str:
     cells = [at.isoformat(), f"{hashprice:g}", f"{power:g}", "" if budget is None else f"{budget:g}",
-             "" if rate is None else f"{rate:g}", "" if demand is None else str(demand)]
+             "" if rate is None else f"{rate:g}", "" if demand is None else str(demand), ""]
     return ",".join(cells)
 
 
