@@ -7,7 +7,9 @@ halving, $60 in January 2025, $38 in November 2025, under $35 at the record low;
 shaped like ERCOT North hub real-time prices (2024 average about $27/MWh: cheap nights, solar
 middays, summer afternoon peaks, occasional negative intervals, scarcity spikes up to the
 $5,000/MWh cap); H100 rental $1.70-2.60/GPU-hour. Budgets (``budget_kw``) are sized for
-deploy/backtest-site.yaml (a 95 kW contract).
+deploy/backtest-site.yaml (a 95 kW contract). Each trace with a power price also carries the
+day-ahead price (``day_ahead_usd_per_mwh``): hourly, from what the market expected (class
+DayAhead), never from the real-time rows.
 """
 
 from __future__ import annotations
@@ -72,16 +74,51 @@ class Market:
         return round(self.gpu_rate * (1 + busy + self.rng.gauss(0, 0.02)), 3)
 
 
+class DayAhead:
+    """The day-ahead price as ERCOT's market clears it the day before: one price per clock hour.
+
+    It is made from ``expected``, the trace's model of what the market expected at a local time
+    (the seasonal shape and the features its story says were scheduled), never from the
+    real-time rows: short spikes drawn in real time are not in it. Each hour's price is the mean
+    expectation over the hour times a forecast error of about 10 % (correlated from one hour to
+    the next). The error has its own seeded generator, so the real-time columns draw the same
+    numbers they drew before this column existed.
+    """
+
+    def __init__(self, seed: int, expected: Callable[[datetime], float]) -> None:
+        self.rng = random.Random(seed)
+        self.expected = expected
+        self.error = self.rng.gauss(0, 0.1)
+        self.hour: datetime | None = None
+        self.price = 0.0
+
+    def at(self, at: datetime) -> float:
+        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)  # ERCOT's offsets are whole hours
+        if hour != self.hour:
+            if self.hour is not None:
+                self.error = 0.6 * self.error + self.rng.gauss(0, 0.08)  # stationary spread 0.1
+            mean = sum(self.expected((hour + k * STEP).astimezone(ERCOT)) for k in range(12)) / 12
+            self.hour, self.price = hour, round(mean * math.exp(self.error), 2)
+        return self.price
+
+
+def hot_afternoon(local: datetime) -> float:
+    """How much a hot afternoon's expected scarcity lifts the day-ahead price (x1 outside 14-19 h)."""
+    h = local.hour + local.minute / 60
+    return 1 + 0.4 * math.exp(-((h - 17) / 2) ** 2) if 14 <= h < 19 else 1.0
+
+
 def steps(start: datetime, days: float) -> Iterator[datetime]:
     for i in range(int(days * 24 * 12)):
         yield start + i * STEP
 
 
 def row(
-    at: datetime, hashprice: float, power: float, budget: float | None, rate: float | None, demand: int | None
+    at: datetime, hashprice: float, power: float, budget: float | None, rate: float | None, demand: int | None,
+    day_ahead: float,
 ) -> str:
     cells = [at.isoformat(), f"{hashprice:g}", f"{power:g}", "" if budget is None else f"{budget:g}",
-             "" if rate is None else f"{rate:g}", "" if demand is None else str(demand)]
+             "" if rate is None else f"{rate:g}", "" if demand is None else str(demand), f"{day_ahead:g}"]
     return ",".join(cells)
 
 
@@ -98,9 +135,10 @@ mining decisions alone. Rows jump between windows; the back-test counts each row
     rows = []
     for n, (start, level, season) in enumerate(windows):
         market = Market(100 + n, hashprice=level, gpu_rate=2.0, season=season)
+        day_ahead = DayAhead(1100 + n, market.shape)
         for at in steps(start, 3):
             rows.append(row(at, market.hash(at), market.power(at.astimezone(ERCOT), spike_chance=0.002),
-                            None, None, None))
+                            None, None, None, day_ahead.at(at)))
     return note, rows
 
 
@@ -110,6 +148,12 @@ climbing through the afternoon into scarcity pricing, with intervals at the $5,0
 17:00 to 19:00 local time. Hashprice ~$42/PH/day (August 2024); both GPU nodes have work at
 ~$2.40/GPU-hour."""
     market = Market(200, hashprice=42.0, gpu_rate=2.4, season="summer")
+
+    def expected(local: datetime) -> float:  # a forecast heat peak: tight, but no cap intervals
+        h = local.hour + local.minute / 60
+        return market.shape(local) * (1 + 3.5 * math.exp(-((h - 17.5) / 1.6) ** 2))
+
+    day_ahead = DayAhead(1200, expected)
     rows = []
     for at in steps(datetime(2024, 8, 8, 5, tzinfo=UTC), 1):  # local midnight (CDT)
         local = at.astimezone(ERCOT)
@@ -121,7 +165,7 @@ climbing through the afternoon into scarcity pricing, with intervals at the $5,0
             price = 5000.0 if market.rng.random() < 0.7 else round(market.rng.uniform(1200, 4000), 2)
         elif 19 <= h < 20:
             price = round(market.rng.uniform(150, 600), 2)
-        rows.append(row(at, market.hash(at), price, None, market.rate(local), 2))
+        rows.append(row(at, market.hash(at), price, None, market.rate(local), 2, day_ahead.at(at)))
     return note, rows
 
 
@@ -133,6 +177,8 @@ afternoons. Hashprice ~$55/PH/day; GPU jobs arrive and finish (0-2 nodes with wo
 ~$2.0/GPU-hour."""
     market = Market(300, hashprice=55.0, gpu_rate=2.0, season="summer")
     peak_days = {4, 5, 7, 12, 13, 19, 21, 26}
+    day_ahead = DayAhead(1300, lambda local: market.shape(local) * (hot_afternoon(local) if local.day in peak_days
+                                                                     else 1.0))
     demand = 2
     rows = []
     for at in steps(datetime(2025, 8, 1, 5, tzinfo=UTC), 31):
@@ -147,7 +193,7 @@ afternoons. Hashprice ~$55/PH/day; GPU jobs arrive and finish (0-2 nodes with wo
         price = market.power(local, spike_chance=0.01 if hot and 14 <= h < 19 else 0.0005)
         if market.rng.random() < 0.004:  # a job finishes or one arrives, about every 20 hours
             demand = max(0, min(2, demand + market.rng.choice([-1, 1])))
-        rows.append(row(at, market.hash(at), price, budget, market.rate(local), demand))
+        rows.append(row(at, market.hash(at), price, budget, market.rate(local), demand, day_ahead.at(at)))
     return note, rows
 
 
@@ -156,6 +202,9 @@ def gpu_week() -> tuple[str, list[str]]:
 with work; busier in working hours), the H100 rate moves between ~$1.70 and $2.60/GPU-hour with
 the spot market; spring ERCOT prices with two scarcity afternoons; hashprice ~$36/PH/day."""
     market = Market(400, hashprice=36.0, gpu_rate=2.15, season="spring")
+    # The two scarcity afternoons were forecast as tight (twice the usual price), their spikes not.
+    day_ahead = DayAhead(1400, lambda local: market.shape(local) * (2.0 if local.day in (11, 13)
+                                                                     and 15 <= local.hour < 18 else 1.0))
     rows = []
     demand = 1
     for at in steps(datetime(2026, 3, 9, 5, tzinfo=UTC), 7):
@@ -167,7 +216,7 @@ the spot market; spring ERCOT prices with two scarcity afternoons; hashprice ~$3
             demand = max(0, min(2, demand + (1 if market.rng.random() < (0.6 if busy else 0.35) else -1)))
         scarce = local.day in (11, 13) and 15 <= local.hour < 18
         price = market.power(local, spike_chance=0.08 if scarce else 0.001)
-        rows.append(row(at, market.hash(at), price, None, market.rate(local), demand))
+        rows.append(row(at, market.hash(at), price, None, market.rate(local), demand, day_ahead.at(at)))
     return note, rows
 
 
@@ -179,6 +228,11 @@ for, once, whatever the checkpoint and restart cost. On the second a lone 15-min
 ~$4,000/MWh (16:00 local) costs less than an interruption: worth riding through. Spring
 prices otherwise; hashprice ~$45/PH/day."""
     market = Market(500, hashprice=45.0, gpu_rate=2.0, season="spring")
+
+    def expected(local: datetime) -> float:  # the plateau was scheduled tightness, the spike a surprise
+        return 3000.0 if local.day == 2 and 15 <= local.hour < 18 else market.shape(local)
+
+    day_ahead = DayAhead(1500, expected)
     rows = []
     for at in steps(datetime(2025, 6, 2, 5, tzinfo=UTC), 2):
         local = at.astimezone(ERCOT)
@@ -188,7 +242,8 @@ prices otherwise; hashprice ~$45/PH/day."""
             price = round(3000 * market.rng.uniform(0.97, 1.03), 2)
         elif local.day == 3 and 16 <= h < 16.25:
             price = round(4000 * market.rng.uniform(0.97, 1.03), 2)
-        rows.append(row(at, market.hash(at), price, None, round(2.0 * (1 + market.rng.gauss(0, 0.01)), 3), 2))
+        rows.append(row(at, market.hash(at), price, None, round(2.0 * (1 + market.rng.gauss(0, 0.01)), 3), 2,
+                        day_ahead.at(at)))
     return note, rows
 
 
@@ -198,6 +253,13 @@ night price below zero (-$5 to -$40/MWh for hours) and solar the midday one; eve
 to $40-90/MWh. Running is paid for while the price is negative, booting too (its draw earns).
 Hashprice ~$48/PH/day; no GPU work."""
     market = Market(600, hashprice=48.0, gpu_rate=2.0, season="spring")
+
+    def expected(local: datetime) -> float:  # wind and sun are forecast: their hours cleared negative
+        h = local.hour + local.minute / 60
+        windy = local.day % 3 != 0
+        return -5 - 35 / 3 if (windy and (h < 5 or h >= 23)) or 11 <= h < 15 else market.shape(local)
+
+    day_ahead = DayAhead(1600, expected)
     rows = []
     for at in steps(datetime(2025, 4, 7, 5, tzinfo=UTC), 7):
         local = at.astimezone(ERCOT)
@@ -206,7 +268,7 @@ Hashprice ~$48/PH/day; no GPU work."""
         windy = local.day % 3 != 0  # two nights in three
         if (windy and (h < 5 or h >= 23)) or 11 <= h < 15:
             price = round(-5 - 35 * market.rng.random() ** 2, 2)
-        rows.append(row(at, market.hash(at), price, None, None, None))
+        rows.append(row(at, market.hash(at), price, None, None, None, day_ahead.at(at)))
     return note, rows
 
 
@@ -217,6 +279,7 @@ steps. Every weekday afternoon the forecast calls one to three windows of 15-60 
 stopped for one is still inside its minimum down time when the next ends. Summer prices with
 scarcity intervals; hashprice ~$52/PH/day; one GPU node with work at ~$2.0/GPU-hour."""
     market = Market(700, hashprice=52.0, gpu_rate=2.0, season="summer")
+    day_ahead = DayAhead(1700, lambda local: market.shape(local) * hot_afternoon(local))
     windows: dict[int, list[tuple[float, float]]] = {}
     for day in range(18, 25):
         if datetime(2025, 8, day).weekday() >= 5:
@@ -233,7 +296,7 @@ scarcity intervals; hashprice ~$52/PH/day; one GPU node with work at ~$2.0/GPU-h
         h = local.hour + local.minute / 60
         cut = any(a <= h < b for a, b in windows.get(local.day, []))
         price = market.power(local, spike_chance=0.01 if 14 <= h < 19 else 0.0005)
-        rows.append(row(at, market.hash(at), price, 25.0 if cut else None, market.rate(local), 1))
+        rows.append(row(at, market.hash(at), price, 25.0 if cut else None, market.rate(local), 1, day_ahead.at(at)))
     return note, rows
 
 
@@ -244,11 +307,12 @@ evening peaks ($40-120/MWh) and noisy intervals cross their break-even many time
 policy that switches for free flaps; one that pays for its starts (wear, boot) should not.
 Autumn ERCOT-like prices; no GPU work."""
     market = Market(800, hashprice=30.0, gpu_rate=2.0, season="autumn")
+    day_ahead = DayAhead(1800, lambda local: market.shape(local) * 1.6)  # the tight month was no surprise
     rows = []
     for at in steps(datetime(2025, 11, 1, 5, tzinfo=UTC), 30):
         local = at.astimezone(ERCOT)
         price = market.power(local, spike_chance=0.001) * 1.6  # a tight month: prices above the usual autumn
-        rows.append(row(at, market.hash(at), round(price, 2), None, None, None))
+        rows.append(row(at, market.hash(at), round(price, 2), None, None, None, day_ahead.at(at)))
     return note, rows
 
 
@@ -269,7 +333,9 @@ def write(directory: Path) -> list[Path]:
     for name, make in TRACES.items():
         note, rows = make()
         head = [f"# {line}" for line in note.splitlines()]
-        head += ["# Synthetic, at real levels; made by `python -m wattshift.simulators.make_traces` (seeded).",
+        head += ["# day_ahead_usd_per_mwh: the day-ahead price, hourly, from what the market expected (no real-time",
+                 "# spikes); a forecast, while each step settles at power_usd_per_mwh.",
+                 "# Synthetic, at real levels; made by `python -m wattshift.simulators.make_traces` (seeded).",
                  "# Format: docs/backtest.md. Not market data: for back-tests and demos, not for trading."]
         path = directory / name
         path.write_text("\n".join([*head, HEADER, *rows]) + "\n", encoding="utf-8")

@@ -29,11 +29,11 @@ def gpu_node(**fields: Any) -> dict[str, Any]:
 
 
 def trace(rows: list[dict[str, Any]], *, minutes: float = 60.0) -> Trace:
-    """Rows of ``{hashprice, power, budget_kw, gpu_rate, gpu_demand}``, ``minutes`` apart."""
+    """Rows of ``{hashprice, power, budget_kw, gpu_rate, gpu_demand, day_ahead}``, ``minutes`` apart."""
     lines = [",".join(HEADER_COLUMNS)]
     for i, row in enumerate(rows):
         at = START + timedelta(minutes=minutes * i)
         cells = [at.isoformat(), str(row.get("hashprice", 45.0)), str(row["power"]), str(row.get("budget_kw", "")),
-                 str(row.get("gpu_rate", "")), str(row.get("gpu_demand", ""))]
+                 str(row.get("gpu_rate", "")), str(row.get("gpu_demand", "")), str(row.get("day_ahead", ""))]
         lines.append(",".join(cells))
     return parse_trace("\n".join(lines), name="test")

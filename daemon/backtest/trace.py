@@ -2,8 +2,10 @@
 
 Lines starting with ``#`` are comments (how the trace was made). Columns by header name:
 ``timestamp, hashprice_usd_per_ph_day, power_usd_per_mwh`` always; ``budget_kw`` (an empty cell:
-no event, the site's own budget), ``gpu_rate_usd_per_gpu_hour`` and ``gpu_demand`` (GPU nodes
-with work) optionally. A bad cell is refused with the file, line, column, value and reason.
+no event, the site's own budget), ``gpu_rate_usd_per_gpu_hour``, ``gpu_demand`` (GPU nodes
+with work) and ``day_ahead_usd_per_mwh`` (the day-ahead price: a forecast a policy may read; the
+step still settles at ``power_usd_per_mwh``) optionally. A bad cell is refused with the file,
+line, column, value and reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class TraceRow:
     budget_watts: float | None  # None: no event, the site's own budget
     gpu_rate_usd_per_gpu_hour: float | None
     gpu_demand: int
+    day_ahead_usd_per_mwh: float | None  # None: no day-ahead price for this step
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +105,13 @@ def _row(row: dict[str, str], where: str) -> TraceRow:
     budget = _number(row, "budget_kw", where, low=0.0, high=10_000_000.0, optional=True)
     rate = _number(row, "gpu_rate_usd_per_gpu_hour", where, low=0.0, high=1_000.0, optional=True)
     demand = _number(row, "gpu_demand", where, low=0.0, high=1_000_000.0, optional=True)
+    day_ahead = _number(row, "day_ahead_usd_per_mwh", where, low=MIN_POWER_USD_PER_MWH, high=MAX_POWER_USD_PER_MWH,
+                        optional=True)
     if demand is not None and demand != int(demand):
         raise TraceInvalid(f"{where}: gpu_demand: {row['gpu_demand']!r} is not a whole number of nodes")
     assert hashprice is not None and power is not None
     return TraceRow(at, hashprice, power, None if budget is None else budget * 1000.0, rate,
-                    int(demand or 0))
+                    int(demand or 0), day_ahead)
 
 
 def _number(

@@ -90,12 +90,28 @@ def test_a_gpu_job_earns_its_rate_at_its_cap_and_pays_for_starts_and_interruptio
          "power_usd_per_mwh: '250000' is outside"),
         ("timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh,gpu_demand\n2025-01-01T00:00:00+00:00,45,30,1.5\n",
          "gpu_demand: '1.5' is not a whole number"),
+        ("timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh,day_ahead_usd_per_mwh\n"
+         "2025-01-01T00:00:00+00:00,45,30,twelve\n", "t.csv:2: day_ahead_usd_per_mwh: 'twelve' is not a number"),
+        ("timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh,day_ahead_usd_per_mwh\n"
+         "2025-01-01T00:00:00+00:00,45,30,-20000\n", "t.csv:2: day_ahead_usd_per_mwh: '-20000' is outside"),
+        ("timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh,day_ahead_usd_per_mwh\n"
+         "2025-01-01T00:00:00+00:00,45,30,nan\n", "t.csv:2: day_ahead_usd_per_mwh: 'nan' is outside"),
     ],
 )
 def test_a_bad_trace_is_refused_naming_line_column_and_value(text: str, message: str) -> None:
     with pytest.raises(TraceInvalid) as caught:
         parse_trace(text, name="t.csv")
     assert message in str(caught.value)
+
+
+def test_the_day_ahead_price_is_read_where_given_and_none_where_empty_or_absent() -> None:
+    text = ("timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh,day_ahead_usd_per_mwh\n"
+            "2025-01-01T00:00:00+00:00,45,30,27.5\n2025-01-01T00:05:00+00:00,45,4000,\n"
+            "2025-01-01T00:10:00+00:00,45,30,-12\n")
+    assert [r.day_ahead_usd_per_mwh for r in parse_trace(text, name="t").rows] == [27.5, None, -12.0]
+    assert [r.power_usd_per_mwh for r in parse_trace(text, name="t").rows] == [30, 4000, 30]
+    plain = "timestamp,hashprice_usd_per_ph_day,power_usd_per_mwh\n2025-01-01T00:00:00+00:00,45,30\n"
+    assert parse_trace(plain, name="t").rows[0].day_ahead_usd_per_mwh is None
 
 
 def test_a_gap_between_rows_counts_one_step_and_rows_keep_their_own_length() -> None:
