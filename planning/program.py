@@ -152,13 +152,14 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def new_solver(*, time_limit_s: float, threads: int | None = None) -> highspy.Highs:
-    """A quiet HiGHS instance with a time limit and the stated MIP gap."""
+def new_solver(*, time_limit_s: float) -> highspy.Highs:
+    """A quiet HiGHS instance with a time limit and the stated MIP gap.
+
+    No thread count is set: HiGHS sizes one scheduler per process at its first run, and an
+    instance asking for another count afterwards does not run at all (status "Not Set")."""
     with _stdout_to_stderr():
         h = highspy.Highs()  # type: ignore[no-untyped-call]
         h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
-    if threads is not None:
-        h.setOptionValue("threads", int(threads))
     return h

@@ -280,13 +280,12 @@ def build(p: SiteProgram) -> Built:
 
 
 def solve(
-    built: Built, *, integer: bool = False, time_limit_s: float = 600.0, threads: int | None = None,
-    accept_late: bool = False,
+    built: Built, *, integer: bool = False, time_limit_s: float = 600.0, accept_late: bool = False,
 ) -> Solution:
     """Solve ``built``; ``accept_late``: a MIP stopped by the time limit with an incumbent counts.
 
     Raises :class:`PlanError` when HiGHS finds no solution in time (or none exists)."""
-    h = new_solver(time_limit_s=time_limit_s, threads=threads)
+    h = new_solver(time_limit_s=time_limit_s)
     h.passModel(built.lp.lp(integer))
     h.run()
     model_status = h.getModelStatus()

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapshot
@@ -46,8 +47,14 @@ class LookaheadOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     horizon_hours: float = Field(default=12.0, ge=0.5, le=72.0)
-    step_seconds: float = Field(default=300.0, ge=60.0, le=3600.0)  # the plan's step
+    step_seconds: float = Field(default=300.0, ge=60.0, le=3600.0)  # the plan's step, near
+    near_hours: float = Field(default=2.0, ge=0.0, le=72.0)  # fine steps this far ahead
+    far_step_seconds: float = Field(default=900.0, ge=60.0, le=3600.0)  # and this coarse after
+    # How long the price now outweighs a published day-ahead price (its weight: exp(-t / this)).
+    persistence_seconds: float = Field(default=3600.0, ge=0.0, le=86_400.0)
     replan_every_seconds: float = Field(default=900.0, ge=0.0, le=86_400.0)  # 0: every decision
+    # The price moved this far from what the plan assumed for now (and 10 % of it): re-plan.
+    replan_price_usd_per_mwh: float = Field(default=10.0, ge=0.0)
     time_budget_seconds: float = Field(default=2.0, gt=0.0, le=60.0)  # HiGHS's time limit per plan
     fallback: MeritOrderOptions = Field(default_factory=MeritOrderOptions)
 
@@ -102,6 +109,9 @@ class LookaheadPolicy:
             return "the groups changed"
         if snapshot.budget_watts < plan.budgets[step] - 1.0:
             return "the budget fell below the plan's"
+        price = snapshot.prices.power_usd_per_mwh or 0.0
+        if abs(price - plan.prices[step]) > max(self.options.replan_price_usd_per_mwh, 0.1 * abs(plan.prices[step])):
+            return "the price left the plan's"
         for g, members in enumerate(groups.miners):
             planned = plan.miners[g][step - 1][0] if step else plan.miners[g][0][0]
             if sum(m.is_on for m in members) < round(planned) - 0.5:
@@ -110,10 +120,12 @@ class LookaheadPolicy:
 
     def _plan(self, snapshot: SiteSnapshot, groups: Groups) -> Plan:
         o = self.options
-        program, budget = site_program(snapshot, groups, horizon_seconds=o.horizon_hours * 3600,
-                                       step_seconds=o.step_seconds)
-        solution = solve(build(program), time_limit_s=o.time_budget_seconds, threads=1)
-        keep = int(max(o.replan_every_seconds, o.step_seconds) // o.step_seconds) + 2
+        program, budget = site_program(
+            snapshot, groups, horizon_seconds=o.horizon_hours * 3600, step_seconds=o.step_seconds,
+            near_seconds=o.near_hours * 3600, far_step_seconds=o.far_step_seconds,
+            persistence_seconds=o.persistence_seconds)
+        solution = solve(build(program), time_limit_s=o.time_budget_seconds)
+        keep = int(np.searchsorted(program.start, o.replan_every_seconds, side="right")) + 1
         return plan_from(solution, program, budget, groups, snapshot.clock, keep)
 
     def _fall_back(self, snapshot: SiteSnapshot, why: str, state: Mapping[str, Any]) -> Allocation:

@@ -67,19 +67,33 @@ def group_loads(snapshot: SiteSnapshot) -> Groups:
                   [sorted(g, key=lambda n: n.device_id) for g in gpus.values()], idle)
 
 
-def plan_steps(horizon_seconds: float, step_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    count = max(1, int(np.ceil(horizon_seconds / step_seconds)))
-    start = np.arange(count) * step_seconds
-    return start, np.full(count, step_seconds)
+def plan_steps(
+    horizon_seconds: float, step_seconds: float, near_seconds: float, far_step_seconds: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fine steps over the next ``near_seconds`` (what the decisions act on), coarser ones after
+    (what they must leave room for): a third of the columns for the same horizon."""
+    lengths: list[float] = []
+    total = 0.0
+    while total < horizon_seconds - 1e-6:
+        lengths.append(step_seconds if total < near_seconds - 1e-6 else max(step_seconds, far_step_seconds))
+        total += lengths[-1]
+    length = np.array(lengths)
+    return np.concatenate([[0.0], np.cumsum(length)[:-1]]), length
 
 
 def site_program(
     snapshot: SiteSnapshot, groups: Groups, *, horizon_seconds: float, step_seconds: float,
+    near_seconds: float, far_step_seconds: float, persistence_seconds: float,
 ) -> tuple[SiteProgram, np.ndarray]:
-    """The program over the horizon, and the site budget it assumed per step."""
-    start, length = plan_steps(horizon_seconds, step_seconds)
+    """The program over the horizon, and the site budget it assumed per step.
+
+    The price of a step is the price now where nothing is published; where a day-ahead price is,
+    the price now still weighs ``exp(-t / persistence_seconds)`` at ``t`` ahead: the next minutes
+    are more like the real-time price now than like the hour's day-ahead one."""
+    start, length = plan_steps(horizon_seconds, step_seconds, near_seconds, far_step_seconds)
     T = len(start)
-    price = np.full(T, snapshot.prices.power_usd_per_mwh or 0.0)
+    now = snapshot.prices.power_usd_per_mwh or 0.0
+    price = np.full(T, now)
     budget = np.full(T, snapshot.budget_watts)
     if snapshot.forecast:
         # A plan step takes the lowest announced budget over it and the mean published price;
@@ -99,7 +113,8 @@ def site_program(
             published = f_price[within]
             published = published[~np.isnan(published)]
             if published.size:
-                price[j] = float(np.mean(published))
+                w = float(np.exp(-start[j] / persistence_seconds)) if persistence_seconds > 0 else 0.0
+                price[j] = w * now + (1 - w) * float(np.mean(published))
     budget[0] = min(budget[0], snapshot.budget_watts)
     headroom = _headroom(snapshot, budget)
     parents = snapshot.circuit_parents
@@ -170,6 +185,7 @@ class Plan:
     starts: list[float]
     lengths: list[float]
     budgets: list[float]
+    prices: list[float]  # the power price it assumed
     miners: list[list[tuple[float, float, float]]]  # [group][step]
     gpus: list[list[tuple[float, float]]]
     signature: list[list[str]]
@@ -184,7 +200,7 @@ class Plan:
 
     def to_state(self) -> dict[str, object]:
         return {"clock": self.clock, "starts": self.starts, "lengths": self.lengths, "budgets": self.budgets,
-                "miners": self.miners, "gpus": self.gpus, "signature": self.signature,
+                "prices": self.prices, "miners": self.miners, "gpus": self.gpus, "signature": self.signature,
                 "margin_usd": self.margin_usd}
 
     @classmethod
@@ -195,6 +211,7 @@ class Plan:
         try:
             return cls(float(state["clock"]), [float(s) for s in state["starts"]],
                        [float(s) for s in state["lengths"]], [float(b) for b in state["budgets"]],
+                       [float(p) for p in state["prices"]],
                        [[(float(a), float(b), float(p)) for a, b, p in g] for g in state["miners"]],
                        [[(float(r), float(q)) for r, q in g] for g in state["gpus"]],
                        [[str(d) for d in g] for g in state["signature"]], float(state["margin_usd"]))
@@ -216,7 +233,7 @@ def plan_from(
     gpus = [[(float(r), float(q)) for r, q in zip(x[cols.r][:k], x[cols.Q][:k], strict=True)]
             for cols in solution.built.gpus]
     return Plan(clock, [float(s) for s in program.start[:k]], [float(s) for s in program.length[:k]],
-                [float(b) for b in budget[:k]],
+                [float(b) for b in budget[:k]], [float(p) for p in program.power_usd_per_mwh[:k]],
                 miners, gpus, groups.signature, solution.objective)
 
 

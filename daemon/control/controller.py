@@ -45,6 +45,7 @@ from .meter_checks import (
 )
 from .observe import (
     MinerSlot,
+    attach_forecast,
     build_snapshot,
     gpu_node_state,
     miner_slots,
@@ -456,6 +457,8 @@ class Controller:
             clock=now_clock,
             gpu_nodes=gpu_nodes,
         )
+        snapshot = attach_forecast(snapshot, self.policy, self.budget, now,
+                                   less_watts=overhead + self.site.reserve_watts)
         if self.meter is not None:
             loads = snapshot.loads
             self.overhead.update(

@@ -15,8 +15,10 @@ from wattshift.daemon.config.site import MinerGroup, SiteConfig
 from wattshift.daemon.config.switching import switching_for
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.jobs import JobStatus
+from wattshift.model.budget import BudgetSchedule
 from wattshift.model.efficiency import curve_for
 from wattshift.model.fields import SITE_CIRCUIT
+from wattshift.model.forecast import budget_outlook
 from wattshift.model.gpu import GpuLimits
 from wattshift.model.jobs import FlexTier
 from wattshift.model.miner import (
@@ -34,6 +36,7 @@ from wattshift.model.snapshot import (
     SiteSnapshot,
 )
 from wattshift.model.specs import DEFAULT_SWITCHING, MinerSwitching
+from wattshift.policies.base import forecast_seconds
 
 from .gpu_fleet import NodeReading
 
@@ -127,6 +130,23 @@ def build_snapshot(
         prices=prices,
         gpu_nodes=tuple(gpu_nodes or ()),
     )
+
+
+FORECAST_STEP_SECONDS = 300.0  # the announced budget's resolution in a live forecast
+
+
+def attach_forecast(
+    snapshot: SiteSnapshot, policy: object, schedule: BudgetSchedule, now: datetime, *, less_watts: float,
+) -> SiteSnapshot:
+    """The snapshot with the hours ahead a planning policy asks for (``forecast_seconds``): the
+    budget with every announced event, less ``less_watts`` (the reserve and what the devices
+    cannot see). No price is published live yet: the policy holds the price now (persistence)."""
+    seconds = forecast_seconds(policy)
+    if seconds <= 0:
+        return snapshot
+    outlook = budget_outlook(schedule, now, seconds=seconds, step_seconds=FORECAST_STEP_SECONDS,
+                             less_watts=less_watts)
+    return replace(snapshot, forecast=outlook)
 
 
 def quote_prices(
