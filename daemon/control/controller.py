@@ -35,7 +35,7 @@ from wattshift.policies.base import Allocation, Policy
 from .actuator import StepResult, execute
 from .fast_shed import CommandsSince, limits_dropped, lowering, next_budget_change, refusal, shed_basis
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
-from .memory import DeviceMemory, boot_allowance
+from .memory import DeviceMemory, Switched, boot_allowance
 from .meter_checks import (
     MeterRoom,
     OverheadEstimate,
@@ -131,6 +131,9 @@ class Controller:
         # before it changes (wattshift.daemon.runtime.site_state persists it); one that raises stops the change.
         self.mode_listener: Callable[[bool], None] | None = None
         self._paused = False
+        # Told of each batch of miners' on/off changes once they are carried out (site_state
+        # persists them, so a restart keeps the minimum up and down times); see restore_switches.
+        self.switch_listener: Callable[[Mapping[str, Switched]], None] | None = None
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -187,6 +190,26 @@ class Controller:
         now = self._clock()
         for device_id in device_ids & self._memory.keys():
             self._memory[device_id].start_waking(now)  # the boot allowance runs from the restart
+
+    def restore_switches(self, saved: Mapping[str, Switched], now: datetime) -> tuple[list[str], list[str]]:
+        """Put back the last run's on/off changes, on this run's loop clock, before the first
+        decision: a miner stopped a minute before a crash stays down through its minimum down
+        time. Only miners of the site file, and only changes younger than the longest minimum
+        up or down time among them (an older one holds nothing back). Returns the miners put
+        back and those left out."""
+        horizon = max((max(s.switching.min_up_seconds, s.switching.min_down_seconds) for s in self._slots.values()),
+                      default=0.0)
+        clock = self._clock()
+        restored, dropped = [], []
+        for device_id, switched in saved.items():
+            age = (now - switched.at).total_seconds()
+            slot = self._slots.get(device_id)
+            if slot is None or horizon <= 0 or age >= horizon:
+                dropped.append(device_id)
+                continue
+            self._memory[device_id].restore(switched.on, age, clock, boot_allowance(slot.switching.boot_seconds))
+            restored.append(device_id)
+        return restored, dropped
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -534,7 +557,8 @@ class Controller:
         )
         self.commands_sent += len(results)
         self.command_failures += sum(1 for r in results if not r.ok)
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
+        switched: dict[str, Switched] = {}
         for result in results:
             if not result.ok:
                 self._memory[result.step.device_id].distrusted_until = now + DISTRUST_SECONDS
@@ -546,8 +570,20 @@ class Controller:
                 memory = self._memory[result.step.device_id]
                 memory.state_since = now
                 memory.was_on = result.step.action is Action.WAKE
+                if result.step.device_id in self._slots:
+                    switched[result.step.device_id] = Switched(memory.was_on, wall)
+        self._save_switches(switched)
         await self.recorder.results(results)
         return results
+
+    def _save_switches(self, switched: Mapping[str, Switched]) -> None:
+        """One write for the whole batch, and only when a miner changed between on and off."""
+        if not switched or self.switch_listener is None:
+            return
+        try:
+            self.switch_listener(switched)
+        except Exception:  # the commands went out: the tick goes on; a restart then knows less
+            log.exception("on/off changes of %d miner(s) could not be saved to the state file", len(switched))
 
     def _driver(self, device_id: str) -> MinerDriver | GpuNodeDriver | None:
         if device_id in self._slots:
