@@ -56,12 +56,13 @@ class DeviceMemory:
         return self.waking
 
     def restore(self, switched: bool, age_seconds: float, now_clock: float, allowance: float) -> None:
-        """Put back the last on/off change of a run that died ``age_seconds`` ago (by the wall
-        clock), on this run's loop clock. A miner woken within its boot allowance counts as
-        waking (on, at its limit), as the running loop counted it, until it is seen running."""
+        """Put back the last on/off change the run before a restart made, ``age_seconds`` ago by
+        the wall clock, on this run's loop clock. A miner woken within its boot allowance counts
+        as waking (on, at its limit), as the running loop counted it, until it is seen running;
+        one already waking (a wake the crash left open) keeps its allowance from the restart."""
         self.state_since = now_clock - max(0.0, age_seconds)  # a clock set back: changed just now
         self.was_on = switched
-        if switched and age_seconds < allowance:
+        if switched and age_seconds < allowance and not self.waking:
             self.start_waking(self.state_since)
 
     def remember(self, state: Load, now_clock: float) -> None:

@@ -73,6 +73,10 @@ def test_a_restored_switch_lands_on_this_runs_clock_and_a_recent_wake_counts_as_
     booted = DeviceMemory()
     booted.restore(True, 700.0, 1000.0, boot_allowance(300))
     assert booted.was_on and not booted.waking
+    left_open = DeviceMemory()  # a wake the crash left open: its allowance runs from the restart
+    left_open.start_waking(1000.0)
+    left_open.restore(True, 60.0, 1000.0, boot_allowance(300))
+    assert left_open.still_waking("m", 1590.0, boot_allowance(300))
     ahead = DeviceMemory()  # the wall clock was set back since: taken as changed just now
     ahead.restore(False, -3600.0, 1000.0, boot_allowance(300))
     assert ahead.state_since == 1000.0
