@@ -264,7 +264,7 @@ async def test_overrides_manual_mode_and_the_policy_switched_to_survive_a_sigkil
     assert journal.open_commands() == []
 
 
-MIN_DOWN_S = 25.0  # long enough for the restarted daemon to decide within it on a loaded machine
+MIN_DOWN_S = 30.0  # long enough for the restarted daemon to decide within it on a loaded machine
 
 
 def stops_carried_out(entries: list[JournalEntry]) -> dict[str, JournalEntry]:
