@@ -15,7 +15,7 @@ import aiomqtt
 import yaml
 from mosquitto import Broker
 
-from wattshift.drivers.agent_gpu import AgentLink
+from wattshift.drivers.agent_link import AgentLink
 from wattshift.simulators.nvml_lib import gpu_uuid
 
 TESTS = Path(__file__).resolve().parent

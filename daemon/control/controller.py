@@ -8,7 +8,8 @@ deterministically; ``run`` repeats it on a drift-free schedule and wakes early o
 
 When a limit drops (a budget event, the schedule's next step down), ``shed_now`` sheds at once
 from the last snapshot, without waiting for a read of the fleet, and the next tick follows: see
-``fast_shed`` for why that is safe and when it is not taken.
+``fast_shed`` for why that is safe and when it is not taken, and ``shedder`` for its wiring
+beside the loop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -33,9 +33,8 @@ from wattshift.model.snapshot import GpuNodeState, Prices, SiteSnapshot
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
-from .fast_shed import CommandsSince, limits_dropped, lowering, next_budget_change, refusal, shed_basis
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
-from .memory import DeviceMemory, boot_allowance
+from .memory import DeviceMemory, Switched, boot_allowance
 from .meter_checks import (
     MeterRoom,
     OverheadEstimate,
@@ -53,7 +52,9 @@ from .observe import (
     quote_prices,
 )
 from .recorder import NullRecorder, Recorder
+from .report import TickReport as TickReport  # where the daemon's other rooms import it from
 from .sequencer import Action, Plan, Step, plan_transition
+from .shedder import FastShedder
 from .ticks import TickSchedule
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,6 @@ DISTRUST_SECONDS = 60.0
 # worst case for this plan, and its read goes on and lands for the next one. Answers that keep
 # coming (a large fleet read through its concurrency bound) keep the window open.
 ANSWER_GAP_SECONDS = 1.0
-# How often the fast shed looks at the budget schedule again: an event added behind the loop's
-# back (restored at start, or by a caller of BudgetSchedule.add) is found within this long.
-SCHEDULE_RECHECK_SECONDS = 1.0
 # Wake failures that say the miner is not booting (a silent or hanging one may be).
 WAKE_NOT_TAKEN = frozenset({Failure.REFUSED, Failure.IGNORED, Failure.UNSUPPORTED})
 
@@ -87,21 +85,6 @@ class Fleet(Protocol):
     def capability(self, device_id: str) -> MinerCapability | None: ...
 
     def on_capability_lost(self, callback: Callable[[str], None]) -> None: ...
-
-
-@dataclass(frozen=True)
-class TickReport:
-    snapshot: SiteSnapshot
-    allocation: Allocation
-    plans: tuple[Plan, ...]
-    results: tuple[StepResult, ...]
-    seconds: float
-    dry_run: bool
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def failures(self) -> list[StepResult]:
-        return [r for r in self.results if not r.ok]
 
 
 class Controller:
@@ -132,6 +115,9 @@ class Controller:
         # before it changes (wattshift.daemon.runtime.site_state persists it); one that raises stops the change.
         self.mode_listener: Callable[[bool], None] | None = None
         self._paused = False
+        # Told of each batch of miners' on/off changes once they are carried out (site_state
+        # persists them, so a restart keeps the minimum up and down times); see restore_switches.
+        self.switch_listener: Callable[[Mapping[str, Switched]], None] | None = None
         self.gpus = gpus
         # The site's revenue meter, where there is one: it confirms sheds, measures what the
         # devices cannot see (cooling, losses), and a stale meter holds every increase.
@@ -153,18 +139,16 @@ class Controller:
         self._worst_rose = False
         fleet.on_capability_lost(
             lambda device_id: self._worst_case_rose(device_id, "driver dropped", Failure.UNIDENTIFIED))
-        # The fast shed (fast_shed.py): the last snapshot, what was commanded since its reads
-        # began, and one lock that a tick holds from its first plan to its end and a fast shed
-        # for its whole length, so that neither acts while the other's commands are in flight.
-        self._basis: SiteSnapshot | None = None
-        self._since = CommandsSince()
-        self._acting = asyncio.Lock()
-        self._limits_fell = asyncio.Event()  # wakes the fast shed (see run)
-        self._shed_pending = False  # a fast shed asked for while the lock was held
-        self.last_fast_shed: TickReport | None = None
+        # The fast shed (shedder.py): the last snapshot, what was commanded since its reads
+        # began, and the lock that keeps a tick's commands and a fast shed's apart.
+        self._shed = FastShedder(self, memory=self._memory, send=self._send, clock=clock, wall=wall)
         self.last_report: TickReport | None = None
         self.commands_sent = 0
         self.command_failures = 0
+
+    @property
+    def last_fast_shed(self) -> TickReport | None:
+        return self._shed.last
 
     @property
     def miner_ids(self) -> list[str]:
@@ -189,6 +173,26 @@ class Controller:
         for device_id in device_ids & self._memory.keys():
             self._memory[device_id].start_waking(now)  # the boot allowance runs from the restart
 
+    def restore_switches(self, saved: Mapping[str, Switched], now: datetime) -> tuple[list[str], list[str]]:
+        """Put back the last run's on/off changes, on this run's loop clock, before the first
+        decision: a miner stopped a minute before a crash stays down through its minimum down
+        time. Only miners of the site file, and only changes younger than the longest minimum
+        up or down time among them (an older one holds nothing back). Returns the miners put
+        back and those left out."""
+        horizon = max((max(s.switching.min_up_seconds, s.switching.min_down_seconds) for s in self._slots.values()),
+                      default=0.0)
+        clock = self._clock()
+        restored, dropped = [], []
+        for device_id, switched in saved.items():
+            age = (now - switched.at).total_seconds()
+            slot = self._slots.get(device_id)
+            if slot is None or horizon <= 0 or age >= horizon:
+                dropped.append(device_id)
+                continue
+            self._memory[device_id].restore(switched.on, age, clock, boot_allowance(slot.switching.boot_seconds))
+            restored.append(device_id)
+        return restored, dropped
+
     # -- the loop -------------------------------------------------------------------------------
 
     async def add_budget_event(self, event: BudgetEvent) -> None:
@@ -200,7 +204,7 @@ class Controller:
             + (f" to {event.end.isoformat()}" if event.end else ""),
             {"limit_watts": event.limit_watts},
         )
-        self._limits_fell.set()
+        self._shed.limits_fell()
         self.request_replan(f"budget event {event.name}")
 
     def request_replan(self, reason: str) -> None:
@@ -212,7 +216,7 @@ class Controller:
         """Between a snapshot and the next, a device's worst case rose by itself (its driver was
         dropped, a read was lost): plan again now rather than at the next tick."""
         self._worst_rose = True
-        self._since.worst_rose(device_id, failure)
+        self._shed.since.worst_rose(device_id, failure)
         self.request_replan(f"{device_id}: {why}, its worst case rose")
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -221,8 +225,7 @@ class Controller:
         An early tick never delays the regular one, and requests that arrive while a tick runs
         or within the schedule's gap are served together by one early tick (see ``ticks``)."""
         schedule = TickSchedule.starting(self._clock(), self.site.tick_seconds)
-        self._limits_fell.clear()  # a drop before the loop ran is served by its first tick
-        shedder = asyncio.create_task(self._shed_when_limits_fall(stop))
+        shedder = self._shed.start(stop)  # beside the ticks: a fast shed whenever a limit falls
         try:
             while not stop.is_set():
                 schedule.start(self._clock())
@@ -239,35 +242,6 @@ class Controller:
                 shedder.cancel()
                 await asyncio.gather(shedder, return_exceptions=True)
 
-    async def _shed_when_limits_fall(self, stop: asyncio.Event) -> None:
-        """Beside the ticks: a fast shed whenever a budget event arrives, and at each instant
-        the schedule's budget may step down (an event coming within its lead time)."""
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                change = next_budget_change(self.budget, self._wall())
-                timeout = SCHEDULE_RECHECK_SECONDS
-                if change is not None:  # just past the instant
-                    timeout = min(timeout, (change - self._wall()).total_seconds() + 0.01)
-                fell = asyncio.ensure_future(self._limits_fell.wait())
-                try:
-                    # At least a moment: a wall clock that does not move (a test's) cannot spin it.
-                    done, _ = await asyncio.wait([stopping, fell], timeout=max(0.05, timeout),
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    fell.cancel()
-                if stop.is_set():
-                    return
-                if fell not in done and (change is None or self._wall() < change):
-                    continue  # only the recheck: look at the schedule again
-                self._limits_fell.clear()  # a drop from here on wakes the next round: none is lost
-                try:
-                    await self.shed_now("a budget event" if fell in done else "the schedule's next step")
-                except Exception:  # the tick that follows reads and sheds: the site is not left
-                    log.exception("fast shed failed; the next tick reads the fleet and sheds")
-        finally:
-            stopping.cancel()
-
     async def _until_next_tick(self, schedule: TickSchedule, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())
         woken = asyncio.ensure_future(self._wake.wait())
@@ -282,15 +256,11 @@ class Controller:
 
     async def run_once(self) -> TickReport:
         started = self._clock()
-        async with self._acting:
-            pass  # a fast shed under way lands before this tick reads, so its reads see it
+        await self._shed.landed()  # a fast shed under way lands before this tick reads, so its reads see it
         snapshot = await self.observe()
-        async with self._acting:  # from the first plan to the end: no fast shed meanwhile
-            try:
-                # What is still recorded after a read was sent during it: a fast shed's steps.
-                report = await self._act(snapshot, started, raced=bool(self._since.steps))
-            finally:
-                self._serve_pending_shed()
+        async with self._shed.acting():  # from the first plan to the end: no fast shed meanwhile
+            # What is still recorded after a read was sent during it: a fast shed's steps.
+            report = await self._act(snapshot, started, raced=bool(self._shed.since.steps))
         await self.recorder.tick(report)
         return report
 
@@ -321,7 +291,7 @@ class Controller:
                     limit_watts=snapshot.effective_limits()[SITE_CIRCUIT] + self._overhead_planned,
                 )
                 confirmed = await self._confirm_released(plan.sheds, room)
-                if self._shed_pending:
+                if self._shed.pending:
                     # This plan counted on the old limits: it grants nothing more, and the fast
                     # shed goes out as soon as this tick ends; the tick after it may grant.
                     notes.append("a limit dropped while the sheds were confirmed: the rest waits for the fast shed")
@@ -346,77 +316,21 @@ class Controller:
         self.last_report = report
         return report
 
-    # -- the fast shed (fast_shed.py) -----------------------------------------------------------
+    # -- the fast shed (shedder.py) ------------------------------------------------------------
 
     async def shed_now(self, reason: str) -> TickReport | None:
         """If a limit dropped below what the last snapshot was planned with, shed at once from
         that snapshot (with what was commanded since), without reading the fleet, and ask for
         the tick that reads, confirms and may grant. None where it did not (see fast_shed for
         when and why); while a tick or another fast shed acts, it is done as that one ends."""
-        if self._acting.locked():
-            self._shed_pending = True
-            log.info("fast shed (%s) waits for the tick under way", reason)
-            return None
-        async with self._acting:
-            try:
-                return await self._fast_shed(reason)
-            finally:
-                self._serve_pending_shed()
-
-    def _serve_pending_shed(self) -> None:
-        if self._shed_pending:
-            self._shed_pending = False
-            self._limits_fell.set()
-
-    async def _fast_shed(self, reason: str) -> TickReport | None:
-        started = self._clock()
-        last = self._basis
-        why_not = refusal(last, clock=started, tick_seconds=self.site.tick_seconds,
-                          last_tick_seconds=self.last_report.seconds if self.last_report else 0.0,
-                          holding=self.dry_run or self.paused)
-        if why_not is not None or last is None:
-            log.info("no fast shed (%s): %s; the next tick reads the fleet, then sheds", reason, why_not)
-            return None
-        now = self._wall()
-        snapshot = shed_basis(
-            last,
-            self._since,
-            distrusted={d for d, m in self._memory.items() if started < m.distrusted_until},
-            state_since={s.device_id: self._memory[s.device_id].state_since for _, s in self._since.steps},
-            budget_watts=self._budget_to_plan(now, self._overhead_planned),
-            circuit_limits=self.site.circuit_limits(),
-            at=now,
-            clock=started,
-        )
-        dropped = limits_dropped(last.effective_limits(), snapshot.effective_limits())
-        if not dropped:
-            return None
-        allocation = self.policy.decide(snapshot)
-        steps = lowering(plan_transition(snapshot, allocation).sheds, self._since.commanded())
-        plan = Plan(steps, (), (), fast_shed=True)
-        age = started - last.clock
-        note = (f"fast shed ({reason}): {', '.join(dropped)} limit dropped; {len(steps)} shed(s) from the "
-                f"snapshot of {age:.1f} s ago, before the fleet is read again")
-        log.info("%s", note)
-        await self.recorder.decision(snapshot, replace(allocation, summary=f"{note}. {allocation.summary}"),
-                                     plan, dry_run=False)
-        results = await self._send(steps)
-        report = TickReport(snapshot, allocation, (plan,), tuple(results), self._clock() - started, False, (note,))
-        self.last_fast_shed = report
-        self.request_replan(f"after the fast shed ({reason})")
-        return report
-
-    def _budget_to_plan(self, now: datetime, overhead: float) -> float:
-        """The site limit a snapshot plans against: the budget in force over the lead window,
-        less what the devices cannot see, less the site's reserve (as build_snapshot)."""
-        return max(0.0, max(0.0, self.budget.in_force(now) - overhead) - self.site.reserve_watts)
+        return await self._shed.shed_now(reason)
 
     # -- observe --------------------------------------------------------------------------------
 
     async def observe(self, suspect: set[str] | None = None) -> SiteSnapshot:
         """Read every miner and every price feed; build the snapshot."""
         suspect = suspect or set()
-        mark = self._since.mark()  # what was commanded before these reads, they see
+        mark = self._shed.since.mark()  # what was commanded before these reads, they see
         gap = min(ANSWER_GAP_SECONDS, self.site.drivers.call_timeout_seconds)
         readings, nodes, prices = await asyncio.gather(
             self.fleet.read_all(answer_gap_s=gap), self._read_nodes(), self._read_prices()
@@ -466,8 +380,7 @@ class Controller:
                 sum(d.measured_watts or 0.0 for d in loads),
                 all_devices_read=all(d.measured_watts is not None for d in loads),
             )
-        self._basis = snapshot
-        self._since.forget(mark)
+        self._shed.snapshot_taken(snapshot, overhead, mark)
         return snapshot
 
     async def _read_nodes(self) -> Mapping[str, NodeReading]:
@@ -522,7 +435,7 @@ class Controller:
         if not steps:
             return []
         await self.recorder.commands(steps)
-        self._since.sent(steps)  # before sending: a command whose answer is lost may have landed
+        self._shed.since.sent(steps)  # before sending: a command whose answer is lost may have landed
         for step in steps:
             # Set before sending: a wake that times out may still have reached the miner.
             if step.action is Action.WAKE:
@@ -537,7 +450,8 @@ class Controller:
         )
         self.commands_sent += len(results)
         self.command_failures += sum(1 for r in results if not r.ok)
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
+        switched: dict[str, Switched] = {}
         for result in results:
             if not result.ok:
                 self._memory[result.step.device_id].distrusted_until = now + DISTRUST_SECONDS
@@ -549,8 +463,20 @@ class Controller:
                 memory = self._memory[result.step.device_id]
                 memory.state_since = now
                 memory.was_on = result.step.action is Action.WAKE
+                if result.step.device_id in self._slots:
+                    switched[result.step.device_id] = Switched(memory.was_on, wall)
+        self._save_switches(switched)
         await self.recorder.results(results)
         return results
+
+    def _save_switches(self, switched: Mapping[str, Switched]) -> None:
+        """One write for the whole batch, and only when a miner changed between on and off."""
+        if not switched or self.switch_listener is None:
+            return
+        try:
+            self.switch_listener(switched)
+        except Exception:  # the commands went out: the tick goes on; a restart then knows less
+            log.exception("on/off changes of %d miner(s) could not be saved to the state file", len(switched))
 
     def _driver(self, device_id: str) -> MinerDriver | GpuNodeDriver | None:
         if device_id in self._slots:
@@ -581,7 +507,7 @@ class Controller:
                 return True
             return shed_confirmed(room, self.meter.latest())
 
-        while (pending or not metered()) and self._clock() < deadline and not (self._worst_rose or self._shed_pending):
+        while (pending or not metered()) and self._clock() < deadline and not (self._worst_rose or self._shed.pending):
             await asyncio.sleep(CONFIRM_POLL_SECONDS)
             for device_id, watts in (await self._read_watts(list(pending))).items():
                 if watts is not None and watts <= pending[device_id].worst_after + RELEASED_TOLERANCE_WATTS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from wattshift.model.snapshot import Load
 
@@ -22,6 +23,16 @@ def boot_allowance(boot_seconds: float) -> float:
 
 
 BOOT_ALLOWANCE_SECONDS = boot_allowance(300.0)  # the model table's default boot time
+
+
+@dataclass(frozen=True, slots=True)
+class Switched:
+    """A miner's last on/off change that the loop commanded and the miner took: which way, and
+    when by the wall clock. Kept across a restart (wattshift.daemon.runtime.site_state), so that
+    the restarted loop keeps the minimum up and down times the running one kept."""
+
+    on: bool
+    at: datetime
 
 
 @dataclass
@@ -43,6 +54,16 @@ class DeviceMemory:
             log.warning("%s: woken over %.0f s ago and still not running; taken as it reads", device_id, allowance)
             self.waking = False
         return self.waking
+
+    def restore(self, switched: bool, age_seconds: float, now_clock: float, allowance: float) -> None:
+        """Put back the last on/off change the run before a restart made, ``age_seconds`` ago by
+        the wall clock, on this run's loop clock. A miner woken within its boot allowance counts
+        as waking (on, at its limit), as the running loop counted it, until it is seen running;
+        one already waking (a wake the crash left open) keeps its allowance from the restart."""
+        self.state_since = now_clock - max(0.0, age_seconds)  # a clock set back: changed just now
+        self.was_on = switched
+        if switched and age_seconds < allowance and not self.waking:
+            self.start_waking(self.state_since)
 
     def remember(self, state: Load, now_clock: float) -> None:
         """Note when the device changed between on and off, for the policy's dwell times."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from wattshift.drivers.agent_gpu import REFUSALS, AgentLink
+from wattshift.drivers.agent_link import REFUSALS, AgentLink
 from wattshift.drivers.mqtt_meter import SiteMeter
 
 if TYPE_CHECKING:

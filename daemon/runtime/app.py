@@ -27,7 +27,8 @@ from wattshift.daemon.journal.entries import EntryKind
 from wattshift.daemon.journal.store import AsyncJournal, journal_path
 from wattshift.daemon.mqtt.client import admits_anonymous, make_client, proves_identity
 from wattshift.daemon.mqtt.metrics import AgentCollector, MeterCollector
-from wattshift.drivers.agent_gpu import AgentJobs, AgentLink
+from wattshift.drivers.agent_gpu import AgentJobs
+from wattshift.drivers.agent_link import AgentLink
 from wattshift.drivers.catalog import gpu_drivers, job_runners
 from wattshift.drivers.jobs import JobRunner
 from wattshift.drivers.mqtt_meter import SiteMeter

@@ -11,7 +11,8 @@ commands an operator would send to a real site.
 
 Budget events, overrides, manual mode and the policy file switched to survive a restart: they
 are put back from the state file before the loop's first decision, and every change is saved
-there before it takes effect (:mod:`wattshift.daemon.runtime.restore`, :mod:`wattshift.daemon.runtime.site_state`).
+there before it takes effect; so are the miners' last stops and starts, as they land
+(:mod:`wattshift.daemon.runtime.restore`, :mod:`wattshift.daemon.runtime.site_state`).
 """
 
 from __future__ import annotations

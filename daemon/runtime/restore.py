@@ -12,6 +12,11 @@ what the operator had set (DESIGN.md invariant 6: "a restart resumes from the re
   are read from the state file (:mod:`wattshift.daemon.runtime.site_state`) and put back; from then on
   every change is written there before it takes effect. An event or override already over is
   dropped, and the journal says so.
+- Each miner's last on/off change (saved as the miners take the commands) is put back into the
+  loop's memory on its clock, so a miner stopped a minute before the crash stays down through
+  its minimum down time, and one started stays up through its minimum up time
+  (``Controller.restore_switches``). Those of miners no longer in the site file, and those older
+  than every minimum up and down time, are dropped from the file.
 
 Each step journals one event that says what it found and did.
 """
@@ -82,7 +87,7 @@ async def restore_operator_state(
     """Put back what ``state`` holds, then attach it, so every later change is saved first."""
     saved = state.load()
     notes: list[str] = [f"unreadable: {p}" for p in saved.problems]
-    restored: dict[str, Any] = {"events": [], "overrides": [], "paused": False, "policy": None}
+    restored: dict[str, Any] = {"events": [], "overrides": [], "paused": False, "policy": None, "switches": 0}
 
     ended = [e.name for e in saved.events if e.end is not None and e.end <= now]
     if ended:
@@ -118,10 +123,16 @@ async def restore_operator_state(
         controller.paused = True
         restored["paused"] = True
 
+    switched, dropped = controller.restore_switches(saved.switches, now)
+    if dropped:
+        state.switches_removed(dropped)
+    restored["switches"] = len(switched)
+
     # Attached before anything that can fail or wait: no change from here on goes unsaved.
     controller.budget.listener = state
     overrides.listener = state
     controller.mode_listener = state.paused_saved
+    controller.switch_listener = state.switches_saved
 
     if saved.policy is not None:
         restored["policy"] = await _restore_policy(saved, switch_policy, site_policy, notes)
@@ -157,6 +168,8 @@ async def _journal(controller: Controller, restored: dict[str, Any], notes: list
         parts.append("manual mode (actuation paused)")
     if restored["policy"]:
         parts.append(f"policy file {restored['policy']}")
+    if restored["switches"]:
+        parts.append(f"the last on/off change of {restored['switches']} miner(s) (minimum up/down times)")
     if not parts and not notes:
         return
     summary = f"restored after restart: {'; '.join(parts) or 'nothing'}"

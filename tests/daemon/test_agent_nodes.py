@@ -12,7 +12,8 @@ from wattshift.daemon.config.site import load_site
 from wattshift.daemon.config.yamlfile import FileInvalid
 from wattshift.daemon.mqtt.metrics import AgentCollector
 from wattshift.daemon.runtime.app import make_agent_link, make_gpu_fleet
-from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
+from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs
+from wattshift.drivers.agent_link import AgentLink
 from wattshift.drivers.nvml_gpu import NvmlGpus
 
 SITE = """\

@@ -15,13 +15,15 @@ from typing import Any
 import pytest
 from simsite import running_site
 
+from wattshift.daemon.control.memory import Switched
+from wattshift.daemon.control.sequencer import Action
 from wattshift.daemon.journal.store import AsyncJournal, EntryKind, Journal, NewEntry
 from wattshift.daemon.runtime.restore import (
     RESTARTED,
     close_open_commands,
     restore_operator_state,
 )
-from wattshift.daemon.runtime.site_state import SiteState, StateError, state_path
+from wattshift.daemon.runtime.site_state import SCHEMA_VERSION, SiteState, StateError, state_path
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
 from wattshift.model.snapshot import DeviceClass
 from wattshift.policies.overrides import Forced, Override, Overrides
@@ -45,6 +47,8 @@ class FakeController:
         self.mode_listener: Any = None
         self.events: list[tuple[str, dict[str, object]]] = []
         self.waking: set[str] = set()
+        self.switch_listener: Any = None
+        self.switches: dict[str, Switched] = {}
         self.recorder = self
 
     async def event(self, summary: str, data: dict[str, object]) -> None:
@@ -53,8 +57,13 @@ class FakeController:
     def assume_waking(self, device_ids: frozenset[str]) -> None:
         self.waking |= device_ids
 
+    def restore_switches(self, saved: dict[str, Switched], now: datetime) -> tuple[list[str], list[str]]:
+        """Every miner is in the site file; what is over an hour old is left out."""
+        self.switches = {d: s for d, s in saved.items() if now - s.at < HOUR}
+        return list(self.switches), [d for d in saved if d not in self.switches]
 
-class Switched:
+
+class Switcher:
     """A policy switcher: accepts (or refuses) and remembers each path."""
 
     def __init__(self, accepted: bool = True) -> None:
@@ -138,6 +147,52 @@ def test_a_saved_change_survives_a_sigkill_right_after_it(path):
         assert [e.name for e in state.load().events] == ["cut"]
 
 
+def test_miners_switches_are_saved_one_transaction_a_batch_and_read_back_after_a_reopen(path):
+    with SiteState(path) as state:
+        commits: list[str] = []
+        state._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        state.switches_saved({f"10.0.0.{i}": Switched(False, T0) for i in range(1, 201)})
+        state.switches_saved({"10.0.0.1": Switched(True, T0 + HOUR)})  # a row per miner: replaced
+        state.switches_saved({})  # nothing switched: nothing written
+        assert len(commits) == 2
+        state.switches_removed(["10.0.0.2", "10.0.0.3"])
+    with SiteState(path) as state:
+        saved = state.load().switches
+    assert len(saved) == 198
+    assert saved["10.0.0.1"] == Switched(True, T0 + HOUR) and saved["10.0.0.4"] == Switched(False, T0)
+    assert "10.0.0.2" not in saved
+
+
+def test_a_switch_saved_survives_a_sigkill_right_after_it(path):
+    child = textwrap.dedent(f"""
+        import os, signal
+        from datetime import datetime, UTC
+        from pathlib import Path
+        from wattshift.daemon.control.memory import Switched
+        from wattshift.daemon.runtime.site_state import SiteState
+        SiteState(Path({str(path)!r})).switches_saved({{"10.0.0.7": Switched(False, datetime.now(UTC))}})
+        os.kill(os.getpid(), signal.SIGKILL)  # the instant the stop is saved
+    """)
+    done = subprocess.run([sys.executable, "-c", child], check=False, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with SiteState(path) as state:
+        assert state.load().switches["10.0.0.7"].on is False
+
+
+def test_a_state_file_of_schema_1_gains_the_switches_table_and_keeps_its_rows(path):
+    with SiteState(path) as state:
+        state.event_saved(BudgetEvent("cut", 50_000, T0))
+    with sqlite3.connect(path) as conn:  # as the version before the switches wrote it
+        conn.execute("DROP TABLE switches")
+        conn.execute("PRAGMA user_version = 1")
+    with SiteState(path) as state:
+        state.switches_saved({"10.0.0.7": Switched(False, T0)})
+        saved = state.load()
+    assert [e.name for e in saved.events] == ["cut"] and saved.switches == {"10.0.0.7": Switched(False, T0)}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_an_unreadable_row_is_reported_and_the_rest_restored(path):
     with SiteState(path) as state:
         state.event_saved(BudgetEvent("good", 50_000, T0))
@@ -145,11 +200,13 @@ def test_an_unreadable_row_is_reported_and_the_rest_restored(path):
         conn.execute("INSERT INTO budget_events VALUES ('bad', 'lots', 0, NULL, 0)")
         conn.execute("INSERT INTO overrides VALUES ('device', 'x', 'sideways', NULL, 'op')")
         conn.execute("INSERT INTO settings VALUES ('manual_mode', '{\"paused\": \"yes\"}')")
+        conn.execute("INSERT INTO switches VALUES ('10.0.0.9', 'off', 'yesterday')")
     with SiteState(path) as state:
         saved = state.load()
     assert [e.name for e in saved.events] == ["good"]
-    assert saved.overrides == {} and saved.paused is False
-    assert len(saved.problems) == 3 and any("'bad'" in p for p in saved.problems)
+    assert saved.overrides == {} and saved.paused is False and saved.switches == {}
+    assert len(saved.problems) == 4 and any("'bad'" in p for p in saved.problems)
+    assert any("'10.0.0.9'" in p for p in saved.problems)
 
 
 def test_another_database_is_refused(tmp_path):
@@ -199,6 +256,23 @@ async def test_restore_puts_back_what_is_still_in_force_and_journals_it(path):
         assert after.events == () and ("device", "10.0.0.7") not in after.overrides and after.paused is False
 
 
+async def test_restore_puts_back_the_miners_switches_and_drops_the_rest_from_the_file(path):
+    now = T0 + HOUR
+    with SiteState(path) as state:
+        state.switches_saved({"stopped": Switched(False, now - timedelta(minutes=1)),
+                              "long ago": Switched(False, now - 2 * HOUR)})
+    controller = FakeController()
+    with SiteState(path) as state:
+        await restore_operator_state(state, controller, Overrides(), switch_policy=None, site_policy=None, now=now)
+        assert controller.switches == {"stopped": Switched(False, now - timedelta(minutes=1))}
+        assert set(state.load().switches) == {"stopped"}  # what the controller left out is gone
+        (summary, data), = controller.events
+        assert summary == "restored after restart: the last on/off change of 1 miner(s) (minimum up/down times)"
+        assert data["switches"] == 1
+        controller.switch_listener({"woken": Switched(True, now)})  # from now on each change is saved
+        assert set(state.load().switches) == {"stopped", "woken"}
+
+
 async def test_restoring_nothing_journals_nothing(path):
     controller = FakeController()
     with SiteState(path) as state:
@@ -216,7 +290,7 @@ async def test_the_policy_switched_to_holds_while_the_site_file_names_the_same_o
         path, saved_site, accepted, switched, note):
     with SiteState(path) as state:
         state.policy_saved(Path("/site/b.yaml"), Path(saved_site))
-    controller, switch = FakeController(), Switched(accepted)
+    controller, switch = FakeController(), Switcher(accepted)
     with SiteState(path) as state:
         await restore_operator_state(state, controller, Overrides(), switch_policy=switch,
                                      site_policy=Path("/site/a.yaml"), now=T0)
@@ -302,6 +376,43 @@ async def test_a_wake_left_open_counts_at_its_limit_and_manual_mode_is_saved_fir
         with pytest.raises(StateError):
             controller.paused = False
         assert controller.paused is True  # not saved, not changed
+
+
+MIN_DOWN = {"min_down_seconds": 600.0, "min_up_seconds": 0.0, "wear_usd_per_cycle": 0.0}
+
+
+@pytest.mark.parametrize(("stopped_ago", "held"), [(60.0, True), (601.0, False)])
+async def test_a_miner_stopped_before_the_crash_stays_down_through_its_minimum_down_time(
+        path, tmp_path, stopped_ago, held):
+    async with running_site([MinerBatch("luxos", 2, "site", "Antminer S21")], tmp_path / "site",
+                            first_address="127.0.61.1", budget_kw=10, switching=MIN_DOWN) as (sim, daemon, _, _):
+        controller = daemon.controller
+        stopped, running = (m.host for m in sim.miners)
+        sim.miner(stopped).physics.sleep(settled=True)  # as the last run left it
+        now = datetime.now(UTC)
+        with SiteState(path) as state:  # what the last run saved as the stop was carried out
+            state.switches_saved({stopped: Switched(False, now - timedelta(seconds=stopped_ago)),
+                                  running: Switched(True, now - HOUR), "gone": Switched(False, now)})
+        with SiteState(path) as state:
+            await restore_operator_state(state, controller, Overrides(), switch_policy=None, site_policy=None,
+                                         now=now)
+            writes: list[dict[str, Switched]] = []
+            save = controller.switch_listener
+            controller.switch_listener = lambda batch: (writes.append(dict(batch)), save(batch))
+            report = await controller.run_once()
+            woken = [r.step.device_id for r in report.results if r.ok and r.step.action is Action.WAKE]
+            if held:  # within its minimum down time, by the clock of the run that stopped it
+                assert woken == [] and writes == []
+                since = report.snapshot.miner(stopped).state_since
+                assert since is not None and abs(report.snapshot.clock - since - stopped_ago) < 30
+                assert set(state.load().switches) == {stopped}  # the stale and the unknown left the file
+            else:  # past it: the restart holds nothing back, and the wake is saved as it lands
+                assert woken == [stopped]
+                assert [list(w) for w in writes] == [[stopped]] and writes[0][stopped].on is True
+                assert state.load().switches[stopped].on is True
+                writes.clear()
+                await controller.run_once()  # nothing switched: nothing written
+                assert writes == []
 
 
 async def test_a_policy_switch_is_saved_first_and_a_refused_one_leaves_the_running_file_saved(path, tmp_path):

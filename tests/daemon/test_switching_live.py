@@ -59,3 +59,24 @@ def test_a_wake_is_given_up_on_after_twice_the_models_boot_time() -> None:
     slow = DeviceMemory()
     slow.start_waking(0.0)
     assert slow.still_waking("m", 1100.0, boot_allowance(600))  # a 10-minute boot is still booting
+
+
+def test_a_restored_switch_lands_on_this_runs_clock_and_a_recent_wake_counts_as_waking() -> None:
+    stopped = DeviceMemory()
+    stopped.restore(False, 60.0, 1000.0, boot_allowance(300))
+    assert (stopped.state_since, stopped.was_on, stopped.waking) == (940.0, False, False)
+    woken = DeviceMemory()
+    woken.restore(True, 60.0, 1000.0, boot_allowance(300))  # still within its 600 s boot allowance
+    assert (woken.state_since, woken.was_on, woken.waking) == (940.0, True, True)
+    assert woken.still_waking("m", 1530.0, boot_allowance(300))
+    assert not woken.still_waking("m", 1550.0, boot_allowance(300))  # 610 s after the wake itself
+    booted = DeviceMemory()
+    booted.restore(True, 700.0, 1000.0, boot_allowance(300))
+    assert booted.was_on and not booted.waking
+    left_open = DeviceMemory()  # a wake the crash left open: its allowance runs from the restart
+    left_open.start_waking(1000.0)
+    left_open.restore(True, 60.0, 1000.0, boot_allowance(300))
+    assert left_open.still_waking("m", 1590.0, boot_allowance(300))
+    ahead = DeviceMemory()  # the wall clock was set back since: taken as changed just now
+    ahead.restore(False, -3600.0, 1000.0, boot_allowance(300))
+    assert ahead.state_since == 1000.0

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from simulated_gpus import ManualClock
 
-from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
+from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs
+from wattshift.drivers.agent_link import AgentLink
 from wattshift.drivers.agent_wire import MAX_READINGS_BYTES
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.catalog import gpu_drivers

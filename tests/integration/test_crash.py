@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ def broker(tmp_path):
         yield running
 
 
-def write_site(tmp_path: Path, sim: SimulatedSite, broker: Broker, **extra: Any) -> Path:
+def write_site(tmp_path: Path, sim: SimulatedSite, broker: Broker, switching: dict[str, float] | None = None,
+               **extra: Any) -> Path:
     if "policy_file" not in extra:
         extra["policy"] = {"name": "merit-order", "options": {"min_dwell_seconds": 0}}
     site = sim.site_file(
@@ -60,6 +62,8 @@ def write_site(tmp_path: Path, sim: SimulatedSite, broker: Broker, **extra: Any)
         mqtt={"host": broker.host, "port": broker.port, "publish_min_interval_seconds": 0.1,
               "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5, "keepalive": 5},
     )
+    for group in site["miners"]:
+        group["switching"] = switching or {}
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(site))
     return path
@@ -258,3 +262,58 @@ async def test_overrides_manual_mode_and_the_policy_switched_to_survive_a_sigkil
     commands = [e for e in journal.entries() if e.id > started and e.kind is EntryKind.COMMAND]
     assert held not in {e.device for e in commands}
     assert journal.open_commands() == []
+
+
+MIN_DOWN_S = 30.0  # long enough for the restarted daemon to decide within it on a loaded machine
+
+
+def stops_carried_out(entries: list[JournalEntry]) -> dict[str, JournalEntry]:
+    """Each miner's last stop that it took: the result of a sleep command, ok."""
+    pending: dict[str, JournalEntry] = {}
+    stops: dict[str, JournalEntry] = {}
+    for e in entries:
+        if e.kind is EntryKind.COMMAND and e.device is not None:
+            pending[e.device] = e
+        elif e.kind is EntryKind.RESULT and e.device in pending and e.data.get("ok"):
+            if pending.pop(e.device).data["action"] == "sleep":
+                stops[e.device] = e
+    return stops
+
+
+def wakes_after(entries: list[JournalEntry], after: int, devices: Collection[str]) -> list[JournalEntry]:
+    return [e for e in entries if e.id > after and e.kind is EntryKind.COMMAND and e.data["action"] == "wake"
+            and e.device in devices]
+
+
+async def test_a_miner_stopped_just_before_a_sigkill_stays_down_through_its_minimum_down_time(tmp_path, broker):
+    switching = {"min_down_seconds": MIN_DOWN_S, "min_up_seconds": 0.0, "wear_usd_per_cycle": 0.0}
+    async with crash_site(tmp_path, broker, switching=switching) as (_, daemon, journal):
+        await daemon.start()
+        await journal.wait_for(lambda es: any(e.kind is EntryKind.DECISION for e in es) and not journal.open_commands())
+        async with operator(broker) as op:
+            await op.send({"command": "budget", "id": "cut", "name": "cut", "limit_kw": CUT_KW})
+            assert (await op.wait_for(f"{PREFIX}/reply/cut"))["status"] == "accepted"
+            await journal.wait_for(lambda es: stops_carried_out(es), poll=0.005)
+            await daemon.kill()  # the instant a stop is carried out
+            stops = stops_carried_out(journal.entries())
+            before = max(e.id for e in journal.entries())
+
+            await daemon.start()
+            await journal.wait_for(lambda es: last_start(es) > before and first_decision_after(es, last_start(es)))
+            await op.send({"command": "restore", "id": "end", "name": "cut"})  # room for every miner again
+            assert (await op.wait_for(f"{PREFIX}/reply/end"))["status"] == "accepted"
+            ended = max(e.id for e in journal.entries())
+            # Once the minimum down time of every stop is over, the restarted daemon wakes them.
+            await journal.wait_for(lambda es: {e.device for e in wakes_after(es, ended, stops)} == set(stops),
+                                   timeout=MIN_DOWN_S + 30)
+        assert await daemon.stop() == 0
+
+    entries = journal.entries()
+    held_until = max(stop.at for stop in stops.values()) + timedelta(seconds=MIN_DOWN_S)
+    decided = [e for e in entries if e.id > ended and e.kind is EntryKind.DECISION and e.device is None]
+    assert any(e.at < held_until - timedelta(seconds=2) for e in decided), \
+        "the restarted daemon made no decision within the minimum down time: the test proves nothing"
+    for wake in wakes_after(entries, ended, stops):  # none woken before its stop's minimum down time was over
+        assert wake.at >= stops[wake.device].at + timedelta(seconds=MIN_DOWN_S), (wake.device, wake.at)
+    restored = [e for e in entries if e.id > before and e.summary.startswith("restored after restart")]
+    assert len(restored) == 1 and restored[0].data["switches"] >= len(stops)

@@ -25,7 +25,8 @@ from wattshift.daemon.config.mqtt import Login, TlsConfig
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.daemon.mqtt.client import admits_anonymous, make_client
 from wattshift.daemon.runtime.app import open_daemon
-from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs, AgentLink
+from wattshift.drivers.agent_gpu import AgentGpus, AgentJobs
+from wattshift.drivers.agent_link import AgentLink
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.jobs import JobError, JobSpec, JobStatus
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
