@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def replay(job: tuple[str, str, str, float]) -> dict[str, Any]:
     return {"trace": trace_name, "policy": policy_name, "margin": result.margin_within_limits_usd,
             "violations": len(result.violations), "wall": time.perf_counter() - began, "starts": t.miner_starts,
             "breaks": t.min_up_breaks, "interruptions": t.job_interruptions, "fallbacks": policy.fallbacks,
-            "decisions": result.decides}
+            "decisions": result.decide_calls}
 
 
 def bound(job: tuple[str, str]) -> tuple[str, float]:
@@ -84,8 +85,20 @@ def main() -> None:
     traces, policies = args.traces.split(","), args.policies.split(",")
     # Spawned: a fork of a process whose HiGHS threads already run can deadlock.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        bounds = dict(pool.map(bound, [(args.site, t) for t in traces]))
-        runs = list(pool.map(replay, [(args.site, t, p, args.notice_hours) for t in traces for p in policies]))
+        bounds_f = {pool.submit(bound, (args.site, t)): t for t in traces}
+        runs_f = [pool.submit(replay, (args.site, t, p, args.notice_hours)) for t in traces for p in policies]
+        bounds: dict[str, float] = {}
+        for f in as_completed(bounds_f):
+            name, value = f.result()
+            bounds[name] = value
+            print(f"optimum of {name}: ${value:,.2f}", file=sys.stderr, flush=True)
+        runs = []
+        for f in as_completed(runs_f):
+            runs.append(f.result())
+            print(f"{len(runs)}/{len(runs_f)}: {runs[-1]['policy']} on {runs[-1]['trace']} in "
+                  f"{runs[-1]['wall']:.1f} s", file=sys.stderr, flush=True)
+    order = {(t, p): i for i, (t, p) in enumerate((t, p) for t in traces for p in policies)}
+    runs.sort(key=lambda r: order[(r["trace"], r["policy"])])
     if args.json:
         print(json.dumps({"bounds": bounds, "runs": runs}, indent=2))
         return
@@ -96,7 +109,6 @@ def main() -> None:
         print(f"{r['trace']:24} {r['policy']:13} {ratio:8.2%} {r['margin']:10.2f} {bounds[r['trace']]:10.2f} "
               f"{r['wall']:7.1f} {r['starts']:6d} {r['breaks']:6d} {r['interruptions']:5d} "
               f"{r['fallbacks']:4d}/{r['decisions']:<4d} {r['violations']:5d}", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -154,6 +154,10 @@ class TimeOfUsePrice:
         period = self.period_now()
         return PriceQuote(period.usd_per_mwh, self._clock(), f"{self.name}:{period.name}")
 
+    def published_at(self, at: datetime) -> float | None:
+        """A tariff is published: its price at any instant ahead (a planning policy's forecast)."""
+        return self.schedule.period_at(at.astimezone(self.zone)).usd_per_mwh
+
 
 class RealTimePrice:
     """A price read over HTTP from JSON (``field``, a dotted path) or CSV (``column``, last row)."""

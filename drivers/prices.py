@@ -41,6 +41,23 @@ class PriceFeed(Protocol):
     async def latest(self) -> PriceQuote: ...
 
 
+class PublishedPrice(Protocol):
+    """A feed that knows prices ahead: a tariff's periods, a day-ahead market's hours. A planning
+    policy's forecast reads them (model/forecast.py); a feed that knows only now has no such method."""
+
+    def published_at(self, at: datetime) -> float | None: ...
+
+
+def published_price(feed: object) -> Callable[[datetime], float | None] | None:
+    """The feed's (or the feed it wraps') ``published_at``, or None where it publishes nothing."""
+    while feed is not None:
+        found = getattr(feed, "published_at", None)
+        if callable(found):
+            return found  # type: ignore[no-any-return]
+        feed = getattr(feed, "inner", None)
+    return None
+
+
 def hashprice_usd_per_ph_day(difficulty: float, btc_usd: float, reward_btc_per_block: float) -> float:
     """Revenue of one PH/s for a day (DESIGN.md §4): blocks a PH/s finds times their value."""
     return 86400 * 1e15 * reward_btc_per_block * btc_usd / (difficulty * 2**32)

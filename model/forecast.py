@@ -11,6 +11,7 @@ site's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,10 +28,12 @@ class ForecastStep:
 
 def budget_outlook(
     schedule: BudgetSchedule, now: datetime, *, seconds: float, step_seconds: float, less_watts: float = 0.0,
+    price_at: Callable[[datetime], float | None] | None = None,
 ) -> tuple[ForecastStep, ...]:
     """The schedule's budget over the next ``seconds``, in steps: the lowest budget in force at
     any instant of each step (events begin and end between steps), less ``less_watts`` (the
-    reserve and what the devices cannot see)."""
+    reserve and what the devices cannot see); and each step's published price at its start,
+    where ``price_at`` (a tariff's, a day-ahead market's) knows one."""
     events = schedule.events()
     steps = []
     offset = 0.0
@@ -39,6 +42,7 @@ def budget_outlook(
         end = begin + timedelta(seconds=step_seconds)
         instants = {begin} | {t for e in events for t in (e.start, e.end) if t is not None and begin < t < end}
         low = min(schedule.at(t) for t in instants)
-        steps.append(ForecastStep(offset, step_seconds, max(0.0, low - less_watts)))
+        price = price_at(begin) if price_at is not None and offset > 0 else None
+        steps.append(ForecastStep(offset, step_seconds, max(0.0, low - less_watts), price))
         offset += step_seconds
     return tuple(steps)

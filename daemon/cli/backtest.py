@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wattshift.daemon.backtest.optimum import Optimum, OptimumError, solve_optimum
-from wattshift.daemon.backtest.replay import BacktestResult, run_backtest
+from wattshift.daemon.backtest.replay import DEFAULT_NOTICE_SECONDS, BacktestResult, run_backtest
 from wattshift.daemon.backtest.site import BacktestSite, load_backtest_site
 from wattshift.daemon.backtest.trace import TraceInvalid, load_trace
 from wattshift.daemon.config.policy_file import load_policy_file
@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--no-optimum", action="store_true", help="skip the hindsight optimum")
     parser.add_argument("--mip", action="store_true",
                         help="integer on-counts in the optimum (tighter, slower); default: LP upper bound")
+    parser.add_argument("--notice-hours", type=float, metavar="H", default=DEFAULT_NOTICE_SECONDS / 3600,
+                        help="how long before it starts a trace's budget event is announced to a planning "
+                        "policy (default %(default)g h)")
     parser.add_argument("--window-hours", type=float, metavar="H",
                         help="solve the optimum in windows of H hours (still an upper bound; docs/backtest.md)")
     parser.set_defaults(func=run)
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     except TraceInvalid as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
-    result = run_backtest(site, policy, trace)
+    if not 0 <= args.notice_hours <= 168:
+        print(f"--notice-hours: {args.notice_hours:g} is outside 0..168", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    result = run_backtest(site, policy, trace, notice_seconds=args.notice_hours * 3600)
     optimum: Optimum | None = None
     if not args.no_optimum:
         try:

@@ -25,7 +25,7 @@ from wattshift.daemon.config.gpu import GpuNodeConfig
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.base import DeviceError, MinerDriver
 from wattshift.drivers.mqtt_meter import SiteMeter
-from wattshift.drivers.prices import PriceError, PriceFeed
+from wattshift.drivers.prices import PriceError, PriceFeed, published_price
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
 from wattshift.model.fields import SITE_CIRCUIT
 from wattshift.model.miner import Failure, MinerCapability, MinerReading
@@ -372,7 +372,8 @@ class Controller:
             gpu_nodes=gpu_nodes,
         )
         snapshot = attach_forecast(snapshot, self.policy, self.budget, now,
-                                   less_watts=overhead + self.site.reserve_watts)
+                                   less_watts=overhead + self.site.reserve_watts,
+                                   price_at=published_price(self._feeds["power"]))
         if self.meter is not None:
             loads = snapshot.loads
             self.overhead.update(

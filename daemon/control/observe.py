@@ -6,7 +6,7 @@ ignored command leave the miner counted at the most it can draw (DESIGN.md invar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -137,15 +137,17 @@ FORECAST_STEP_SECONDS = 300.0  # the announced budget's resolution in a live for
 
 def attach_forecast(
     snapshot: SiteSnapshot, policy: object, schedule: BudgetSchedule, now: datetime, *, less_watts: float,
+    price_at: Callable[[datetime], float | None] | None = None,
 ) -> SiteSnapshot:
     """The snapshot with the hours ahead a planning policy asks for (``forecast_seconds``): the
     budget with every announced event, less ``less_watts`` (the reserve and what the devices
-    cannot see). No price is published live yet: the policy holds the price now (persistence)."""
+    cannot see), and the power price where the feed publishes it (a time-of-use tariff:
+    ``drivers.prices.published_price``); elsewhere the policy holds the price now."""
     seconds = forecast_seconds(policy)
     if seconds <= 0:
         return snapshot
     outlook = budget_outlook(schedule, now, seconds=seconds, step_seconds=FORECAST_STEP_SECONDS,
-                             less_watts=less_watts)
+                             less_watts=less_watts, price_at=price_at)
     return replace(snapshot, forecast=outlook)
 
 

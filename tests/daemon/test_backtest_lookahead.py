@@ -34,7 +34,7 @@ def test_the_forecast_holds_announced_events_and_day_ahead_prices_and_no_real_ti
     # The 20 kW event 2 h ahead is announced; the 10 kW one 3 h ahead is not yet: the site's own.
     assert [f.budget_watts for f in steps] == [98_000, 98_000, 18_000, 98_000]
     later = forecast_at(s, t, 1, 1800.0, seconds=3 * 3600, notice_seconds=2 * 3600)
-    assert [f.budget_watts for f in later] == [98_000, 18_000, 8_000]  # now it is
+    assert [f.budget_watts for f in later] == [98_000, 18_000, 8_000, 98_000]  # now the 10 kW one is
     assert later[0].seconds == 1800  # what is left of the step
 
 
