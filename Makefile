@@ -47,6 +47,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/decide_scale.py
 	$(PY) benchmarks/site_scale.py
 	$(PY) benchmarks/backtest_30d.py
+	$(PY) benchmarks/policies_vs_optimum.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
