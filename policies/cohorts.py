@@ -35,11 +35,14 @@ from typing import Any
 
 from wattshift.model.limits import LimitTree
 from wattshift.model.snapshot import GpuJob, GpuNodeState, Load
+from wattshift.model.specs import MinerSwitching
 
 from .ladders import Ladder
 
 # Everything about a job but what names it: its terms are what its ladder is made of.
 _job_terms = operator.attrgetter(*(f.name for f in dataclasses.fields(GpuJob) if f.name not in ("job_id", "name")))
+# A miner's switching by its numbers (plain floats: hashed and compared in C).
+_switching_terms = operator.attrgetter(*(f.name for f in dataclasses.fields(MinerSwitching)))
 
 
 def group_key(load: Load) -> tuple[Any, ...]:
@@ -59,24 +62,42 @@ def group_key(load: Load) -> tuple[Any, ...]:
 
 
 class Grouper:
-    """Numbers loads by :func:`group_key`. Miners of one model usually share their capability
-    and curve objects, so a key by identity is tried first (hashing the values is dearer)."""
+    """Numbers loads by :func:`group_key`. Hashing and comparing a miner's capability, curve
+    and switching (dataclasses: their hash and equality run in Python) for every miner is most
+    of the cost, so a cheaper key that says the same is tried first: the capability and the
+    curve numbered by identity (a handful of objects on a site), the switching by its numbers
+    (every miner may have its own object)."""
 
     def __init__(self) -> None:
         self.by_key: dict[tuple[Any, ...], int] = {}
-        self._by_identity: dict[tuple[Any, ...], int] = {}
+        self._quick: dict[tuple[Any, ...], int] = {}
+        self._parts: dict[int, int] = {}  # id of a capability or curve -> its number by value
+        self._part_values: dict[Any, int] = {}
 
-    def group(self, load: Load) -> int:
-        """The load's group; ``len(self.by_key)`` before the call if it is the first of one."""
-        if isinstance(load, GpuNodeState):
-            return self.by_key.setdefault(group_key(load), len(self.by_key))
-        on = load.is_on
-        quick = (id(load.capability), id(load.curve), id(load.switching), load.model, load.max_watts, on,
-                 None if on else load.idle_watts)
-        g = self._by_identity.get(quick)
-        if g is None:
-            g = self._by_identity[quick] = self.by_key.setdefault(group_key(load), len(self.by_key))
-        return g
+    def groups(self, loads: Sequence[Load]) -> list[int]:
+        """The group of each load, numbered from 0 in the order of their first members."""
+        by_key, quick, parts, part_values = self.by_key, self._quick, self._parts, self._part_values
+        out = []
+        for load in loads:
+            if isinstance(load, GpuNodeState):
+                out.append(by_key.setdefault(group_key(load), len(by_key)))
+                continue
+            cap, curve = load.capability, load.curve
+            c = parts.get(id(cap))
+            if c is None:
+                c = parts[id(cap)] = part_values.setdefault(cap, len(part_values))
+            v = parts.get(id(curve))
+            if v is None:
+                v = parts[id(curve)] = part_values.setdefault(curve, len(part_values))
+            on = load.is_on
+            # An idle draw is the measured one only while off (MinerState.idle_watts).
+            key = (c, v, _switching_terms(load.switching), load.model, load.max_watts, on,
+                   None if on else load.idle_watts)
+            g = quick.get(key)
+            if g is None:
+                g = quick[key] = by_key.setdefault(group_key(load), len(by_key))
+            out.append(g)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

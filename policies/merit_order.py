@@ -102,7 +102,7 @@ class _WaterFill:
         self.free: list[Load] = []
         for d in snapshot.loads:
             (self.fixed if _fixed(d) else self.free).append(d)
-        self.ladders: list[Ladder] = [self.ladder(d) for d in self.free]
+        self.ladders: list[Ladder] = self.make_ladders(self.free)
         # Everything we cannot command counts at its worst case; the off draw of the rest too.
         self.loads = self.tree.loads(
             [(d.circuit, d.worst_case_watts) for d in self.fixed]
@@ -111,6 +111,9 @@ class _WaterFill:
         self.granted = [0.0] * len(self.ladders)
         self.last_value: list[float | None] = [None] * len(self.ladders)
         self.blocked: dict[int, str] = {}
+
+    def make_ladders(self, free: list[Load]) -> list[Ladder]:
+        return [self.ladder(d) for d in free]
 
     def ladder(self, load: Load) -> Ladder:
         return ladder_for(load, hashprice=self.hashprice, step_watts=self.options.step_watts,
@@ -223,20 +226,15 @@ class _CohortWaterFill(_WaterFill):
     shared by every member (its ``load`` is the group's first), so ``trusted``, ``threshold``
     and ``dwell_seconds`` answer for the whole group."""
 
-    def __init__(self, snapshot: SiteSnapshot, options: MeritOrderOptions) -> None:
-        self.grouper = Grouper()
-        self.groups: list[Ladder] = []
+    def make_ladders(self, free: list[Load]) -> list[Ladder]:
+        self.member_group = Grouper().groups(free)
         self.first: list[int] = []  # a member of each group
-        self.member_group: list[int] = []
-        super().__init__(snapshot, options)
-
-    def ladder(self, load: Load) -> Ladder:
-        g = self.grouper.group(load)
-        if g == len(self.groups):
-            self.groups.append(super().ladder(load))
-            self.first.append(len(self.member_group))
-        self.member_group.append(g)
-        return self.groups[g]
+        self.groups: list[Ladder] = []
+        for i, g in enumerate(self.member_group):
+            if g == len(self.groups):
+                self.groups.append(self.ladder(free[i]))
+                self.first.append(i)
+        return [self.groups[g] for g in self.member_group]
 
     def run(self) -> Allocation:
         groups = [Group(lad, self.trusted(i), self.threshold(i), self.dwell_seconds(lad.load))
