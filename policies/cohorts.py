@@ -64,35 +64,25 @@ def group_key(load: Load) -> tuple[Any, ...]:
 class Grouper:
     """Numbers loads by :func:`group_key`. Hashing and comparing a miner's capability, curve
     and switching (dataclasses: their hash and equality run in Python) for every miner is most
-    of the cost, so a cheaper key that says the same is tried first: the capability and the
-    curve numbered by identity (a handful of objects on a site), the switching by its numbers
-    (every miner may have its own object)."""
+    of the cost, so a cheaper key is tried first: the capability and the curve by identity (a
+    handful of objects on a site), the switching by its numbers (every miner may have its own)."""
 
     def __init__(self) -> None:
         self.by_key: dict[tuple[Any, ...], int] = {}
         self._quick: dict[tuple[Any, ...], int] = {}
-        self._parts: dict[int, int] = {}  # id of a capability or curve -> its number by value
-        self._part_values: dict[Any, int] = {}
 
     def groups(self, loads: Sequence[Load]) -> list[int]:
         """The group of each load, numbered from 0 in the order of their first members."""
-        by_key, quick, parts, part_values = self.by_key, self._quick, self._parts, self._part_values
+        by_key, quick = self.by_key, self._quick
         out = []
         for load in loads:
             if isinstance(load, GpuNodeState):
                 out.append(by_key.setdefault(group_key(load), len(by_key)))
                 continue
-            cap, curve = load.capability, load.curve
-            c = parts.get(id(cap))
-            if c is None:
-                c = parts[id(cap)] = part_values.setdefault(cap, len(part_values))
-            v = parts.get(id(curve))
-            if v is None:
-                v = parts[id(curve)] = part_values.setdefault(curve, len(part_values))
             on = load.is_on
             # An idle draw is the measured one only while off (MinerState.idle_watts).
-            key = (c, v, _switching_terms(load.switching), load.model, load.max_watts, on,
-                   None if on else load.idle_watts)
+            key = (id(load.capability), id(load.curve), _switching_terms(load.switching), load.model,
+                   load.max_watts, on, None if on else load.idle_watts)
             g = quick.get(key)
             if g is None:
                 g = quick[key] = by_key.setdefault(group_key(load), len(by_key))
