@@ -85,14 +85,16 @@ def plan_transition(
     grants: list[Step] = []
     deferred: list[Step] = []
     held: list[Step] = []
-    for target in allocation:  # merit order: the best use of freed power is granted first
-        load = snapshot.load(target.device_id)
+    find, clock = snapshot.load, snapshot.clock
+    for target in allocation.targets:  # merit order: the best use of freed power is granted first
+        device_id = target.device_id
+        load = find(device_id)
         if not load.controllable:
             continue
-        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[target.device_id])
+        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[device_id])
         if step is None:
             continue
-        if step.action is Action.WAKE and resting(load, snapshot.clock):
+        if step.action is Action.WAKE and resting(load, clock):
             held.append(step)
             continue
         if step.is_shed:
@@ -118,7 +120,6 @@ def resting(load: Load, clock: float) -> bool:
 
 def _step_for(load: Load, watts: float, reason: str, deadband: float, before: float) -> Step | None:
     """``before``: the load's ``worst_case_watts``."""
-    limit = load.limit_watts
     on = load.is_on
     if watts <= 0:
         if not on:
@@ -126,6 +127,7 @@ def _step_for(load: Load, watts: float, reason: str, deadband: float, before: fl
         return Step(load.device_id, load.circuit, Action.SLEEP, 0.0, before, load.idle_watts, reason)
     if not on:
         return Step(load.device_id, load.circuit, Action.WAKE, watts, before, max(watts, before), reason)
+    limit = load.limit_watts
     if limit is not None and abs(limit - watts) <= deadband:
         return None
     measured = load.measured_watts or 0.0
