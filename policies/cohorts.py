@@ -69,15 +69,16 @@ class Grouper:
 
     def __init__(self) -> None:
         self.by_key: dict[tuple[Any, ...], int] = {}
+        self.first: list[int] = []  # the index, in the loads grouped, of each group's first member
         self._quick: dict[tuple[Any, ...], int] = {}
 
     def groups(self, loads: Sequence[Load]) -> list[int]:
         """The group of each load, numbered from 0 in the order of their first members."""
-        by_key, quick = self.by_key, self._quick
-        out = []
+        quick = self._quick
+        out: list[int] = []
         for load in loads:
             if isinstance(load, GpuNodeState):
-                out.append(by_key.setdefault(group_key(load), len(by_key)))
+                out.append(self._number(group_key(load), len(out)))
                 continue
             on = load.is_on
             # An idle draw is the measured one only while off (MinerState.idle_watts).
@@ -85,9 +86,15 @@ class Grouper:
                    load.max_watts, on, None if on else load.idle_watts)
             g = quick.get(key)
             if g is None:
-                g = quick[key] = by_key.setdefault(group_key(load), len(by_key))
+                g = quick[key] = self._number(group_key(load), len(out))
             out.append(g)
         return out
+
+    def _number(self, key: tuple[Any, ...], index: int) -> int:
+        g = self.by_key.setdefault(key, len(self.by_key))
+        if g == len(self.first):
+            self.first.append(index)
+        return g
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,10 @@ limit forces it off. No limit ever forces a start, so a miner's minimum down tim
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain, compress
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -98,16 +100,16 @@ class _WaterFill:
         self.power_trusted = prices.power_usd_per_mwh is not None and not prices.power_stale
         self.hashprice_trusted = prices.hashprice_usd_per_ph_day is not None and not prices.hashprice_stale
         self.tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-        self.fixed: list[Load] = []
-        self.free: list[Load] = []
-        for d in snapshot.loads:
-            (self.fixed if _fixed(d) else self.free).append(d)
+        loads = snapshot.loads
+        fixed = list(map(_fixed, loads))
+        self.fixed: list[Load] = list(compress(loads, fixed))
+        self.free: list[Load] = list(compress(loads, map(operator.not_, fixed)))
         self.ladders: list[Ladder] = self.make_ladders(self.free)
         # Everything we cannot command counts at its worst case; the off draw of the rest too.
-        self.loads = self.tree.loads(
-            [(d.circuit, d.worst_case_watts) for d in self.fixed]
-            + [(d.circuit, lad.off_watts) for d, lad in zip(self.free, self.ladders, strict=True)]
-        )
+        self.loads = self.tree.loads(chain(
+            [(d.circuit, d.worst_case_watts) for d in self.fixed],
+            zip(map(_circuit, self.free), map(_off_watts, self.ladders), strict=True),
+        ))
         self.granted = [0.0] * len(self.ladders)
         self.last_value: list[float | None] = [None] * len(self.ladders)
         self.blocked: dict[int, str] = {}
@@ -227,14 +229,11 @@ class _CohortWaterFill(_WaterFill):
     and ``dwell_seconds`` answer for the whole group."""
 
     def make_ladders(self, free: list[Load]) -> list[Ladder]:
-        self.member_group = Grouper().groups(free)
-        self.first: list[int] = []  # a member of each group
-        self.groups: list[Ladder] = []
-        for i, g in enumerate(self.member_group):
-            if g == len(self.groups):
-                self.groups.append(self.ladder(free[i]))
-                self.first.append(i)
-        return [self.groups[g] for g in self.member_group]
+        grouper = Grouper()
+        self.member_group = grouper.groups(free)
+        self.first = grouper.first  # a member of each group
+        self.groups = [self.ladder(free[i]) for i in self.first]
+        return list(map(self.groups.__getitem__, self.member_group))
 
     def run(self) -> Allocation:
         groups = [Group(lad, self.trusted(i), self.threshold(i), self.dwell_seconds(lad.load))
@@ -264,6 +263,10 @@ class _CohortWaterFill(_WaterFill):
                 tail = tails[key] = reason.removeprefix(ladder.load.label)
             targets.append(Target(load.device_id, watts, load.label + tail, last))
         return Allocation(tuple(targets), self.summary())
+
+
+_circuit = operator.attrgetter("circuit")
+_off_watts = operator.attrgetter("off_watts")
 
 
 def _fixed(load: Load) -> bool:
