@@ -76,17 +76,22 @@ class Grouper:
         """The group of each load, numbered from 0 in the order of their first members."""
         quick = self._quick
         out: list[int] = []
+        last: tuple[Any, ...] | None = None  # the key of the miner before: loads come group by group
+        g = -1
         for load in loads:
             if isinstance(load, GpuNodeState):
                 out.append(self._number(group_key(load), len(out)))
+                last = None
                 continue
             on = load.is_on
             # An idle draw is the measured one only while off (MinerState.idle_watts).
             key = (id(load.capability), id(load.curve), _switching_terms(load.switching), load.model,
                    load.max_watts, on, None if on else load.idle_watts)
-            g = quick.get(key)
-            if g is None:
-                g = quick[key] = self._number(group_key(load), len(out))
+            if key != last:
+                g = quick.get(key, -1)
+                if g < 0:
+                    g = quick[key] = self._number(group_key(load), len(out))
+                last = key
             out.append(g)
         return out
 
