@@ -117,6 +117,10 @@ class FillResult:
     granted: list[float]
     last_value: list[float | None]
     blocked: dict[int, str]
+    # Member i ended at outcomes[outcome[i]]: (its group, the watts granted, the value of the
+    # last rung taken), the same for every member of the group that ended on the same rung.
+    outcome: list[int]
+    outcomes: list[tuple[int, float, float | None]]
 
 
 class CohortFill:
@@ -173,14 +177,16 @@ class CohortFill:
                 _, g, k = heapq.heappop(self.heap)
                 runs.append((g, k, self.pending.pop((g, k))))
             self._take_runs(value, runs)
-        granted = [0.0] * len(self.members)
-        last: list[float | None] = [None] * len(self.members)
-        for i, top in enumerate(self.top):
-            if top >= 0:
-                g = self.group_of[i]
-                granted[i] = self.groups[g].ladder.levels[top]
-                last[i] = self.values[g][top]
-        return FillResult(granted, last, self.blocked)
+        outcomes: list[tuple[int, float, float | None]] = []
+        untaken = []  # the outcome of each group's members that took no rung
+        for g, group in enumerate(self.groups):
+            untaken.append(len(outcomes))
+            outcomes.append((g, 0.0, None))
+            outcomes.extend(zip(repeat(g), group.ladder.levels, self.values[g]))
+        outcome = [untaken[g] + top + 1 for g, top in zip(self.group_of, self.top, strict=True)]
+        ended = list(map(outcomes.__getitem__, outcome))
+        granted, last = list(map(operator.itemgetter(1), ended)), list(map(operator.itemgetter(2), ended))
+        return FillResult(granted, last, self.blocked, outcome, outcomes)
 
     def _start(self) -> None:
         """The heap's first pushes, and the loads that stay on through their dwell time."""

@@ -238,35 +238,47 @@ class _CohortWaterFill(_WaterFill):
     def run(self) -> Allocation:
         groups = [Group(lad, self.trusted(i), self.threshold(i), self.dwell_seconds(lad.load))
                   for lad, i in zip(self.groups, self.first, strict=True)]
-        result = CohortFill(self.tree, self.loads, groups, self.free, self.member_group, self.snapshot.clock,
-                            lambda circuit, loads: _tightest(self.tree, circuit, loads)).run()
-        self.granted, self.last_value, self.blocked = result.granted, result.last_value, result.blocked
+        self.result = CohortFill(self.tree, self.loads, groups, self.free, self.member_group, self.snapshot.clock,
+                                 lambda circuit, loads: _tightest(self.tree, circuit, loads)).run()
+        self.granted, self.last_value, self.blocked = self.result.granted, self.result.last_value, self.result.blocked
         return self.allocation()
 
     def allocation(self) -> Allocation:
-        """As :meth:`_WaterFill.allocation`; a reason is made once per group and outcome, and
-        only the label differs between members."""
-        targets = [_fixed_target(d) for d in self.fixed]
+        """As :meth:`_WaterFill.allocation`, the per-member work left to C (``map``): a reason
+        is made once per outcome (group and rung, and the limit that stopped it, if one did),
+        and only the label differs between members. What follows the label: _reason says
+        nothing else of the load that its group does not share (tests/policies/test_cohorts.py
+        compares every reason with the per-load path's)."""
+        fill, free = self.result, self.free
+        tails = [""] * len(fill.outcomes)
+        for o in set(fill.outcome):
+            tails[o] = self._tail(*fill.outcomes[o], None)
+        tail_of = list(map(tails.__getitem__, fill.outcome))
+        blocked_tails: dict[tuple[int, str], str] = {}
+        for i, blocked in fill.blocked.items():
+            key = (fill.outcome[i], blocked)
+            if key not in blocked_tails:
+                blocked_tails[key] = self._tail(*fill.outcomes[key[0]], blocked)
+            tail_of[i] = blocked_tails[key]
+        reasons = map(operator.add, map(_label, free), tail_of)
+        made = list(map(Target, map(_device_id, free), self.granted, reasons, self.last_value))
+        # Best first, as the per-load path's sort (stable: ties in the order of the loads).
         keys = [-(v or -1e18) for v in self.last_value]
-        # What follows the label: _reason says nothing else of the load that its group does not
-        # share (tests/policies/test_cohorts.py compares every reason with the per-load path's).
-        tails: dict[tuple[Any, ...], str] = {}
-        for i in sorted(range(len(self.free)), key=keys.__getitem__):
-            g, load, watts, last = self.member_group[i], self.free[i], self.granted[i], self.last_value[i]
-            blocked = self.blocked.get(i)
-            key = (g, watts, last, blocked)
-            tail = tails.get(key)
-            if tail is None:
-                ladder = self.groups[g]
-                value = last if watts else (ladder.value(0) if ladder.levels else None)
-                reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
-                tail = tails[key] = reason.removeprefix(ladder.load.label)
-            targets.append(Target(load.device_id, watts, load.label + tail, last))
-        return Allocation(tuple(targets), self.summary())
+        ranked = map(made.__getitem__, sorted(range(len(made)), key=keys.__getitem__))
+        return Allocation((*map(_fixed_target, self.fixed), *ranked), self.summary())
+
+    def _tail(self, g: int, watts: float, last: float | None, blocked: str | None) -> str:
+        """The reason of a member of group ``g`` that ended so, less its label."""
+        ladder = self.groups[g]
+        value = last if watts else (ladder.value(0) if ladder.levels else None)
+        reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
+        return reason.removeprefix(ladder.load.label)
 
 
 _circuit = operator.attrgetter("circuit")
 _off_watts = operator.attrgetter("off_watts")
+_label = operator.attrgetter("label")
+_device_id = operator.attrgetter("device_id")
 
 
 def _fixed(load: Load) -> bool:
