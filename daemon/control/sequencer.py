@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from operator import attrgetter
 
 from wattshift.model.limits import LimitTree
 from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapshot
 from wattshift.policies.base import Allocation
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
+_device_id, _circuit = attrgetter("device_id"), attrgetter("circuit")
 
 
 class Action(enum.StrEnum):
@@ -79,8 +81,10 @@ def plan_transition(
     snapshot: SiteSnapshot, allocation: Allocation, *, deadband_watts: float = DEADBAND_WATTS
 ) -> Plan:
     tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-    worst = {d.device_id: d.worst_case_watts for d in snapshot.loads}  # read once: a property, not free
-    loads = tree.loads((d.circuit, worst[d.device_id]) for d in snapshot.loads)
+    every = snapshot.loads
+    worsts = [d.worst_case_watts for d in every]  # read once: a property, not free
+    worst = dict(zip(map(_device_id, every), worsts, strict=True))
+    loads = tree.loads(zip(map(_circuit, every), worsts, strict=True))
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
