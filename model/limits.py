@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property, reduce
-from itertools import groupby
-from operator import add, itemgetter
+from functools import cached_property
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +20,6 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.circuit}: {self.load_watts:.0f} W over its {self.limit_watts:.0f} W limit"
-
-
-_circuit, _watts = itemgetter(0), itemgetter(1)
 
 
 class LimitTree:
@@ -56,17 +51,9 @@ class LimitTree:
     def loads(self, draws: Iterable[tuple[str, float]]) -> dict[str, float]:
         """Total draw on each circuit, from (circuit, watts) pairs of devices."""
         totals = dict.fromkeys(self.limits, 0.0)
-        paths = self._paths
-        # Devices come listed group by group, a group on one circuit: a run of draws on one
-        # circuit is added to each node at once (in C), the same additions in the same order.
-        for circuit, run in groupby(draws, key=_circuit):
-            watts = list(map(_watts, run))
-            if len(watts) == 1:
-                for node in paths[circuit]:
-                    totals[node] += watts[0]
-                continue
-            for node in paths[circuit]:
-                totals[node] = reduce(add, watts, totals[node])
+        for circuit, watts in draws:
+            for node in self._paths[circuit]:
+                totals[node] += watts
         return totals
 
     def headroom(self, circuit: str, loads: Mapping[str, float]) -> float:

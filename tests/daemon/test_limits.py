@@ -35,21 +35,3 @@ def test_site_load_is_the_sum_of_all_draws(draws):
     loads = TREE.loads(draws)
     assert loads["site"] == pytest.approx(sum(w for _, w in draws))
     assert loads["tx"] == pytest.approx(sum(w for c, w in draws if c in ("tx", "a", "b")))
-
-
-@given(st.lists(st.tuples(st.sampled_from(["site", "tx", "a", "b"]),
-                          st.floats(min_value=0.0, max_value=1e4, allow_nan=False)), max_size=60))
-def test_loads_are_added_draw_by_draw_in_order(draws):
-    """To the last bit: a run of draws on one circuit is added at once, in the order given, so
-    the policy's and the sequencer's sums are the ones a draw-by-draw walk makes."""
-    expected = dict.fromkeys(TREE.limits, 0.0)
-    for circuit, watts in draws:
-        for node in TREE.path(circuit):
-            expected[node] += watts
-    runs = sorted(draws, key=lambda d: d[0])  # the same draws, in runs
-    expected_runs = dict.fromkeys(TREE.limits, 0.0)
-    for circuit, watts in runs:
-        for node in TREE.path(circuit):
-            expected_runs[node] += watts
-    assert TREE.loads(draws) == expected
-    assert TREE.loads(iter(runs)) == expected_runs
