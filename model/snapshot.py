@@ -106,12 +106,13 @@ class MinerState:
         Unknown means the maximum. A miner that answers may still ramp up to its limit, and
         a miner still ramping down draws what it draws now.
         """
-        if not self.controllable or self.reading is None:
+        reading = self.reading  # read once: the sequencer asks this of every load, every plan
+        if reading is None or self.failure is not None:
             return self.max_watts
-        measured = self.reading.watts if self.reading.watts is not None else self.max_watts
+        measured = reading.watts if reading.watts is not None else self.max_watts
         if not self.is_on:
             return measured
-        limit = self.reading.limit_watts if self.reading.limit_watts is not None else self.max_watts
+        limit = reading.limit_watts if reading.limit_watts is not None else self.max_watts
         return max(measured, min(limit, self.max_watts))
 
     @property

@@ -35,11 +35,14 @@ from typing import Any
 
 from wattshift.model.limits import LimitTree
 from wattshift.model.snapshot import GpuJob, GpuNodeState, Load
+from wattshift.model.specs import MinerSwitching
 
 from .ladders import Ladder
 
 # Everything about a job but what names it: its terms are what its ladder is made of.
 _job_terms = operator.attrgetter(*(f.name for f in dataclasses.fields(GpuJob) if f.name not in ("job_id", "name")))
+# A miner's switching by its numbers (plain floats: hashed and compared in C).
+_switching_terms = operator.attrgetter(*(f.name for f in dataclasses.fields(MinerSwitching)))
 
 
 def group_key(load: Load) -> tuple[Any, ...]:
@@ -59,23 +62,43 @@ def group_key(load: Load) -> tuple[Any, ...]:
 
 
 class Grouper:
-    """Numbers loads by :func:`group_key`. Miners of one model usually share their capability
-    and curve objects, so a key by identity is tried first (hashing the values is dearer)."""
+    """Numbers loads by :func:`group_key`. Hashing and comparing a miner's capability, curve
+    and switching (dataclasses: their hash and equality run in Python) for every miner is most
+    of the cost, so a cheaper key is tried first: the capability and the curve by identity (a
+    handful of objects on a site), the switching by its numbers (every miner may have its own)."""
 
     def __init__(self) -> None:
         self.by_key: dict[tuple[Any, ...], int] = {}
-        self._by_identity: dict[tuple[Any, ...], int] = {}
+        self.first: list[int] = []  # the index, in the loads grouped, of each group's first member
+        self._quick: dict[tuple[Any, ...], int] = {}
 
-    def group(self, load: Load) -> int:
-        """The load's group; ``len(self.by_key)`` before the call if it is the first of one."""
-        if isinstance(load, GpuNodeState):
-            return self.by_key.setdefault(group_key(load), len(self.by_key))
-        on = load.is_on
-        quick = (id(load.capability), id(load.curve), id(load.switching), load.model, load.max_watts, on,
-                 None if on else load.idle_watts)
-        g = self._by_identity.get(quick)
-        if g is None:
-            g = self._by_identity[quick] = self.by_key.setdefault(group_key(load), len(self.by_key))
+    def groups(self, loads: Sequence[Load]) -> list[int]:
+        """The group of each load, numbered from 0 in the order of their first members."""
+        quick = self._quick
+        out: list[int] = []
+        last: tuple[Any, ...] | None = None  # the key of the miner before: loads come group by group
+        g = -1
+        for load in loads:
+            if isinstance(load, GpuNodeState):
+                out.append(self._number(group_key(load), len(out)))
+                last = None
+                continue
+            on = load.is_on
+            # An idle draw is the measured one only while off (MinerState.idle_watts).
+            key = (id(load.capability), id(load.curve), _switching_terms(load.switching), load.model,
+                   load.max_watts, on, None if on else load.idle_watts)
+            if key != last:
+                g = quick.get(key, -1)
+                if g < 0:
+                    g = quick[key] = self._number(group_key(load), len(out))
+                last = key
+            out.append(g)
+        return out
+
+    def _number(self, key: tuple[Any, ...], index: int) -> int:
+        g = self.by_key.setdefault(key, len(self.by_key))
+        if g == len(self.first):
+            self.first.append(index)
         return g
 
 
@@ -94,6 +117,10 @@ class FillResult:
     granted: list[float]
     last_value: list[float | None]
     blocked: dict[int, str]
+    # Member i ended at outcomes[outcome[i]]: (its group, the watts granted, the value of the
+    # last rung taken), the same for every member of the group that ended on the same rung.
+    outcome: list[int]
+    outcomes: list[tuple[int, float, float | None]]
 
 
 class CohortFill:
@@ -150,14 +177,16 @@ class CohortFill:
                 _, g, k = heapq.heappop(self.heap)
                 runs.append((g, k, self.pending.pop((g, k))))
             self._take_runs(value, runs)
-        granted = [0.0] * len(self.members)
-        last: list[float | None] = [None] * len(self.members)
-        for i, top in enumerate(self.top):
-            if top >= 0:
-                g = self.group_of[i]
-                granted[i] = self.groups[g].ladder.levels[top]
-                last[i] = self.values[g][top]
-        return FillResult(granted, last, self.blocked)
+        outcomes: list[tuple[int, float, float | None]] = []
+        untaken = []  # the outcome of each group's members that took no rung
+        for g, group in enumerate(self.groups):
+            untaken.append(len(outcomes))
+            outcomes.append((g, 0.0, None))
+            outcomes.extend(zip(repeat(g), group.ladder.levels, self.values[g]))
+        outcome = [untaken[g] + top + 1 for g, top in zip(self.group_of, self.top, strict=True)]
+        ended = list(map(outcomes.__getitem__, outcome))
+        granted, last = list(map(operator.itemgetter(1), ended)), list(map(operator.itemgetter(2), ended))
+        return FillResult(granted, last, self.blocked, outcome, outcomes)
 
     def _start(self) -> None:
         """The heap's first pushes, and the loads that stay on through their dwell time."""

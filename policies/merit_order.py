@@ -25,8 +25,10 @@ limit forces it off. No limit ever forces a start, so a miner's minimum down tim
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain, compress
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -98,19 +100,22 @@ class _WaterFill:
         self.power_trusted = prices.power_usd_per_mwh is not None and not prices.power_stale
         self.hashprice_trusted = prices.hashprice_usd_per_ph_day is not None and not prices.hashprice_stale
         self.tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-        self.fixed: list[Load] = []
-        self.free: list[Load] = []
-        for d in snapshot.loads:
-            (self.fixed if _fixed(d) else self.free).append(d)
-        self.ladders: list[Ladder] = [self.ladder(d) for d in self.free]
+        loads = snapshot.loads
+        fixed = list(map(_fixed, loads))
+        self.fixed: list[Load] = list(compress(loads, fixed))
+        self.free: list[Load] = list(compress(loads, map(operator.not_, fixed)))
+        self.ladders: list[Ladder] = self.make_ladders(self.free)
         # Everything we cannot command counts at its worst case; the off draw of the rest too.
-        self.loads = self.tree.loads(
-            [(d.circuit, d.worst_case_watts) for d in self.fixed]
-            + [(d.circuit, lad.off_watts) for d, lad in zip(self.free, self.ladders, strict=True)]
-        )
+        self.loads = self.tree.loads(chain(
+            [(d.circuit, d.worst_case_watts) for d in self.fixed],
+            zip(map(_circuit, self.free), map(_off_watts, self.ladders), strict=True),
+        ))
         self.granted = [0.0] * len(self.ladders)
         self.last_value: list[float | None] = [None] * len(self.ladders)
         self.blocked: dict[int, str] = {}
+
+    def make_ladders(self, free: list[Load]) -> list[Ladder]:
+        return [self.ladder(d) for d in free]
 
     def ladder(self, load: Load) -> Ladder:
         return ladder_for(load, hashprice=self.hashprice, step_watts=self.options.step_watts,
@@ -223,49 +228,57 @@ class _CohortWaterFill(_WaterFill):
     shared by every member (its ``load`` is the group's first), so ``trusted``, ``threshold``
     and ``dwell_seconds`` answer for the whole group."""
 
-    def __init__(self, snapshot: SiteSnapshot, options: MeritOrderOptions) -> None:
-        self.grouper = Grouper()
-        self.groups: list[Ladder] = []
-        self.first: list[int] = []  # a member of each group
-        self.member_group: list[int] = []
-        super().__init__(snapshot, options)
-
-    def ladder(self, load: Load) -> Ladder:
-        g = self.grouper.group(load)
-        if g == len(self.groups):
-            self.groups.append(super().ladder(load))
-            self.first.append(len(self.member_group))
-        self.member_group.append(g)
-        return self.groups[g]
+    def make_ladders(self, free: list[Load]) -> list[Ladder]:
+        grouper = Grouper()
+        self.member_group = grouper.groups(free)
+        self.first = grouper.first  # a member of each group
+        self.groups = [self.ladder(free[i]) for i in self.first]
+        return list(map(self.groups.__getitem__, self.member_group))
 
     def run(self) -> Allocation:
         groups = [Group(lad, self.trusted(i), self.threshold(i), self.dwell_seconds(lad.load))
                   for lad, i in zip(self.groups, self.first, strict=True)]
-        result = CohortFill(self.tree, self.loads, groups, self.free, self.member_group, self.snapshot.clock,
-                            lambda circuit, loads: _tightest(self.tree, circuit, loads)).run()
-        self.granted, self.last_value, self.blocked = result.granted, result.last_value, result.blocked
+        self.result = CohortFill(self.tree, self.loads, groups, self.free, self.member_group, self.snapshot.clock,
+                                 lambda circuit, loads: _tightest(self.tree, circuit, loads)).run()
+        self.granted, self.last_value, self.blocked = self.result.granted, self.result.last_value, self.result.blocked
         return self.allocation()
 
     def allocation(self) -> Allocation:
-        """As :meth:`_WaterFill.allocation`; a reason is made once per group and outcome, and
-        only the label differs between members."""
-        targets = [_fixed_target(d) for d in self.fixed]
+        """As :meth:`_WaterFill.allocation`, the per-member work left to C (``map``): a reason
+        is made once per outcome (group and rung, and the limit that stopped it, if one did),
+        and only the label differs between members. What follows the label: _reason says
+        nothing else of the load that its group does not share (tests/policies/test_cohorts.py
+        compares every reason with the per-load path's)."""
+        fill, free = self.result, self.free
+        tails = [""] * len(fill.outcomes)
+        for o in set(fill.outcome):
+            tails[o] = self._tail(*fill.outcomes[o], None)
+        tail_of = list(map(tails.__getitem__, fill.outcome))
+        blocked_tails: dict[tuple[int, str], str] = {}
+        for i, blocked in fill.blocked.items():
+            key = (fill.outcome[i], blocked)
+            if key not in blocked_tails:
+                blocked_tails[key] = self._tail(*fill.outcomes[key[0]], blocked)
+            tail_of[i] = blocked_tails[key]
+        reasons = map(operator.add, map(_label, free), tail_of)
+        made = list(map(Target, map(_device_id, free), self.granted, reasons, self.last_value))
+        # Best first, as the per-load path's sort (stable: ties in the order of the loads).
         keys = [-(v or -1e18) for v in self.last_value]
-        # What follows the label: _reason says nothing else of the load that its group does not
-        # share (tests/policies/test_cohorts.py compares every reason with the per-load path's).
-        tails: dict[tuple[Any, ...], str] = {}
-        for i in sorted(range(len(self.free)), key=keys.__getitem__):
-            g, load, watts, last = self.member_group[i], self.free[i], self.granted[i], self.last_value[i]
-            blocked = self.blocked.get(i)
-            key = (g, watts, last, blocked)
-            tail = tails.get(key)
-            if tail is None:
-                ladder = self.groups[g]
-                value = last if watts else (ladder.value(0) if ladder.levels else None)
-                reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
-                tail = tails[key] = reason.removeprefix(ladder.load.label)
-            targets.append(Target(load.device_id, watts, load.label + tail, last))
-        return Allocation(tuple(targets), self.summary())
+        ranked = map(made.__getitem__, sorted(range(len(made)), key=keys.__getitem__))
+        return Allocation((*map(_fixed_target, self.fixed), *ranked), self.summary())
+
+    def _tail(self, g: int, watts: float, last: float | None, blocked: str | None) -> str:
+        """The reason of a member of group ``g`` that ended so, less its label."""
+        ladder = self.groups[g]
+        value = last if watts else (ladder.value(0) if ladder.levels else None)
+        reason = _reason(ladder, watts, value, self.power_price, blocked, self.trusted(self.first[g]))
+        return reason.removeprefix(ladder.load.label)
+
+
+_circuit = operator.attrgetter("circuit")
+_off_watts = operator.attrgetter("off_watts")
+_label = operator.attrgetter("label")
+_device_id = operator.attrgetter("device_id")
 
 
 def _fixed(load: Load) -> bool:

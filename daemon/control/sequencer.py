@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from operator import attrgetter
 
 from wattshift.model.limits import LimitTree
 from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapshot
 from wattshift.policies.base import Allocation
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
+_device_id, _circuit = attrgetter("device_id"), attrgetter("circuit")
 
 
 class Action(enum.StrEnum):
@@ -79,20 +81,24 @@ def plan_transition(
     snapshot: SiteSnapshot, allocation: Allocation, *, deadband_watts: float = DEADBAND_WATTS
 ) -> Plan:
     tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
-    worst = {d.device_id: d.worst_case_watts for d in snapshot.loads}  # read once: a property, not free
-    loads = tree.loads((d.circuit, worst[d.device_id]) for d in snapshot.loads)
+    every = snapshot.loads
+    worsts = [d.worst_case_watts for d in every]  # read once: a property, not free
+    worst = dict(zip(map(_device_id, every), worsts, strict=True))
+    loads = tree.loads(zip(map(_circuit, every), worsts, strict=True))
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
     held: list[Step] = []
-    for target in allocation:  # merit order: the best use of freed power is granted first
-        load = snapshot.load(target.device_id)
+    find, clock = snapshot.load, snapshot.clock
+    for target in allocation.targets:  # merit order: the best use of freed power is granted first
+        device_id = target.device_id
+        load = find(device_id)
         if not load.controllable:
             continue
-        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[target.device_id])
+        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[device_id])
         if step is None:
             continue
-        if step.action is Action.WAKE and resting(load, snapshot.clock):
+        if step.action is Action.WAKE and resting(load, clock):
             held.append(step)
             continue
         if step.is_shed:
@@ -118,7 +124,6 @@ def resting(load: Load, clock: float) -> bool:
 
 def _step_for(load: Load, watts: float, reason: str, deadband: float, before: float) -> Step | None:
     """``before``: the load's ``worst_case_watts``."""
-    limit = load.limit_watts
     on = load.is_on
     if watts <= 0:
         if not on:
@@ -126,6 +131,7 @@ def _step_for(load: Load, watts: float, reason: str, deadband: float, before: fl
         return Step(load.device_id, load.circuit, Action.SLEEP, 0.0, before, load.idle_watts, reason)
     if not on:
         return Step(load.device_id, load.circuit, Action.WAKE, watts, before, max(watts, before), reason)
+    limit = load.limit_watts
     if limit is not None and abs(limit - watts) <= deadband:
         return None
     measured = load.measured_watts or 0.0

@@ -7,6 +7,7 @@ lost miners counted at their maximum, stale prices, dwell times, overrides, GPU 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from datetime import UTC, datetime
@@ -162,3 +163,27 @@ def test_a_run_that_fits_to_the_last_float_is_taken_whole_and_one_short_is_not(s
     allocation = MeritOrderPolicy().decide(snap)
     assert sum(1 for t in allocation if t.watts) == (999 if short else 1000)
     assert allocation.targets == MeritOrderPolicy().decide_per_load(snap).targets
+
+
+def test_miners_group_by_the_values_of_their_parts_not_by_the_objects() -> None:
+    """Each miner with its own capability, curve and switching objects (as the live loop and the
+    site model build them): equal values make one group, one differing number a group of its own,
+    and the decision is the per-load path's."""
+    base = MinerSwitching(120.0, 400.0, 0.5, 600.0, 900.0)
+    fleet = []
+    for n in range(60):
+        # A copy per miner; every tenth with a longer minimum down time, every seventh a wider range.
+        switching = dataclasses.replace(base, min_down_seconds=1800.0 if n % 10 == 0 else 900.0)
+        capability = MinerCapability(PowerControl.WATTS, 1800, 4000 if n % 7 else 3800)
+        on = n % 3 != 0
+        fleet.append(miner(f"10.0.0.{n}", watts=3500.0 if on else 15.0, limit=3500.0 if on else None, mining=on,
+                           curve=EfficiencyCurve(3500, 200), capability=capability, switching=switching,
+                           state_since=9_000.0))
+    snap = snapshot(fleet, budget=150_000.0, power=40.0)
+    from wattshift.policies.merit_order import _CohortWaterFill  # the grouping is the point here
+
+    fill = _CohortWaterFill(snap, MeritOrderOptions())
+    kinds = {(m.switching, m.capability, m.is_on) for m in fleet}
+    assert len(kinds) == 7 and len(fill.groups) == len(kinds)
+    policy = MeritOrderPolicy()
+    same(snap, policy.decide(snap), policy.decide_per_load(snap))
