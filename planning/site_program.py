@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import highspy
 import numpy as np
 
-from .envelope import PowerLaw, tangents
+from .envelope import TOLERANCE, PowerLaw, tangents
 from .program import LinearProgram, StepClock, new_solver
 
 
@@ -101,6 +101,9 @@ class SiteProgram:
     unmet: np.ndarray | None = None  # steps no policy can meet: no limit rows, nothing earned
     live: np.ndarray | None = None  # rows bind on these steps only (a window of a longer horizon)
     core: np.ndarray | None = None  # money counts on these steps only
+    # How far the tangents may overshoot the concave curves: the bound keeps them tight; a plan
+    # that only acts on its first steps can take a looser envelope and fewer rows.
+    envelope_tolerance: float = TOLERANCE
 
 
 @dataclass
@@ -230,7 +233,7 @@ def build(p: SiteProgram) -> Built:
         m.rows([(P, 1.0), *[(c, -floor * k) for c, k in hashing]], lower=0.0)
         m.rows([(P, 1.0), *[(c, -g.max_watts * k) for c, k in hashing]], upper=0.0)
         curve = PowerLaw(g.nominal_ths / g.nominal_watts ** (1 / g.curve_exponent), 0.0, 1 / g.curve_exponent)
-        for a, b in tangents(curve, g.min_watts, g.max_watts):
+        for a, b in tangents(curve, g.min_watts, g.max_watts, p.envelope_tolerance):
             m.rows([(R, 1.0), *[(c, -a * k) for c, k in hashing], (P, -b)], upper=0.0)
         for c in p.paths[g.circuit]:
             draws[c] += [(P, 1.0), (on, -idle)] + ([(B, g.boot_watts)] if B is not None else [])
@@ -256,7 +259,7 @@ def build(p: SiteProgram) -> Built:
         m.rows([(Q, 1.0), (r, -qmax)], upper=0.0)
         m.rows([(V, 1.0), (r, -1.0)], upper=0.0)
         for a, b in tangents(PowerLaw((1 / (G * gb.cap_max_watts)) ** (1 / p.gpu_cap_exponent), host,
-                                      1 / p.gpu_cap_exponent), qmin, qmax):
+                                      1 / p.gpu_cap_exponent), qmin, qmax, p.envelope_tolerance):
             m.rows([(V, 1.0), (r, -a), (Q, -b)], upper=0.0)
         before = clock.shifted(r, -1)
         running0 = np.where(first, gb.running, 0.0)

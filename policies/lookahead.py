@@ -10,8 +10,11 @@ it stands (who is awake, booting, held asleep by a minimum down time, running), 
 every announced event and the power price where it is published (``snapshot.forecast``: the
 day-ahead price; the price now holds where none is), and solves it with HiGHS. Between re-plans
 the decisions follow the plan's step for their time; the plan is redone every
-``replan_every_seconds``, and at once when the site left it: a group changed, the budget fell
-below what the plan assumed, fewer awake than planned (a start refused, a miner lost).
+``replan_every_seconds``, and at once when the site left it: a group changed, fewer awake than
+planned (a start refused, a miner lost), the price moved away from the plan's. A budget below
+what the plan assumed (a cut no event announced) is met at once by merit-order's shedding order,
+with no solver on the way (a fast shed must not wait on a plan), and the next decision plans
+from the site the cut left.
 
 **A late solver never holds the site.** HiGHS gets ``time_budget_seconds`` per plan; a plan that
 is late or fails, a stale price or a stale job value (which must never switch anything,
@@ -41,6 +44,8 @@ from .fill import Fill, fixed
 from .ladders import revenue_usd_per_hour
 from .lookahead_plan import Groups, Plan, group_loads, plan_from, settings_of, site_program
 from .merit_order import MeritOrderOptions, MeritOrderPolicy
+
+BUDGET_FELL = "the budget fell below the plan's"
 
 
 class LookaheadOptions(BaseModel):
@@ -84,6 +89,10 @@ class LookaheadPolicy:
         plan = Plan.from_state((state or {}).get("plan"))
         late_until = float((state or {}).get("late_until", float("-inf")))
         why = self._replan_reason(plan, groups, snapshot)
+        if why == BUDGET_FELL:
+            # An unannounced cut is met at once, by merit-order's shedding order; the next
+            # decision plans again from the site the cut left (a fast shed does not wait on a plan).
+            return self._fall_back(snapshot, f"{why} (an unannounced cut); the next decision plans again", {})
         if why is not None:
             if snapshot.clock < late_until:
                 return self._fall_back(snapshot, "the solver was late at the last plan", dict(state or {}))
@@ -108,7 +117,7 @@ class LookaheadPolicy:
         if plan.signature != groups.signature:
             return "the groups changed"
         if snapshot.budget_watts < plan.budgets[step] - 1.0:
-            return "the budget fell below the plan's"
+            return BUDGET_FELL
         price = snapshot.prices.power_usd_per_mwh or 0.0
         if abs(price - plan.prices[step]) > max(self.options.replan_price_usd_per_mwh, 0.1 * abs(plan.prices[step])):
             return "the price left the plan's"

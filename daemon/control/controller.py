@@ -46,6 +46,7 @@ from .observe import (
     MinerSlot,
     attach_forecast,
     build_snapshot,
+    decide,
     gpu_node_state,
     miner_slots,
     miner_state,
@@ -268,7 +269,7 @@ class Controller:
         """The tick after its first read. ``raced``: a fast shed went out during that read, so
         the snapshot may not show it (nor the dwell times it started): sheds only, and the next
         tick, which reads after it, may grant."""
-        allocation = self.policy.decide(snapshot)
+        allocation = await decide(self.policy, snapshot)
         notes: list[str] = []
         plan = self._metered(plan_transition(snapshot, allocation), notes)
         if raced and (plan.grants or plan.deferred):

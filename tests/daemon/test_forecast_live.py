@@ -93,3 +93,36 @@ power_usd_per_mwh:
     from wattshift.drivers.prices import FixedPrice
 
     assert published_price(FixedPrice(40.0)) is None
+
+
+async def test_a_planning_policy_decides_off_the_event_loop():
+    import asyncio
+    import threading
+
+    from wattshift.daemon.control.observe import decide
+    from wattshift.policies.base import Allocation
+
+    site = snapshot([miner("a")], budget=10_000)
+    loop_ran = threading.Event()
+
+    class Planning:
+        name = "planning"
+        forecast_seconds = 3600.0
+
+        def decide(self, _snapshot):
+            # Set by a task on the event loop: only if the loop runs while this decides.
+            return Allocation((), f"loop ran meanwhile: {loop_ran.wait(timeout=5)}")
+
+    class Quick:
+        name = "quick"
+
+        def decide(self, _snapshot):
+            return Allocation((), threading.current_thread().name)
+
+    async def poke() -> None:
+        loop_ran.set()
+
+    task = asyncio.create_task(poke())
+    assert (await decide(Planning(), site)).summary == "loop ran meanwhile: True"
+    await task
+    assert (await decide(Quick(), site)).summary == threading.main_thread().name  # the others, as before

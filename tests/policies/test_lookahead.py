@@ -125,18 +125,24 @@ def test_a_late_solver_hands_the_decision_to_merit_order_and_is_not_asked_again_
     assert later.summary.startswith("lookahead: the solver was late at the last plan")
 
 
-def test_the_plan_is_followed_between_replans_and_redone_when_the_budget_falls():
+def test_the_plan_is_followed_between_replans_and_an_unannounced_cut_is_met_at_once():
     site = dataclasses.replace(snapshot([miner(m) for m in "abcd"], budget=16_000, power=30),
                                forecast=forecast(16_000))
     carried = Carried(LookaheadPolicy())
     carried.decide(site)
     state = json.loads(json.dumps(carried.state))  # what a stateful policy keeps must survive JSON
     policy = LookaheadPolicy()
-    later = dataclasses.replace(site, clock=site.clock + 300, at=site.at)
+    later = dataclasses.replace(site, clock=site.clock + 300)
     followed = policy.decide(later, state)
     assert "made 300 s ago" in followed.summary
-    cut = dataclasses.replace(later, budget_watts=7_500, circuit_limits={"site": 16_000})
-    replanned = policy.decide(cut, state)
+    # A cut no event announced: met at once by merit-order's shedding order, no solver on the way...
+    cut = dataclasses.replace(later, budget_watts=7_500)
+    met = policy.decide(cut, state)
+    assert met.summary.startswith("lookahead: the budget fell below the plan's (an unannounced cut)")
+    assert met.targets == MeritOrderPolicy().decide(cut).targets
+    assert sum(t.watts for t in met) <= 7_500
+    # ... and the next decision plans from the site the cut left.
+    replanned = policy.decide(dataclasses.replace(cut, clock=cut.clock + 10), met.state)
     assert "made 0 s ago" in replanned.summary
     assert sum(t.watts for t in replanned) <= 7_500
 
