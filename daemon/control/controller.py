@@ -109,6 +109,8 @@ class Controller:
         self.site = site
         self.fleet = fleet
         self.policy = policy
+        # Besides the policy, what reads the snapshot's forecast (a shadow candidate that plans).
+        self.forecast_readers: list[object] = []
         self.budget = budget or BudgetSchedule(site.budget_watts)
         self.recorder = recorder or NullRecorder()
         self.dry_run = dry_run  # the process's (--dry-run): fixed for its life, no command changes it
@@ -372,7 +374,7 @@ class Controller:
             clock=now_clock,
             gpu_nodes=gpu_nodes,
         )
-        snapshot = attach_forecast(snapshot, self.policy, self.budget, now,
+        snapshot = attach_forecast(snapshot, [self.policy, *self.forecast_readers], self.budget, now,
                                    less_watts=overhead + self.site.reserve_watts,
                                    price_at=published_price(self._feeds["power"]))
         if self.meter is not None:

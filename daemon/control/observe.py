@@ -7,7 +7,7 @@ ignored command leave the miner counted at the most it can draw (DESIGN.md invar
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -149,14 +149,15 @@ async def decide(policy: Policy, snapshot: SiteSnapshot) -> Allocation:
 
 
 def attach_forecast(
-    snapshot: SiteSnapshot, policy: object, schedule: BudgetSchedule, now: datetime, *, less_watts: float,
-    price_at: Callable[[datetime], float | None] | None = None,
+    snapshot: SiteSnapshot, readers: Sequence[object], schedule: BudgetSchedule, now: datetime, *,
+    less_watts: float, price_at: Callable[[datetime], float | None] | None = None,
 ) -> SiteSnapshot:
-    """The snapshot with the hours ahead a planning policy asks for (``forecast_seconds``): the
+    """The snapshot with the hours ahead its readers ask for (the live policy, a shadow candidate:
+    the longest ``forecast_seconds`` of them; none: the snapshot as it is): the
     budget with every announced event, less ``less_watts`` (the reserve and what the devices
     cannot see), and the power price where the feed publishes it (a time-of-use tariff:
     ``drivers.prices.published_price``); elsewhere the policy holds the price now."""
-    seconds = forecast_seconds(policy)
+    seconds = max((forecast_seconds(r) for r in readers), default=0.0)
     if seconds <= 0:
         return snapshot
     outlook = budget_outlook(schedule, now, seconds=seconds, step_seconds=FORECAST_STEP_SECONDS,

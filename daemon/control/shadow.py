@@ -27,6 +27,7 @@ from wattshift.model.snapshot import Load, Prices, SiteSnapshot
 from wattshift.policies.base import Allocation, Policy
 from wattshift.policies.ladders import revenue_usd_per_hour
 
+from .observe import decide
 from .recorder import NullRecorder
 from .sequencer import Plan
 
@@ -118,7 +119,7 @@ class ShadowRecorder(NullRecorder):
 
     async def decision(self, snapshot: SiteSnapshot, allocation: Allocation, plan: Plan, *, dry_run: bool) -> None:
         try:
-            theirs = self.candidate.decide(snapshot)
+            theirs = await decide(self.candidate, snapshot)  # a planning candidate: off the loop
         except Exception:
             log.exception("shadow policy %s failed on this snapshot; the live loop is unaffected",
                           getattr(self.candidate, "name", "?"))

@@ -138,10 +138,11 @@ async def open_daemon(
     if journal:
         opened = await AsyncJournal.open(journal_path(site.state_dir))
         recorders.insert(0, JournalRecorder(opened))
+    shadow: ShadowRecorder | None = None
     if site.shadow_policy_file is not None:
-        shadow = resolve(site.shadow_policy_file, base_dir)
-        recorders.append(ShadowRecorder.from_file(shadow, registry=metrics.registry, journal=opened,
-                                                  modules=site_policy_modules(site)))
+        shadow = ShadowRecorder.from_file(resolve(site.shadow_policy_file, base_dir), registry=metrics.registry,
+                                          journal=opened, modules=site_policy_modules(site))
+        recorders.append(shadow)
     try:
         controller = Controller(
             site,
@@ -157,6 +158,8 @@ async def open_daemon(
             meter=meter,
             clock=clock,
         )
+        if shadow is not None:  # a candidate that plans reads the same forecast the live policy would
+            controller.forecast_readers.append(shadow.candidate)
         if meter is not None:
             metrics.registry.register(MeterCollector(meter, lambda: controller.overhead.watts))
         if link is not None:

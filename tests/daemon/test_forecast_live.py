@@ -42,9 +42,9 @@ def test_the_outlook_is_the_lowest_budget_over_each_step_less_what_is_held_back(
 def test_a_planning_policy_gets_the_announced_budget_and_any_other_gets_nothing():
     site = snapshot([miner("a")], budget=98_000)
     planning = carried(LookaheadPolicy(LookaheadOptions(horizon_hours=2)))
-    seen = attach_forecast(site, planning, schedule(), NOW, less_watts=2_000).forecast
+    seen = attach_forecast(site, [MeritOrderPolicy(), planning], schedule(), NOW, less_watts=2_000).forecast
     assert len(seen) == 24 and min(f.budget_watts for f in seen) == 38_000
-    assert attach_forecast(site, MeritOrderPolicy(), schedule(), NOW, less_watts=2_000).forecast == ()
+    assert attach_forecast(site, [MeritOrderPolicy()], schedule(), NOW, less_watts=2_000).forecast == ()
 
 
 def test_lookahead_acts_on_a_live_announced_cut():
@@ -57,9 +57,9 @@ def test_lookahead_acts_on_a_live_announced_cut():
     site = snapshot([miner(m, watts=12, mining=False, switching=switching, state_since=0.0) for m in "ab"],
                     budget=20_000, power=30)
     policy = LookaheadPolicy()
-    cut = attach_forecast(site, policy, s, NOW, less_watts=0.0)
+    cut = attach_forecast(site, [policy], s, NOW, less_watts=0.0)
     assert [policy.decide(cut)[m].watts for m in "ab"] == [0, 0]
-    calm = attach_forecast(site, policy, BudgetSchedule(20_000), NOW, less_watts=0.0)
+    calm = attach_forecast(site, [policy], BudgetSchedule(20_000), NOW, less_watts=0.0)
     assert all(policy.decide(calm)[m].watts > 0 for m in "ab")
 
 
@@ -83,7 +83,7 @@ power_usd_per_mwh:
     assert price_at is not None
     # 1 July 2026 is a Wednesday; 15:00 UTC is 10:00 in Chicago: off-peak now, peak from 19:00 UTC.
     site = snapshot([miner("a")], budget=98_000)
-    steps = attach_forecast(site, LookaheadPolicy(LookaheadOptions(horizon_hours=6)), schedule(), NOW,
+    steps = attach_forecast(site, [LookaheadPolicy(LookaheadOptions(horizon_hours=6))], schedule(), NOW,
                             less_watts=2_000, price_at=price_at).forecast
     by_offset = {f.offset_seconds: f.power_usd_per_mwh for f in steps}
     assert by_offset[0] is None  # now is the feed's own quote, not a forecast
