@@ -78,7 +78,7 @@ def test_the_example_loads_by_dotted_path_and_reports_its_bad_options(plugin_dir
 
 def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(PolicyLoadError,
-                       match=r"unknown policy 'merit_order' \(known: .*ai-first, merit-order, strike-price"):
+                       match=r"unknown policy 'merit_order' \(known: .*ai-first, lookahead, merit-order, strike-price"):
         policy_factory("merit_order")
 
 
