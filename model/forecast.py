@@ -31,15 +31,16 @@ def budget_outlook(
     price_at: Callable[[datetime], float | None] | None = None,
 ) -> tuple[ForecastStep, ...]:
     """The schedule's budget over the next ``seconds``, in steps: the lowest budget in force at
-    any instant of each step (events begin and end between steps), less ``less_watts`` (the
-    reserve and what the devices cannot see); and each step's published price at its start,
-    where ``price_at`` (a tariff's, a day-ahead market's) knows one."""
+    any instant of each step or of the schedule's lead after it (the loop plans against that:
+    an event is met before it begins), less ``less_watts`` (the reserve and what the devices
+    cannot see); and each step's published price at its start, where ``price_at`` (a tariff's,
+    a day-ahead market's) knows one."""
     events = schedule.events()
     steps = []
     offset = 0.0
     while offset < seconds:
         begin = now + timedelta(seconds=offset)
-        end = begin + timedelta(seconds=step_seconds)
+        end = begin + timedelta(seconds=step_seconds) + schedule.lead
         instants = {begin} | {t for e in events for t in (e.start, e.end) if t is not None and begin < t < end}
         low = min(schedule.at(t) for t in instants)
         price = price_at(begin) if price_at is not None and offset > 0 else None

@@ -116,9 +116,7 @@ class LookaheadPolicy:
             return "plan ran out"
         if plan.signature != groups.signature:
             return "the groups changed"
-        # The snapshot plans for the lowest budget of now and the moments just ahead (an event
-        # starting within the loop's lead): so does the comparison, over this step and the next.
-        if snapshot.budget_watts < min(plan.budgets[step:step + 2]) - 1.0:
+        if snapshot.budget_watts < plan.budgets[step] - 1.0:  # both count an event from the loop's lead
             return BUDGET_FELL
         price = snapshot.prices.power_usd_per_mwh or 0.0
         if abs(price - plan.prices[step]) > max(self.options.replan_price_usd_per_mwh, 0.1 * abs(plan.prices[step])):

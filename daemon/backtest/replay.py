@@ -119,17 +119,24 @@ def forecast_at(
     site: BacktestSite, trace: Trace, index: int, elapsed: float, *, seconds: float, notice_seconds: float,
 ) -> tuple[ForecastStep, ...]:
     """What a site knows at ``elapsed`` seconds into row ``index`` of the next ``seconds``: the
-    budget with every event announced by then, the day-ahead price where the trace has one."""
+    budget with every event announced by then, the day-ahead price where the trace has one.
+
+    A step's budget is the one the loop will plan against there: the lower of that row's and the
+    next one's (an event is met from the step before it begins, see the module's docstring)."""
     rows = trace.rows
     now = rows[index].at + timedelta(seconds=elapsed)
     own = site.circuit_limits()
+
+    def known(j: int) -> float:
+        announced = rows[j].budget_watts if (rows[j].at - now).total_seconds() <= notice_seconds else None
+        return _lowered(own, announced)[SITE_CIRCUIT]
+
     steps = []
     for j in range(index, len(rows)):
         offset = (rows[j].at - now).total_seconds()
         if offset >= seconds:
             break
-        announced = rows[j].budget_watts if offset <= notice_seconds else None
-        budget = _lowered(own, announced)[SITE_CIRCUIT] - site.reserve_watts
+        budget = min(known(j), known(j + 1) if j + 1 < len(rows) else known(j)) - site.reserve_watts
         price = rows[j].day_ahead_usd_per_mwh if j > index else None
         steps.append(ForecastStep(max(0.0, offset), trace.durations[j] - (elapsed if j == index else 0.0),
                                   max(0.0, budget), price))

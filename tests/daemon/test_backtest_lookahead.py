@@ -31,10 +31,11 @@ def test_the_forecast_holds_announced_events_and_day_ahead_prices_and_no_real_ti
     steps = forecast_at(s, t, 0, 0.0, seconds=4 * 3600, notice_seconds=2 * 3600)
     assert [f.offset_seconds for f in steps] == [0, 3600, 7200, 10800]  # 4 h asked, the fifth row beyond
     assert [f.power_usd_per_mwh for f in steps] == [None, 35, None, 60]  # day-ahead only, never 900
-    # The 20 kW event 2 h ahead is announced; the 10 kW one 3 h ahead is not yet: the site's own.
-    assert [f.budget_watts for f in steps] == [98_000, 98_000, 18_000, 98_000]
+    # The 20 kW event 2 h ahead is announced (and met from the step before it, as the loop plans
+    # for the lower of a step's budget and the next's); the 10 kW one 3 h ahead is not yet.
+    assert [f.budget_watts for f in steps] == [98_000, 18_000, 18_000, 98_000]
     later = forecast_at(s, t, 1, 1800.0, seconds=3 * 3600, notice_seconds=2 * 3600)
-    assert [f.budget_watts for f in later] == [98_000, 18_000, 8_000, 98_000]  # now the 10 kW one is
+    assert [f.budget_watts for f in later] == [18_000, 8_000, 8_000, 98_000]  # now the 10 kW one is
     assert later[0].seconds == 1800  # what is left of the step
 
 
