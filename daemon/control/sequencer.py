@@ -19,7 +19,7 @@ Pure: snapshot and allocation in, plan out.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 
 from wattshift.model.limits import LimitTree
@@ -36,7 +36,7 @@ class Action(enum.StrEnum):
     WAKE = "wake"  # set the limit first, then wake: it must not come up at an old, higher one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Step:
     device_id: str
     circuit: str
@@ -45,6 +45,18 @@ class Step:
     worst_before: float
     worst_after: float
     reason: str
+
+    def __init__(self, device_id: str, circuit: str, action: Action, watts: float, worst_before: float,
+                 worst_after: float, reason: str) -> None:
+        # Written out, not the dataclass's, as Target's (policies/base.py): a plan makes a Step
+        # per change. Still frozen: assignment raises FrozenInstanceError.
+        _set_device_id(self, device_id)
+        _set_circuit(self, circuit)
+        _set_action(self, action)
+        _set_watts(self, watts)
+        _set_worst_before(self, worst_before)
+        _set_worst_after(self, worst_after)
+        _set_reason(self, reason)
 
     @property
     def is_shed(self) -> bool:
@@ -55,6 +67,10 @@ class Step:
             return f"{self.device_id}: sleep"
         verb = "wake at" if self.action is Action.WAKE else "limit"
         return f"{self.device_id}: {verb} {self.watts:.0f} W"
+
+
+_set_device_id, _set_circuit, _set_action, _set_watts, _set_worst_before, _set_worst_after, _set_reason = (
+    Step.__dict__[f.name].__set__ for f in fields(Step))
 
 
 @dataclass(frozen=True, slots=True)
