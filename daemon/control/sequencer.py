@@ -27,7 +27,7 @@ from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapsho
 from wattshift.policies.base import Allocation
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
-_device_id, _circuit = attrgetter("device_id"), attrgetter("circuit")
+_circuit, _worst_case = attrgetter("circuit"), attrgetter("worst_case_watts")
 
 
 class Action(enum.StrEnum):
@@ -98,20 +98,17 @@ def plan_transition(
 ) -> Plan:
     tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
     every = snapshot.loads
-    worsts = [d.worst_case_watts for d in every]  # read once: a property, not free
-    worst = dict(zip(map(_device_id, every), worsts, strict=True))
-    loads = tree.loads(zip(map(_circuit, every), worsts, strict=True))
+    loads = tree.loads(zip(map(_circuit, every), map(_worst_case, every), strict=True))
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
     held: list[Step] = []
     find, clock = snapshot.load, snapshot.clock
     for target in allocation.targets:  # merit order: the best use of freed power is granted first
-        device_id = target.device_id
-        load = find(device_id)
+        load = find(target.device_id)
         if not load.controllable:
             continue
-        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[device_id])
+        step = _step_for(load, target.watts, target.reason, deadband_watts)
         if step is None:
             continue
         if step.action is Action.WAKE and resting(load, clock):
@@ -138,9 +135,8 @@ def resting(load: Load, clock: float) -> bool:
     return clock - load.state_since < load.switching.min_down_seconds
 
 
-def _step_for(load: Load, watts: float, reason: str, deadband: float, before: float) -> Step | None:
-    """``before``: the load's ``worst_case_watts``."""
-    on = load.is_on
+def _step_for(load: Load, watts: float, reason: str, deadband: float) -> Step | None:
+    on, before = load.is_on, load.worst_case_watts  # each made once, with the snapshot
     if watts <= 0:
         if not on:
             return None
