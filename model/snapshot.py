@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 from .gpu import GpuReading
 from .jobs import NO_SWITCHING_COST, FlexTier, JobState, SwitchingCost
@@ -44,7 +44,7 @@ class EfficiencyCurve:
         return self.nominal_watts / self.nominal_ths
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MinerState:
     """One miner at this tick: what it said, what it can do, and what we must assume."""
 
@@ -72,25 +72,39 @@ class MinerState:
 
     kind = DeviceClass.MINER
 
-    def __post_init__(self) -> None:
-        reading, setattr_ = self.reading, object.__setattr__
-        controllable = reading is not None and self.failure is None
-        on = self.waking or self.reads_on
+    def __init__(self, device_id: str, circuit: str, model: str | None, capability: MinerCapability,
+                 curve: EfficiencyCurve, reading: MinerReading | None, failure: Failure | None, max_watts: float,
+                 state_since: float | None = None, waking: bool = False,
+                 switching: MinerSwitching = NO_MINER_SWITCHING) -> None:
+        # Written out, not the dataclass's: a frozen one goes through object.__setattr__ per
+        # field, and a snapshot makes one per miner every tick (10,000 on a large site); each
+        # slot is filled through its descriptor, as Target does (policies/base.py).
+        _set = _MINER_SLOTS
+        _set.device_id(self, device_id)
+        _set.circuit(self, circuit)
+        _set.model(self, model)
+        _set.capability(self, capability)
+        _set.curve(self, curve)
+        _set.reading(self, reading)
+        _set.failure(self, failure)
+        _set.max_watts(self, max_watts)
+        _set.state_since(self, state_since)
+        _set.waking(self, waking)
+        _set.switching(self, switching)
+        # As the properties below say: controllable, is_on, idle_watts, worst_case_watts.
+        on = waking or self.reads_on
         measured = reading.watts if reading is not None else None
-        setattr_(self, "_controllable", controllable)
-        setattr_(self, "_is_on", on)
-        setattr_(self, "_idle_watts", measured if not on and measured is not None else IDLE_WATTS)
-        # As the properties below say: is_on, idle_watts, worst_case_watts.
-        if reading is None or self.failure is not None:
-            worst = self.max_watts
+        _set._controllable(self, reading is not None and failure is None)
+        _set._is_on(self, on)
+        _set._idle_watts(self, measured if not on and measured is not None else IDLE_WATTS)
+        if reading is None or failure is not None:
+            worst = max_watts
+        elif not on:
+            worst = measured if measured is not None else max_watts
         else:
-            now = measured if measured is not None else self.max_watts
-            if not on:
-                worst = now
-            else:
-                limit = reading.limit_watts if reading.limit_watts is not None else self.max_watts
-                worst = max(now, min(limit, self.max_watts))
-        setattr_(self, "_worst_case_watts", worst)
+            limit = reading.limit_watts if reading.limit_watts is not None else max_watts
+            worst = max(measured if measured is not None else max_watts, min(limit, max_watts))
+        _set._worst_case_watts(self, worst)
 
     @property
     def controllable(self) -> bool:
@@ -135,6 +149,10 @@ class MinerState:
     @property
     def label(self) -> str:
         return f"{self.model or 'miner'} {self.device_id}"
+
+
+# Each of MinerState's slots by name, to set it (MinerState.__init__).
+_MINER_SLOTS = SimpleNamespace(**{f.name: MinerState.__dict__[f.name].__set__ for f in fields(MinerState)})
 
 
 # -- GPU nodes ---------------------------------------------------------------------------------
