@@ -9,12 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property, reduce
-from itertools import compress, islice
-from operator import add, itemgetter, ne
-
-_first, _second = itemgetter(0), itemgetter(1)
-_SHORT_RUN = 4  # draws per run of one circuit, on average, below which loads() goes draw by draw
+from functools import cached_property
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,31 +49,11 @@ class LimitTree:
         return self._paths[circuit]
 
     def loads(self, draws: Iterable[tuple[str, float]]) -> dict[str, float]:
-        """Total draw on each circuit, from (circuit, watts) pairs of devices.
-
-        Every total is added up draw by draw in the order given: the policy and the sequencer
-        compare these sums with limits to the watt, so their floats must not depend on how the
-        draws are grouped. Draws mostly come circuit by circuit (a container's miners one after
-        another): a run of draws on one circuit is added to each circuit on its path by one
-        ``reduce``, the same additions in the same order, in C. Draws in no order (runs shorter
-        than ``_SHORT_RUN`` on average) go draw by draw, which costs less than cutting them up.
-        """
-        pairs = list(draws)
-        circuits = list(map(_first, pairs))
-        # Where each run of one circuit starts.
-        starts = [0, *compress(range(1, len(pairs)), map(ne, circuits, islice(circuits, 1, None)))]
+        """Total draw on each circuit, from (circuit, watts) pairs of devices."""
         totals = dict.fromkeys(self.limits, 0.0)
-        paths = self._paths
-        if len(starts) * _SHORT_RUN > len(pairs):
-            for circuit, watts in pairs:
-                for node in paths[circuit]:
-                    totals[node] += watts
-            return totals
-        each = list(map(_second, pairs))
-        for start, end in zip(starts, [*islice(starts, 1, None), len(pairs)], strict=True):
-            run = each[start:end]
-            for node in paths[circuits[start]]:
-                totals[node] = reduce(add, run, totals[node])
+        for circuit, watts in draws:
+            for node in self._paths[circuit]:
+                totals[node] += watts
         return totals
 
     def headroom(self, circuit: str, loads: Mapping[str, float]) -> float:
