@@ -225,13 +225,22 @@ class GpuNodeState:
     def __post_init__(self) -> None:
         readings, setattr_ = self.readings, object.__setattr__
         complete = self.failure is None and len(readings) == self.gpu_count
-        caps = [c for c in (r.enforced_limit_watts or r.limit_watts for r in readings) if c is not None]
-        cap = max(caps) if caps else None
+        # One pass over the cards, the sums added in their order (as sum() and max() would).
+        cap: float | None = None  # the highest cap in force
+        busy = drawn = 0.0  # utilisation (fractions) and watts, summed
+        every_read = bool(readings)
+        for r in readings:
+            card_cap = r.enforced_limit_watts or r.limit_watts
+            if card_cap is not None and (cap is None or card_cap > cap):
+                cap = card_cap
+            if r.watts is None:
+                every_read = False
+            busy += (r.utilisation_pct or 0.0) / 100
+            drawn += r.watts or 0.0
         measured = None
-        if readings and all(r.watts is not None for r in readings):
-            busy = [(r.utilisation_pct or 0.0) / 100 for r in readings]
-            host = self.host_idle_watts + (self.host_max_watts - self.host_idle_watts) * sum(busy) / len(busy)
-            measured = host + sum(r.watts or 0.0 for r in readings)
+        if every_read:
+            host = self.host_idle_watts + (self.host_max_watts - self.host_idle_watts) * busy / len(readings)
+            measured = host + drawn
         on = self.waking or self.reads_on
         setattr_(self, "_controllable", complete)
         setattr_(self, "_cap_watts", cap)
