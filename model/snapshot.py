@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 from .forecast import ForecastStep
 from .gpu import GpuReading
@@ -45,7 +45,7 @@ class EfficiencyCurve:
         return self.nominal_watts / self.nominal_ths
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MinerState:
     """One miner at this tick: what it said, what it can do, and what we must assume."""
 
@@ -64,11 +64,52 @@ class MinerState:
     # Boot time and draw, wear per start, minimum up/down times (model/specs.py).
     switching: MinerSwitching = NO_MINER_SWITCHING
 
+    # Derived once, from the fields above, when the state is made (replace() makes a new one):
+    # the policy and the sequencer ask these of every load several times a decision.
+    _controllable: bool = field(init=False, repr=False, compare=False)
+    _is_on: bool = field(init=False, repr=False, compare=False)
+    _idle_watts: float = field(init=False, repr=False, compare=False)
+    _worst_case_watts: float = field(init=False, repr=False, compare=False)
+
     kind = DeviceClass.MINER
+
+    def __init__(self, device_id: str, circuit: str, model: str | None, capability: MinerCapability,
+                 curve: EfficiencyCurve, reading: MinerReading | None, failure: Failure | None, max_watts: float,
+                 state_since: float | None = None, waking: bool = False,
+                 switching: MinerSwitching = NO_MINER_SWITCHING) -> None:
+        # Written out, not the dataclass's: a frozen one goes through object.__setattr__ per
+        # field, and a snapshot makes one per miner every tick (10,000 on a large site); each
+        # slot is filled through its descriptor, as Target does (policies/base.py).
+        _set = _MINER_SLOTS
+        _set.device_id(self, device_id)
+        _set.circuit(self, circuit)
+        _set.model(self, model)
+        _set.capability(self, capability)
+        _set.curve(self, curve)
+        _set.reading(self, reading)
+        _set.failure(self, failure)
+        _set.max_watts(self, max_watts)
+        _set.state_since(self, state_since)
+        _set.waking(self, waking)
+        _set.switching(self, switching)
+        # As the properties below say: controllable, is_on, idle_watts, worst_case_watts.
+        on = waking or self.reads_on
+        measured = reading.watts if reading is not None else None
+        _set._controllable(self, reading is not None and failure is None)
+        _set._is_on(self, on)
+        _set._idle_watts(self, measured if not on and measured is not None else IDLE_WATTS)
+        if reading is None or failure is not None:
+            worst = max_watts
+        elif not on:
+            worst = measured if measured is not None else max_watts
+        else:
+            limit = reading.limit_watts if reading.limit_watts is not None else max_watts
+            worst = max(measured if measured is not None else max_watts, min(limit, max_watts))
+        _set._worst_case_watts(self, worst)
 
     @property
     def controllable(self) -> bool:
-        return self.reading is not None and self.failure is None
+        return self._controllable
 
     @property
     def limit_watts(self) -> float | None:
@@ -77,9 +118,7 @@ class MinerState:
     @property
     def idle_watts(self) -> float:
         """What it draws asleep: as measured when it sleeps now, else the usual board draw."""
-        if not self.is_on and self.measured_watts is not None:
-            return self.measured_watts
-        return IDLE_WATTS
+        return self._idle_watts
 
     @property
     def measured_watts(self) -> float | None:
@@ -88,7 +127,7 @@ class MinerState:
     @property
     def is_on(self) -> bool:
         """Mining or about to: a miner told to wake counts as on (and at its limit) already."""
-        return self.waking or self.reads_on
+        return self._is_on
 
     @property
     def reads_on(self) -> bool:
@@ -106,18 +145,15 @@ class MinerState:
         Unknown means the maximum. A miner that answers may still ramp up to its limit, and
         a miner still ramping down draws what it draws now.
         """
-        reading = self.reading  # read once: the sequencer asks this of every load, every plan
-        if reading is None or self.failure is not None:
-            return self.max_watts
-        measured = reading.watts if reading.watts is not None else self.max_watts
-        if not self.is_on:
-            return measured
-        limit = reading.limit_watts if reading.limit_watts is not None else self.max_watts
-        return max(measured, min(limit, self.max_watts))
+        return self._worst_case_watts
 
     @property
     def label(self) -> str:
         return f"{self.model or 'miner'} {self.device_id}"
+
+
+# Each of MinerState's slots by name, to set it (MinerState.__init__).
+_MINER_SLOTS = SimpleNamespace(**{f.name: MinerState.__dict__[f.name].__set__ for f in fields(MinerState)})
 
 
 # -- GPU nodes ---------------------------------------------------------------------------------
@@ -176,7 +212,56 @@ class GpuNodeState:
     state_since: float | None = None
     waking: bool = False  # a start/resume was sent and the job has not been seen running
 
+    # Derived once, from the fields above, when the state is made (replace() makes a new one):
+    # each reads every card, and the policy and the sequencer ask them of every node.
+    _controllable: bool = field(init=False, repr=False, compare=False)
+    _cap_watts: float | None = field(init=False, repr=False, compare=False)
+    _measured_watts: float | None = field(init=False, repr=False, compare=False)
+    _is_on: bool = field(init=False, repr=False, compare=False)
+    _idle_watts: float = field(init=False, repr=False, compare=False)
+    _worst_case_watts: float = field(init=False, repr=False, compare=False)
+
     kind = DeviceClass.GPU
+
+    def __post_init__(self) -> None:
+        readings, setattr_ = self.readings, object.__setattr__
+        complete = self.failure is None and len(readings) == self.gpu_count
+        # One pass over the cards, the sums added in their order (as sum() and max() would).
+        cap: float | None = None  # the highest cap in force
+        busy = drawn = 0.0  # utilisation (fractions) and watts, summed
+        every_read = bool(readings)
+        for r in readings:
+            card_cap = r.enforced_limit_watts or r.limit_watts
+            if card_cap is not None and (cap is None or card_cap > cap):
+                cap = card_cap
+            if r.watts is None:
+                every_read = False
+            busy += (r.utilisation_pct or 0.0) / 100
+            drawn += r.watts or 0.0
+        measured = None
+        if every_read:
+            host = self.host_idle_watts + (self.host_max_watts - self.host_idle_watts) * busy / len(readings)
+            measured = host + drawn
+        on = self.waking or self.reads_on
+        setattr_(self, "_controllable", complete)
+        setattr_(self, "_cap_watts", cap)
+        setattr_(self, "_measured_watts", measured)
+        setattr_(self, "_is_on", on)
+        setattr_(self, "_idle_watts", measured if not on and measured is not None
+                 else self.host_idle_watts + self.gpu_count * self.gpu_idle_watts)
+        # As worst_case_watts says: a card lost or unread counts at its maximum, an idle node
+        # at what it draws, a running one at the most of its draw and its caps.
+        if self.failure is not None or len(readings) < self.gpu_count:
+            lost = self.gpu_count - len(readings)
+            seen = sum(max(r.watts or 0.0, r.enforced_limit_watts or self.cap_max_watts) for r in readings)
+            worst = self.host_max_watts + seen + lost * self.cap_max_watts
+        elif measured is None:
+            worst = self.max_watts
+        elif not on:
+            worst = measured
+        else:
+            worst = max(measured, self.watts_at_cap(min(cap or self.cap_max_watts, self.cap_max_watts)))
+        setattr_(self, "_worst_case_watts", worst)
 
     @property
     def label(self) -> str:
@@ -190,18 +275,16 @@ class GpuNodeState:
     def controllable(self) -> bool:
         """Every card answered. Firm load is controllable only in that it may be started:
         the policy and the sequencer never curtail it."""
-        return self.failure is None and len(self.readings) == self.gpu_count
+        return self._controllable
 
     @property
     def cap_watts(self) -> float | None:
         """The per-card cap in force (the highest, to be safe)."""
-        caps = [r.enforced_limit_watts or r.limit_watts for r in self.readings]
-        known = [c for c in caps if c is not None]
-        return max(known) if known else None
+        return self._cap_watts
 
     @property
     def limit_watts(self) -> float | None:
-        cap = self.cap_watts
+        cap = self._cap_watts
         return None if cap is None else self.watts_at_cap(cap)
 
     def watts_at_cap(self, cap_watts: float) -> float:
@@ -214,9 +297,7 @@ class GpuNodeState:
     @property
     def idle_watts(self) -> float:
         """What it draws with no job running: as measured when idle now, else the estimate."""
-        if not self.is_on and self.measured_watts is not None:
-            return self.measured_watts
-        return self.host_idle_watts + self.gpu_count * self.gpu_idle_watts
+        return self._idle_watts
 
     @property
     def max_watts(self) -> float:
@@ -225,11 +306,7 @@ class GpuNodeState:
     @property
     def measured_watts(self) -> float | None:
         """Cards as read, plus the host estimated from their utilisation (NVML cannot see it)."""
-        if not self.readings or any(r.watts is None for r in self.readings):
-            return None
-        busy = [(r.utilisation_pct or 0.0) / 100 for r in self.readings]
-        host = self.host_idle_watts + (self.host_max_watts - self.host_idle_watts) * sum(busy) / len(busy)
-        return host + sum(r.watts or 0.0 for r in self.readings)
+        return self._measured_watts
 
     @property
     def reads_on(self) -> bool:
@@ -237,21 +314,12 @@ class GpuNodeState:
 
     @property
     def is_on(self) -> bool:
-        return self.waking or self.reads_on
+        return self._is_on
 
     @property
     def worst_case_watts(self) -> float:
-        if self.failure is not None or len(self.readings) < self.gpu_count:
-            lost = self.gpu_count - len(self.readings)
-            seen = sum(max(r.watts or 0.0, r.enforced_limit_watts or self.cap_max_watts) for r in self.readings)
-            return self.host_max_watts + seen + lost * self.cap_max_watts
-        measured = self.measured_watts
-        if measured is None:
-            return self.max_watts
-        if not self.is_on:
-            return measured
-        cap = min(self.cap_watts or self.cap_max_watts, self.cap_max_watts)
-        return max(measured, self.watts_at_cap(cap))
+        """What this node may draw before we next hear from it (DESIGN.md invariant 3)."""
+        return self._worst_case_watts
 
 
 # What the loop, the sequencer and the metrics need from any device; both kinds provide it.

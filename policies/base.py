@@ -20,7 +20,7 @@ Where a policy comes from, by the name a policy file gives: :mod:`wattshift.poli
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -31,7 +31,7 @@ from wattshift.model.snapshot import SiteSnapshot
 M = TypeVar("M", bound=BaseModel)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Target:
     """Where one device should be: ``watts`` 0 means off (asleep).
 
@@ -43,6 +43,18 @@ class Target:
     watts: float
     reason: str
     value_usd_per_mwh: float | None = None  # the marginal value that earned the last watt
+
+    def __init__(self, device_id: str, watts: float, reason: str, value_usd_per_mwh: float | None = None) -> None:
+        # Written out, not the dataclass's: a frozen one goes through object.__setattr__ per
+        # field, twice the cost of filling each slot through its descriptor, and a decision
+        # makes a Target per load. Still frozen: assignment raises FrozenInstanceError.
+        _set_device_id(self, device_id)
+        _set_watts(self, watts)
+        _set_reason(self, reason)
+        _set_value(self, value_usd_per_mwh)
+
+
+_set_device_id, _set_watts, _set_reason, _set_value = (Target.__dict__[f.name].__set__ for f in fields(Target))
 
 
 @dataclass(frozen=True)

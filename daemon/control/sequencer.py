@@ -19,7 +19,7 @@ Pure: snapshot and allocation in, plan out.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 
 from wattshift.model.limits import LimitTree
@@ -27,7 +27,7 @@ from wattshift.model.snapshot import GpuNodeState, Load, MinerState, SiteSnapsho
 from wattshift.policies.base import Allocation
 
 DEADBAND_WATTS = 50.0  # smaller changes are not worth a command (and a firmware round-trip)
-_device_id, _circuit = attrgetter("device_id"), attrgetter("circuit")
+_circuit, _worst_case = attrgetter("circuit"), attrgetter("worst_case_watts")
 
 
 class Action(enum.StrEnum):
@@ -36,7 +36,7 @@ class Action(enum.StrEnum):
     WAKE = "wake"  # set the limit first, then wake: it must not come up at an old, higher one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Step:
     device_id: str
     circuit: str
@@ -45,6 +45,18 @@ class Step:
     worst_before: float
     worst_after: float
     reason: str
+
+    def __init__(self, device_id: str, circuit: str, action: Action, watts: float, worst_before: float,
+                 worst_after: float, reason: str) -> None:
+        # Written out, not the dataclass's, as Target's (policies/base.py): a plan makes a Step
+        # per change. Still frozen: assignment raises FrozenInstanceError.
+        _set_device_id(self, device_id)
+        _set_circuit(self, circuit)
+        _set_action(self, action)
+        _set_watts(self, watts)
+        _set_worst_before(self, worst_before)
+        _set_worst_after(self, worst_after)
+        _set_reason(self, reason)
 
     @property
     def is_shed(self) -> bool:
@@ -55,6 +67,10 @@ class Step:
             return f"{self.device_id}: sleep"
         verb = "wake at" if self.action is Action.WAKE else "limit"
         return f"{self.device_id}: {verb} {self.watts:.0f} W"
+
+
+_set_device_id, _set_circuit, _set_action, _set_watts, _set_worst_before, _set_worst_after, _set_reason = (
+    Step.__dict__[f.name].__set__ for f in fields(Step))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,20 +98,17 @@ def plan_transition(
 ) -> Plan:
     tree = LimitTree(snapshot.effective_limits(), snapshot.circuit_parents)
     every = snapshot.loads
-    worsts = [d.worst_case_watts for d in every]  # read once: a property, not free
-    worst = dict(zip(map(_device_id, every), worsts, strict=True))
-    loads = tree.loads(zip(map(_circuit, every), worsts, strict=True))
+    loads = tree.loads(zip(map(_circuit, every), map(_worst_case, every), strict=True))
     sheds: list[Step] = []
     grants: list[Step] = []
     deferred: list[Step] = []
     held: list[Step] = []
     find, clock = snapshot.load, snapshot.clock
     for target in allocation.targets:  # merit order: the best use of freed power is granted first
-        device_id = target.device_id
-        load = find(device_id)
+        load = find(target.device_id)
         if not load.controllable:
             continue
-        step = _step_for(load, target.watts, target.reason, deadband_watts, worst[device_id])
+        step = _step_for(load, target.watts, target.reason, deadband_watts)
         if step is None:
             continue
         if step.action is Action.WAKE and resting(load, clock):
@@ -122,9 +135,8 @@ def resting(load: Load, clock: float) -> bool:
     return clock - load.state_since < load.switching.min_down_seconds
 
 
-def _step_for(load: Load, watts: float, reason: str, deadband: float, before: float) -> Step | None:
-    """``before``: the load's ``worst_case_watts``."""
-    on = load.is_on
+def _step_for(load: Load, watts: float, reason: str, deadband: float) -> Step | None:
+    on, before = load.is_on, load.worst_case_watts  # each made once, with the snapshot
     if watts <= 0:
         if not on:
             return None
