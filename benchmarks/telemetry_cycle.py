@@ -168,9 +168,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def sharded_cycle(hosts_by_firmware: dict[str, list[str]], workers: int) -> dict[str, float]:
+async def sharded_cycle(
+    hosts_by_firmware: dict[str, list[str]], workers: int, simulators: Sequence[int]
+) -> dict[str, float]:
     """The site polled as the daemon polls it with ``drivers.telemetry_workers: workers``: the
-    same fleet, its reads in that many worker processes (drivers/telemetry_shards.py)."""
+    same fleet, its reads in that many worker processes (drivers/telemetry_shards.py). The
+    simulators' CPU in the same cycle says how much of the two cores the miners' side took."""
     targets = [MinerTarget(h, firmware=fw) for fw, hosts in hosts_by_firmware.items() for h in hosts]
     settings = FleetSettings(concurrency=CONCURRENCY, identify_s=CALL_S, telemetry_workers=workers)
     fleet = MinerFleet(targets, settings)
@@ -183,16 +186,19 @@ async def sharded_cycle(hosts_by_firmware: dict[str, list[str]], workers: int) -
         cycles = []
         for _ in range(2):  # the first settles each driver's path; the second is timed
             cpu = [process_cpu_s(pid) for pid in pids]
+            miners_side = sum(process_cpu_s(pid) for pid in simulators)
             ours, start = time.process_time(), time.perf_counter()
             readings = await fleet.read_all()
             wall = time.perf_counter() - start
             spent = [process_cpu_s(pid) - before for pid, before in zip(pids, cpu, strict=True)]
-            cycles.append((wall, time.process_time() - ours, spent, readings))
-        wall, daemon_cpu, spent, readings = cycles[-1]
+            miners_side = sum(process_cpu_s(pid) for pid in simulators) - miners_side
+            cycles.append((wall, time.process_time() - ours, spent, miners_side, readings))
+        wall, daemon_cpu, spent, miners_side, readings = cycles[-1]
         return {"workers": workers, "built": sum(1 for r in found.values() if not isinstance(r, DeviceError)),
                 "identify_s": identify_s, "ok": sum(1 for r in readings.values() if not isinstance(r, DeviceError)),
                 "cycle_s": wall, "cpu_ms_per_miner": (daemon_cpu + sum(spent)) / len(targets) * 1000.0,
-                "daemon_cpu_s": daemon_cpu, "busiest_worker_cpu_s": max(spent)}
+                "daemon_cpu_s": daemon_cpu, "busiest_worker_cpu_s": max(spent), "workers_cpu_s": sum(spent),
+                "simulators_cpu_s": miners_side}
     finally:
         await fleet.close()
 
@@ -305,7 +311,7 @@ def main() -> int:
         shards = []
         for workers in args.workers:
             progress(f"the whole site over {workers} worker process(es), each with its share ...")
-            shards.append(asyncio.run(sharded_cycle(hosts_by_firmware, workers)))
+            shards.append(asyncio.run(sharded_cycle(hosts_by_firmware, workers, [p.pid for p in procs])))
     finally:
         for proc in procs:
             proc.communicate(input="", timeout=120)
@@ -316,9 +322,9 @@ def main() -> int:
     for shard in shards:
         print(f"drivers.telemetry_workers {shard['workers']}: cycle {shard['cycle_s']:.2f} s, "
               f"{shard['ok']}/{args.count} read, {shard['cpu_ms_per_miner']:.3f} ms of client CPU per miner in all "
-              f"(the daemon's process {shard['daemon_cpu_s']:.2f} s, the busiest worker "
-              f"{shard['busiest_worker_cpu_s']:.2f} s); start-up: {shard['built']} identified in "
-              f"{shard['identify_s']:.1f} s")
+              f"(the daemon's process {shard['daemon_cpu_s']:.2f} s, its workers {shard['workers_cpu_s']:.2f} s, "
+              f"the busiest {shard['busiest_worker_cpu_s']:.2f} s; the simulators {shard['simulators_cpu_s']:.2f} s "
+              f"in the same cycle); start-up: {shard['built']} identified in {shard['identify_s']:.1f} s")
     return 0
 
 

@@ -20,7 +20,9 @@ A worker beats every second while it polls. One whose process ends, whose link c
 sends nothing for ``worker_hang_s`` or breaks the protocol is down: it is killed if it still
 runs, its miners read as NO_ANSWER for as long (the loop counts them at their worst case and
 sends them nothing), it is logged once, and it is started again after ``worker_restart_s``,
-doubling up to a minute while it keeps failing. A restarted worker identifies its miners before
+doubling up to a minute while it keeps failing (once it has run for a minute, from the start).
+A worker whose read raised what no miner should make it raise logs why and stops: a bug is not
+hidden behind readings. A restarted worker identifies its miners before
 it takes reads again. A worker whose daemon is gone finds its link closed and exits; ``close``
 stops every worker and waits for it (kills it after a few seconds), so none outlives the daemon.
 """
@@ -252,7 +254,7 @@ class _Shard:
         self.settled = asyncio.Event()  # its first start ended, either way
         self.why_down = "starting"
         self.requests: dict[int, tuple[Answers, asyncio.Future[None]]] = {}
-        self.answered = False  # finished a request in this life: its backoff starts over
+        self.up_since: float | None = None  # loop time it came up, in this life
         self.down_logged = False
 
     def down_error(self, device_id: str) -> DeviceError:
@@ -279,7 +281,6 @@ class _Shard:
                     for i in range(0, len(device_ids), IDS_PER_FRAME))
             await self.send([*asks, frame([kind, request_id, *args])])
             await done
-            self.answered = True
             return answers
         finally:
             self.requests.pop(request_id, None)
@@ -391,7 +392,9 @@ class ShardedTelemetry:
             if self._closing:
                 return
             restart = True
-            wait = self._restart_s if shard.answered else wait
+            up_since, now = shard.up_since, asyncio.get_running_loop().time()
+            if up_since is not None and now - up_since >= RESTART_MAX_S:
+                wait = self._restart_s  # it ran a good while: this is a new failure, not the same one
             shard.why_down += f"; restarting it in {wait:g} s"
             if not shard.down_logged:
                 shard.down_logged = True
@@ -405,7 +408,7 @@ class ShardedTelemetry:
     async def _life(self, shard: _Shard, restart: bool) -> None:
         """One life of the worker: start it, hand it its miners, read its frames until it ends;
         then it is killed if it still runs, and reaped."""
-        shard.why_down, shard.answered = "starting", False
+        shard.why_down, shard.up_since = "starting", None
         shard.ready.clear()
         ours, theirs = socket.socketpair()
         try:
@@ -435,11 +438,11 @@ class ShardedTelemetry:
             if restart:  # identified before it takes reads: until then its miners read as down
                 shard.why_down = "identifying its miners after a restart"
                 await shard.ask(next(self._request_ids), "discover", sorted(shard.ids))
-            shard.up = True
+            shard.up, shard.up_since = True, asyncio.get_running_loop().time()
             shard.settled.set()
             if shard.down_logged:
                 shard.down_logged = False
-                log.warning("%s is back (process %d)", shard.name, shard.process.pid)
+                log.info("%s is back (process %d)", shard.name, shard.process.pid)
             await frames
         except ShardLost:
             pass

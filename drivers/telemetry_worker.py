@@ -58,6 +58,10 @@ class _Link:
     async def drain(self) -> None:
         await self._writer.drain()
 
+    def close(self) -> None:
+        """After what was sent has gone; the daemon then sees the link close."""
+        self._writer.close()
+
 
 class _Forward(logging.Handler):
     """Log records go to the daemon's log, so a miner going away is logged once, as in-process."""
@@ -79,6 +83,7 @@ class Worker:
         self.fleet = fleet
         self.link = link
         self.reported: dict[str, PyasicMiner] = {}  # the driver each miner's identity was sent for
+        self.failed = False
 
     def identities(self) -> None:
         """Send what changed since the last time: a miner identified (again), or one dropped."""
@@ -103,12 +108,21 @@ class Worker:
 
     async def answer(self, request: int, kind: str, device_ids: Sequence[str], args: list[Any]) -> None:
         results: dict[str, Any]
-        if kind == "read":
-            gap = args[0] if args else None
-            results = dict(await self.fleet.read(device_ids, answer_gap_s=gap))
-        else:
-            found = await self.fleet.discover()
-            results = {d: found[d] if not isinstance(found[d], PyasicMiner) else None for d in device_ids}
+        try:
+            if kind == "read":
+                gap = args[0] if args else None
+                results = dict(await self.fleet.read(device_ids, answer_gap_s=gap))
+            else:
+                found = await self.fleet.discover()
+                results = {d: found[d] if not isinstance(found[d], PyasicMiner) else None for d in device_ids}
+        except Exception:
+            # The fleet turns every miner's failure into a DeviceError: this is a bug. In the
+            # daemon's own process it would end the tick; here it ends the worker, and the
+            # daemon starts another.
+            log.exception("a %s of %d miners raised; this telemetry worker stops", kind, len(device_ids))
+            self.failed = True
+            self.link.close()
+            return
         self.identities()  # before the answers that need them
         self.link.send(row_frames("part", request, (encode_result(d, r) for d, r in results.items())))
         self.link.send([frame(["done", request])])
@@ -121,14 +135,15 @@ class Worker:
             self.link.send([frame(["beat"])])
 
 
-async def serve(fd: int) -> None:
+async def serve(fd: int) -> bool:
+    """Answer the daemon until it says stop or goes; False where a request failed."""
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     link = _Link(writer)
     targets: list[MinerTarget] = []
     while True:
         message = await read_frame(reader)
         if message is None:
-            return  # the daemon went before it said what to read
+            return True  # the daemon went before it said what to read
         if message[0] == "targets":
             targets.extend(MinerTarget(**t) for t in message[1])
         elif message[0] == "start":
@@ -166,13 +181,13 @@ async def serve(fd: int) -> None:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+    return not worker.failed
 
 
 def main(argv: Sequence[str] = sys.argv[1:]) -> int:
     # Ctrl-C reaches the whole process group; the daemon stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(serve(int(argv[0])))
-    return 0
+    return 0 if asyncio.run(serve(int(argv[0]))) else 1
 
 
 if __name__ == "__main__":

@@ -15,11 +15,14 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 from simulated_miners import FAST_PHYSICS, SIM_KINDS, SimKind, collect_pyasic_leftovers
 
+from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines
@@ -37,6 +40,7 @@ from wattshift.simulators.antminer import AntminerMiner
 from wattshift.simulators.luxos import LuxOSMiner
 from wattshift.simulators.miner import SimulatedMiner
 from wattshift.simulators.vnish import VNishMiner
+from wattshift.simulators.whatsminer import WhatsminerMiner
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning"),
@@ -88,11 +92,12 @@ async def sharded(targets: Sequence[MinerTarget], **settings: float) -> AsyncIte
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie no one has reaped yet has ended: its parent may be gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 def luxos(subnet: str, count: int) -> list[LuxOSMiner]:
@@ -100,11 +105,14 @@ def luxos(subnet: str, count: int) -> list[LuxOSMiner]:
     return [LuxOSMiner(f"{subnet}.{n}", kind.spec, seed=n, **FAST_PHYSICS) for n in range(1, count + 1)]
 
 
-async def until(condition: str, check: object) -> None:
-    """Poll ``check`` (an async callable returning bool) until true; the test fails at UNTIL_S."""
-    async with asyncio.timeout(UNTIL_S):
-        while not await check():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
+async def until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` until it holds; the test fails if it has not after UNTIL_S."""
+    try:
+        async with asyncio.timeout(UNTIL_S):
+            while not await check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"not within {UNTIL_S:g} s: {what}")
 
 
 # -- the same readings ----------------------------------------------------------------------------
@@ -173,6 +181,32 @@ async def test_a_miner_the_worker_drops_loses_its_driver_here_too() -> None:
         assert fleet.capability(sims[0].host) is not None
 
 
+async def test_the_site_file_sets_the_workers_and_the_daemon_commands_with_its_credentials() -> None:
+    password = "not-the-default"
+    sims = [WhatsminerMiner(f"127.0.50.{n}", KINDS[1].spec, password=password, **FAST_PHYSICS) for n in (1, 2)]
+    site = SiteConfig.model_validate({
+        "name": "test",
+        "budget_kw": 10,
+        "miners": [{"addresses": ["127.0.50.1-127.0.50.2"], "firmware": "whatsminer", "credentials": "wm"}],
+        "drivers": {"telemetry_workers": 2},
+        "credentials": {"wm": {"username": "admin", "password": password}},
+    })
+    async with running(sims):
+        fleet = MinerFleet.from_site(site)
+        try:
+            assert fleet.telemetry is not None
+            await fleet.discover()
+            assert len({pid for pid in fleet.telemetry.worker_pids if pid is not None}) == 2
+            readings = await fleet.read_all()
+            assert all(isinstance(readings[s.host], MinerReading) for s in sims), readings
+            driver = fleet.driver(sims[1].host)
+            assert driver is not None and await driver.set_power_limit(3000) == 3000  # the password, here
+        finally:
+            await fleet.close()
+    assert MinerFleet.from_site(site.model_copy(update={"drivers": site.drivers.model_copy(
+        update={"telemetry_workers": 0})})).telemetry is None
+
+
 # -- a worker that dies or hangs --------------------------------------------------------------------
 
 
@@ -218,7 +252,7 @@ async def test_a_killed_worker_s_miners_fail_then_read_again_once_it_is_restarte
 
 async def test_a_hung_worker_is_killed_and_restarted() -> None:
     sims = luxos("127.0.49", 2)
-    async with running(sims), sharded([MinerTarget(s.host) for s in sims], worker_hang_s=1.5) as fleet:
+    async with running(sims), sharded([MinerTarget(s.host) for s in sims], worker_hang_s=3.0) as fleet:
         telemetry = fleet.telemetry
         assert telemetry is not None
         await fleet.read_all()
@@ -228,7 +262,6 @@ async def test_a_hung_worker_is_killed_and_restarted() -> None:
         hung = (await fleet.read_all())[sims[1].host]
         assert isinstance(hung, DeviceError) and hung.failure is Failure.NO_ANSWER
         assert "hung" in hung.detail
-        assert isinstance((await fleet.read_all())[sims[0].host], MinerReading)
 
         async def back() -> bool:
             return isinstance((await fleet.read_all())[sims[1].host], MinerReading)
@@ -292,3 +325,37 @@ def test_a_whatsminer_is_built_with_the_api_the_worker_found(backend: str) -> No
     identity = Identity("pyasic.miners.whatsminer.btminer.M6X.M60S.BTMinerM60SVK10", backend, capability)
     miner = identity.build("127.0.0.1")
     assert Identity.of(miner, capability) == identity
+
+
+# -- no process outlives the daemon ---------------------------------------------------------------
+
+DAEMON = """
+import asyncio
+from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
+
+async def main():
+    targets = [MinerTarget(f"127.0.46.{n}", firmware="luxos", model="Antminer S21") for n in (1, 2)]
+    fleet = MinerFleet(targets, FleetSettings(telemetry_workers=2))
+    await fleet.discover()
+    print(*fleet.telemetry.worker_pids, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_end_when_their_daemon_is_killed() -> None:
+    daemon = await asyncio.create_subprocess_exec(sys.executable, "-c", DAEMON, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert daemon.stdout is not None
+        async with asyncio.timeout(UNTIL_S):
+            pids = [int(pid) for pid in (await daemon.stdout.readline()).split()]
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    finally:
+        daemon.kill()  # no close(): the workers find their link closed
+        await daemon.wait()
+
+    async def ended() -> bool:
+        return not any(alive(pid) for pid in pids)
+
+    await until("the orphaned workers exit", ended)
