@@ -22,9 +22,9 @@ runs, its miners read as NO_ANSWER for as long (the loop counts them at their wo
 sends them nothing), it is logged once, and it is started again after ``worker_restart_s``,
 doubling up to a minute while it keeps failing (once it has run for a minute, from the start).
 A worker whose read raised what no miner should make it raise logs why and stops: a bug is not
-hidden behind readings. A restarted worker identifies its miners before
-it takes reads again. A worker whose daemon is gone finds its link closed and exits; ``close``
-stops every worker and waits for it (kills it after a few seconds), so none outlives the daemon.
+hidden behind readings. A restarted worker identifies its miners before it takes reads again. A
+worker whose daemon is gone finds its link closed and exits; ``close`` stops every worker and
+waits for it (kills it after a few seconds), so none outlives the daemon.
 """
 
 from __future__ import annotations
@@ -346,6 +346,9 @@ class ShardedTelemetry:
         for shard in self._shards:
             with contextlib.suppress(ShardLost):
                 await shard.send([frame(["stop"])])
+        for shard, task in zip(self._shards, self._supervisors, strict=False):
+            if shard.writer is None:
+                task.cancel()  # waiting to restart, or starting: nothing to say stop to
         if self._supervisors:
             _, late = await asyncio.wait(self._supervisors, timeout=STOP_S)
             for task in late:
@@ -388,7 +391,11 @@ class ShardedTelemetry:
         wait = self._restart_s
         restart = False
         while not self._closing:
-            await self._life(shard, restart)
+            try:
+                await self._life(shard, restart)
+            except Exception as err:  # a bug here must not end the supervision: the worker restarts
+                log.exception("%s: its link failed", shard.name)
+                shard.why_down = f"down ({err!r})"
             if self._closing:
                 return
             restart = True

@@ -52,8 +52,9 @@ class _Link:
             self._writer.write(data)
 
     def send_soon(self, data: bytes) -> None:
-        """From any thread (a log record may come from one)."""
-        self._loop.call_soon_threadsafe(self._writer.write, data)
+        """From any thread (a log record may come from one); nothing once the loop has ended."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._writer.write, data)
 
     async def drain(self) -> None:
         await self._writer.drain()
