@@ -38,7 +38,8 @@ from .base import DeviceError
 from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, identify, set_credentials
 from .pyasic_failures import CGMINER_PORT, diagnose, within
 from .pyasic_miner import DEFAULT_DEADLINES, Deadlines, PyasicMiner
-from .telemetry_shards import Identity, ShardedTelemetry
+from .telemetry_shards import ShardedTelemetry
+from .telemetry_wire import Identity
 
 if TYPE_CHECKING:
     from wattshift.daemon.config.site import SiteConfig

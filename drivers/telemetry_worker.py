@@ -25,7 +25,7 @@ from typing import Any
 from .pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from .pyasic_import import import_pyasic
 from .pyasic_miner import Deadlines, PyasicMiner
-from .telemetry_shards import (
+from .telemetry_wire import (
     HEARTBEAT_S,
     MAX_LOG_CHARS,
     MAX_ROW_BYTES,

@@ -1,4 +1,4 @@
-"""Telemetry through worker processes (drivers/telemetry_shards.py, drivers/telemetry_worker.py).
+"""Telemetry through worker processes (drivers/telemetry_shards.py, telemetry_worker.py, telemetry_wire.py).
 
 The simulators run in this test's process on loopback; each worker is a real process running the
 real pyasic fleet against them over real sockets. What is checked: the same readings as the fleet
@@ -26,7 +26,7 @@ from wattshift.daemon.config.site import SiteConfig
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.pyasic_fleet import FleetSettings, MinerFleet, MinerTarget
 from wattshift.drivers.pyasic_miner import Deadlines
-from wattshift.drivers.telemetry_shards import (
+from wattshift.drivers.telemetry_wire import (
     MAX_FRAME_BYTES,
     MAX_ROW_BYTES,
     Identity,
