@@ -15,9 +15,11 @@ identifies and polls ``--peer-sample`` miners of each firmware (all of them with
 as the site: ``--peer-sample 10000``); its SITE row is then its cycle over that sample, mixed as
 the site is. Ratios to the peer are per miner, and hold on a noisy machine where seconds do not.
 
-With ``--workers 1 2``, the site is then also polled by that many worker processes, each owning
-an even share of the miners with a fleet of its own (what a daemon split into shards would do):
-the cycle is the wall time from asking every worker to poll until the last has answered.
+With ``--workers 1 2``, the site is then also polled as the daemon polls it with
+``drivers.telemetry_workers`` set to each of those: the same fleet with its reads in that many
+worker processes, each owning every n-th miner (drivers/telemetry_shards.py). The cycle is one
+``read_all`` of the daemon's fleet, from the request until every worker's answers are in; the
+CPU is the daemon's process and its workers' (from /proc).
 
     python benchmarks/telemetry_cycle.py [--count 10000] [--peer-sample 250] [--firmware braiins ...]
                                          [--no-peer] [--workers 1 2]
@@ -28,13 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from wattshift.drivers.base import DeviceError
@@ -157,54 +159,48 @@ class Wattshift:
         return f"{lean}/{len(drivers)}"
 
 
-# -- shards: the site split over worker processes ------------------------------------------------
+# -- shards: the daemon's telemetry workers ------------------------------------------------------
 
 
-def _worker(conn: Connection, hosts_by_firmware: dict[str, list[str]]) -> None:
-    """One shard: build its fleet, then poll its miners each time it is asked."""
-    loop = asyncio.new_event_loop()
-    everyone = [h for hosts in hosts_by_firmware.values() for h in hosts]
-    ours = Wattshift(hosts_by_firmware)
-    built = loop.run_until_complete(ours.identify(everyone))
-    conn.send(built)
-    while conn.recv() == "poll":
-        timing = loop.run_until_complete(timed(len(everyone), lambda: ours.poll(everyone)))
-        conn.send((timing.cpu_s, timing.ok))
-    loop.run_until_complete(ours.fleet.close())
-    loop.close()
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU of a process so far, from /proc (utime and stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sharded_cycle(hosts_by_firmware: dict[str, list[str]], workers: int) -> dict[str, float]:
-    """The site polled by ``workers`` processes, each over every ``workers``-th miner of each firmware."""
-    context = multiprocessing.get_context("spawn")
-    pipes, procs = [], []
-    for w in range(workers):
-        share = {fw: hosts[w::workers] for fw, hosts in hosts_by_firmware.items()}
-        parent, child = context.Pipe()
-        proc = context.Process(target=_worker, args=(child, share), daemon=True)
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+async def sharded_cycle(
+    hosts_by_firmware: dict[str, list[str]], workers: int, simulators: Sequence[int]
+) -> dict[str, float]:
+    """The site polled as the daemon polls it with ``drivers.telemetry_workers: workers``: the
+    same fleet, its reads in that many worker processes (drivers/telemetry_shards.py). The
+    simulators' CPU in the same cycle says how much of the two cores the miners' side took."""
+    targets = [MinerTarget(h, firmware=fw) for fw, hosts in hosts_by_firmware.items() for h in hosts]
+    settings = FleetSettings(concurrency=CONCURRENCY, identify_s=CALL_S, telemetry_workers=workers)
+    fleet = MinerFleet(targets, settings)
+    assert fleet.telemetry is not None
     try:
-        built = sum(pipe.recv() for pipe in pipes)
+        start = time.perf_counter()
+        found = await fleet.discover()
+        identify_s = time.perf_counter() - start
+        pids = [pid for pid in fleet.telemetry.worker_pids if pid is not None]
         cycles = []
         for _ in range(2):  # the first settles each driver's path; the second is timed
-            start = time.perf_counter()
-            for pipe in pipes:
-                pipe.send("poll")
-            answers = [pipe.recv() for pipe in pipes]
-            cycles.append((time.perf_counter() - start, answers))
-        wall, answers = cycles[-1]
-        miners = sum(len(hosts) for hosts in hosts_by_firmware.values())
-        cpu = sum(a[0] for a in answers)
-        return {"workers": workers, "built": built, "ok": sum(a[1] for a in answers),
-                "cycle_s": wall, "cpu_ms_per_miner": cpu / miners * 1000.0,
-                "busiest_worker_cpu_s": max(a[0] for a in answers)}
+            cpu = [process_cpu_s(pid) for pid in pids]
+            miners_side = sum(process_cpu_s(pid) for pid in simulators)
+            ours, start = time.process_time(), time.perf_counter()
+            readings = await fleet.read_all()
+            wall = time.perf_counter() - start
+            spent = [process_cpu_s(pid) - before for pid, before in zip(pids, cpu, strict=True)]
+            miners_side = sum(process_cpu_s(pid) for pid in simulators) - miners_side
+            cycles.append((wall, time.process_time() - ours, spent, miners_side, readings))
+        wall, daemon_cpu, spent, miners_side, readings = cycles[-1]
+        return {"workers": workers, "built": sum(1 for r in found.values() if not isinstance(r, DeviceError)),
+                "identify_s": identify_s, "ok": sum(1 for r in readings.values() if not isinstance(r, DeviceError)),
+                "cycle_s": wall, "cpu_ms_per_miner": (daemon_cpu + sum(spent)) / len(targets) * 1000.0,
+                "daemon_cpu_s": daemon_cpu, "busiest_worker_cpu_s": max(spent), "workers_cpu_s": sum(spent),
+                "simulators_cpu_s": miners_side}
     finally:
-        for pipe in pipes:
-            pipe.send("stop")
-        for proc in procs:
-            proc.join(timeout=60)
+        await fleet.close()
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -315,7 +311,7 @@ def main() -> int:
         shards = []
         for workers in args.workers:
             progress(f"the whole site over {workers} worker process(es), each with its share ...")
-            shards.append(sharded_cycle(hosts_by_firmware, workers))
+            shards.append(asyncio.run(sharded_cycle(hosts_by_firmware, workers, [p.pid for p in procs])))
     finally:
         for proc in procs:
             proc.communicate(input="", timeout=120)
@@ -324,9 +320,11 @@ def main() -> int:
           f"(get_miner + get_data()), polls up to {args.peer_sample} of each firmware")
     report(result)
     for shard in shards:
-        print(f"{shard['workers']} worker(s): cycle {shard['cycle_s']:.2f} s, {shard['ok']}/{args.count} read, "
-              f"{shard['cpu_ms_per_miner']:.3f} ms of client CPU per miner in all, "
-              f"the busiest worker {shard['busiest_worker_cpu_s']:.2f} s")
+        print(f"drivers.telemetry_workers {shard['workers']}: cycle {shard['cycle_s']:.2f} s, "
+              f"{shard['ok']}/{args.count} read, {shard['cpu_ms_per_miner']:.3f} ms of client CPU per miner in all "
+              f"(the daemon's process {shard['daemon_cpu_s']:.2f} s, its workers {shard['workers_cpu_s']:.2f} s, "
+              f"the busiest {shard['busiest_worker_cpu_s']:.2f} s; the simulators {shard['simulators_cpu_s']:.2f} s "
+              f"in the same cycle); start-up: {shard['built']} identified in {shard['identify_s']:.1f} s")
     return 0
 
 

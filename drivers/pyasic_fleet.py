@@ -8,6 +8,10 @@ holds one slot of one semaphore, and each miner is identified once and cached; a
 miner is identified again only after repeated failures (it may have been re-flashed or
 replaced). An operator who names the firmware skips identification altogether.
 
+With ``telemetry_workers``, the reads (and the identification they need) go to that many worker
+processes, each running this same fleet over every n-th miner (telemetry_shards); this fleet
+then keeps, for the commands, a driver built from what each worker identified its miner as.
+
 A read may outlive the call that asked for it. A miner that hangs costs its whole read deadline,
 and the control loop must not make every other miner's shed wait that long; so a caller may ask
 for the answers that came in until, after the first, none has come for a short gap
@@ -34,6 +38,8 @@ from .base import DeviceError
 from .pyasic_backends import FIRMWARE_HINTS, build_from_hint, identify, set_credentials
 from .pyasic_failures import CGMINER_PORT, diagnose, within
 from .pyasic_miner import DEFAULT_DEADLINES, Deadlines, PyasicMiner
+from .telemetry_shards import ShardedTelemetry
+from .telemetry_wire import Identity
 
 if TYPE_CHECKING:
     from wattshift.daemon.config.site import SiteConfig
@@ -68,6 +74,11 @@ class FleetSettings:
     # After a failed identification, wait this long before the next try: a dead address would
     # otherwise cost pyasic's whole identification budget on every poll.
     identify_retry_s: float = 60.0
+    # Reads in this many worker processes (0: in this one); one that sends nothing for
+    # worker_hang_s is hung, one that went down starts again after worker_restart_s, doubling.
+    telemetry_workers: int = 0
+    worker_hang_s: float = 15.0
+    worker_restart_s: float = 1.0
 
 
 class MinerFleet:
@@ -91,6 +102,10 @@ class MinerFleet:
         self._identify_failed: dict[str, tuple[float, Failure, str]] = {}  # retry time, failure, detail
         self._down: set[str] = set()  # to log a miner going away once, and its return once
         self._capability_lost: list[Callable[[str], None]] = []
+        self.telemetry = (
+            ShardedTelemetry(list(self._targets.values()), settings, settings.telemetry_workers, self._adopt)
+            if settings.telemetry_workers > 0 else None
+        )
 
     @classmethod
     def from_site(cls, site: SiteConfig) -> MinerFleet:
@@ -112,7 +127,9 @@ class MinerFleet:
         # A command and its read-back must fit in the actuator's step deadline (3 calls), so a
         # command that shows no effect within one call's time is reported IGNORED, not TIMEOUT.
         deadlines = Deadlines(call_s=call_s, confirm_s=call_s, poll_s=min(0.5, call_s / 5))
-        return cls(targets, FleetSettings(concurrency=site.drivers.concurrency, deadlines=deadlines))
+        workers = site.drivers.telemetry_workers
+        return cls(targets, FleetSettings(concurrency=site.drivers.concurrency, deadlines=deadlines,
+                                          telemetry_workers=workers))
 
     # -- what the control loop asks -------------------------------------------------------------
 
@@ -134,6 +151,18 @@ class MinerFleet:
 
     async def discover(self) -> dict[str, PyasicMiner | DeviceError]:
         """Identify every miner not identified yet; the others keep their cached driver."""
+        if self.telemetry is not None:
+            found: dict[str, PyasicMiner | DeviceError] = {}
+            for device_id, answer in (await self.telemetry.discover()).items():
+                driver = self._drivers.get(device_id)
+                if isinstance(answer, DeviceError):
+                    found[device_id] = answer
+                elif driver is not None:
+                    found[device_id] = driver
+                else:
+                    detail = "its telemetry worker identified it as nothing pyasic builds"
+                    found[device_id] = DeviceError(device_id, Failure.UNIDENTIFIED, detail)
+            return found
         return await self._each(self._targets, self._driver_for)
 
     async def read_all(self, *, answer_gap_s: float | None = None) -> dict[str, MinerReading | DeviceError]:
@@ -148,6 +177,8 @@ class MinerFleet:
         since: a miner still being read is reported as TIMEOUT, and its read lands for the next
         call. Until the first answer there is nothing to act on, so nothing is cut short (a
         large fleet's first answers may take a while when the CPU is busy)."""
+        if self.telemetry is not None:
+            return await self.telemetry.read(list(device_ids), answer_gap_s=answer_gap_s)
         reads = {d: self._read_task(d) for d in device_ids}
         await _until_quiet([task for task in reads.values() if not task.done()], answer_gap_s)
         results: dict[str, MinerReading | DeviceError] = {}
@@ -170,6 +201,8 @@ class MinerFleet:
         for task in reads:
             task.cancel()
         await asyncio.gather(*reads, return_exceptions=True)
+        if self.telemetry is not None:
+            await self.telemetry.close()
         self._drivers.clear()
 
     # -- internals ------------------------------------------------------------------------------
@@ -260,6 +293,23 @@ class MinerFleet:
         return await diagnose(
             address, action, symptom, port=CGMINER_PORT, healthy=Failure.UNIDENTIFIED, seconds=seconds
         )
+
+    def _adopt(self, device_id: str, identity: Identity | None) -> None:
+        """A telemetry worker (re)identified the miner, or dropped it to identify it again: the
+        driver for commands follows, built from the worker's word with no request to the miner."""
+        dropped = self._drivers.pop(device_id, None) is not None
+        try:
+            miner = None if identity is None else identity.build(device_id)
+        except LookupError as err:  # not a class of the pyasic this daemon runs: nothing to command
+            log.warning("%s: its telemetry worker identified it as %s; not identified here", device_id, err)
+            miner = None
+        if identity is not None and miner is not None:
+            target = self._targets[device_id]
+            set_credentials(miner, target.username, target.password)
+            self._drivers[device_id] = PyasicMiner(miner, identity.capability, deadlines=self._settings.deadlines)
+        if dropped:  # a new capability, or none yet: the worst case may have risen either way
+            for callback in self._capability_lost:
+                callback(device_id)
 
     def _count_lost_read(self, device_id: str) -> None:
         lost = self._lost_reads.get(device_id, 0) + 1

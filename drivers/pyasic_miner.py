@@ -157,6 +157,11 @@ class PyasicMiner:
         )
 
     @property
+    def pyasic_miner(self) -> Any:
+        """The pyasic miner object (a telemetry worker tells the daemon its class)."""
+        return self._miner
+
+    @property
     def polls_lean(self) -> bool:
         """Whether polls take the lean path (cgminer_telemetry) rather than pyasic's get_data."""
         return self._lean is not None

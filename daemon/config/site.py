@@ -137,6 +137,10 @@ class DriverSettings(Strict):
     call_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     concurrency: int = Field(default=100, ge=1, le=2000)
     confirm_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Telemetry polls split over this many worker processes, each owning every n-th miner
+    # (drivers/telemetry_shards.py); 0 polls in the daemon's own process. Control stays in the
+    # daemon either way. A whole number (not "2", not true): each is a Python process of its own.
+    telemetry_workers: int = Field(default=0, ge=0, le=16, strict=True)
 
 
 class Credentials(Strict):

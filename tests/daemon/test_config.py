@@ -78,12 +78,26 @@ def test_every_error_names_file_line_key_and_reason(site_dir, capsys):
         (("name: container-a", "name: transformer-1"), "circuit names must be unique"),
         (("budget_kw: 1000", "budget_kw: 1000\nbudget_kwh: 3"), "budget_kwh: Extra inputs are not permitted"),
         (("name: north-barn", "name: [oops"), "not valid YAML"),
+        (("secrets_file:", "drivers: {telemetry_workers: 17}\nsecrets_file:"),
+         "drivers.telemetry_workers: Input should be less than or equal to 16 (got 17)"),
+        (("secrets_file:", "drivers: {telemetry_workers: -1}\nsecrets_file:"),
+         "drivers.telemetry_workers: Input should be greater than or equal to 0 (got -1)"),
+        (("secrets_file:", "drivers: {telemetry_workers: '2'}\nsecrets_file:"),
+         "drivers.telemetry_workers: Input should be a valid integer (got '2')"),
+        (("secrets_file:", "drivers: {telemetry_workers: true}\nsecrets_file:"),
+         "drivers.telemetry_workers: Input should be a valid integer (got True)"),
     ],
 )
 def test_bad_files_are_rejected_with_the_reason(site_dir, change, message):
     with pytest.raises(FileInvalid) as err:
         load_site(write(site_dir, GOOD.replace(*change)), environ={})
     assert message in str(err.value)
+
+
+def test_telemetry_workers_default_to_polling_in_the_daemons_process(site_dir):
+    assert load_site(write(site_dir, GOOD), environ={}).drivers.telemetry_workers == 0
+    two = GOOD.replace("secrets_file:", "drivers: {telemetry_workers: 2}\nsecrets_file:")
+    assert load_site(write(site_dir, two), environ={}).drivers.telemetry_workers == 2
 
 
 def test_passwords_in_the_site_file_are_refused(site_dir):
