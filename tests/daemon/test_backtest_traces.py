@@ -12,6 +12,7 @@ no switching yet, while the site model does).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -33,9 +34,17 @@ def site() -> BacktestSite:
     return load_backtest_site(ROOT / "deploy" / "backtest-site.yaml")
 
 
+# A month-long trace is replayed here for its first week: the whole month of every policy beside
+# the optimum is a benchmark (benchmarks/policies_vs_optimum.py, its figures in docs/backtest.md).
+DAYS_IN_TESTS = 7
+
+
 @cache
 def trace_and_optimum(name: str) -> tuple[Trace, Optimum]:
     trace = load_trace(TRACE_DIR / name)
+    steps = int(DAYS_IN_TESTS * 86_400 / trace.step_seconds)
+    if len(trace.rows) > steps:
+        trace = replace(trace, rows=trace.rows[:steps], durations=trace.durations[:steps])
     return trace, solve_optimum(site(), trace)
 
 
