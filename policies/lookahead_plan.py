@@ -96,8 +96,8 @@ def site_program(
     start, length = plan_steps(horizon_seconds, step_seconds, near_seconds, far_step_seconds)
     T = len(start)
     now = snapshot.prices.power_usd_per_mwh or 0.0
-    price = np.full(T, now)
-    budget = np.full(T, snapshot.budget_watts)
+    price = np.full(T, float(now))
+    budget = np.full(T, float(snapshot.budget_watts))
     if snapshot.forecast:
         # A plan step takes the lowest announced budget over it and the mean published price;
         # beyond what the forecast covers, the last budget it announced holds.
@@ -118,6 +118,12 @@ def site_program(
             if published.size:
                 w = float(np.exp(-start[j] / persistence_seconds)) if persistence_seconds > 0 else 0.0
                 price[j] = w * now + (1 - w) * float(np.mean(published))
+        # What the forecast does not explain now (a cut no event announced, the overhead the
+        # meter sees) is taken to last: every step keeps the same shortfall below its forecast.
+        now_steps = f_start < length[0]
+        if now_steps.any():
+            unexplained = max(0.0, float(np.min(f_budget[now_steps])) - snapshot.budget_watts)
+            budget[1:] = np.maximum(budget[1:] - unexplained, 0.0)
     budget[0] = min(budget[0], snapshot.budget_watts)
     headroom = _headroom(snapshot, budget)
     parents = snapshot.circuit_parents

@@ -141,10 +141,16 @@ def test_the_plan_is_followed_between_replans_and_an_unannounced_cut_is_met_at_o
     assert met.summary.startswith("lookahead: the budget fell below the plan's (an unannounced cut)")
     assert met.targets == MeritOrderPolicy().decide(cut).targets
     assert sum(t.watts for t in met) <= 7_500
-    # ... and the next decision plans from the site the cut left.
+    # ... and the next decision plans from the site the cut left, taking the cut to last: the one
+    # after follows that plan (no merit-order and plan by turns through a cut no event announced).
     replanned = policy.decide(dataclasses.replace(cut, clock=cut.clock + 10), met.state)
     assert "made 0 s ago" in replanned.summary
     assert sum(t.watts for t in replanned) <= 7_500
+    through = policy.decide(dataclasses.replace(cut, clock=cut.clock + 310), replanned.state)
+    assert "made 300 s ago" in through.summary
+    # A fall within 2 % of the plan's budget (a meter's overhead moving) follows the plan too.
+    wobble = policy.decide(dataclasses.replace(later, budget_watts=16_000 * 0.99), state)
+    assert "made 300 s ago" in wobble.summary
 
 
 def test_firm_work_running_is_left_as_it_is():
