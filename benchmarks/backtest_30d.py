@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from wattshift.daemon.backtest.optimum import solve_optimum
@@ -27,11 +26,6 @@ from wattshift.daemon.backtest.trace import Trace, load_trace
 from wattshift.policies.catalog import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def first_days(trace: Trace, days: float) -> Trace:
-    n = int(days * 86400 / trace.step_seconds)
-    return replace(trace, rows=trace.rows[:n], durations=trace.durations[:n])
 
 
 def main() -> None:
@@ -47,7 +41,7 @@ def main() -> None:
     if args.miners:
         site = scaled(site, args.miners)
     full = load_trace(args.trace)
-    month, day = first_days(full, args.days), first_days(full, 1)
+    month, day = full.first_days(args.days), full.first_days(1)
     policy = make_policy(args.policy, {})
     loads = sum(g.count for g in site.miners) + sum(g.count for g in site.gpu_nodes)
     print(f"site {site.name}: {loads} loads; trace {args.trace.name}, step {full.step_seconds:.0f} s")

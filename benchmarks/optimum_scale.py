@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from wattshift.daemon.backtest.optimum import solve_optimum
 from wattshift.daemon.backtest.site import BacktestSite
-from wattshift.daemon.backtest.trace import Trace, load_trace
+from wattshift.daemon.backtest.trace import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["Antminer S21", "Antminer S19 XP", "Whatsminer M60S", "Whatsminer M50S"]
@@ -33,11 +32,6 @@ def forty_groups() -> BacktestSite:
             for g in range(4)]
     return BacktestSite.model_validate({"name": "forty", "budget_kw": 1300, "reserve_kw": 10,
                                         "circuits": circuits, "miners": miners, "gpu_nodes": gpus})
-
-
-def first_days(trace: Trace, days: float) -> Trace:
-    n = int(days * 86400 / trace.step_seconds)
-    return replace(trace, rows=trace.rows[:n], durations=trace.durations[:n])
 
 
 def main() -> None:
@@ -60,7 +54,7 @@ def main() -> None:
     if args.whole:
         runs.append((args.days, None))
     for days, window in runs:
-        trace = first_days(full, days)
+        trace = full.first_days(days)
         began = time.perf_counter()
         best = solve_optimum(site, trace, integer=args.mip, switching=args.switching, window_hours=window,
                              overlap_hours=args.overlap_hours, workers=args.workers)

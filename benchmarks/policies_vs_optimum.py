@@ -28,7 +28,7 @@ from wattshift.daemon.backtest.replay import run_backtest
 from wattshift.daemon.backtest.site import load_backtest_site
 from wattshift.daemon.backtest.trace import load_trace
 from wattshift.model.snapshot import SiteSnapshot
-from wattshift.policies.base import Allocation, Policy, carried
+from wattshift.policies.base import Allocation, Policy, carried, forecast_seconds
 from wattshift.policies.catalog import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ class Counting:
         self.policy = carried(policy)
         self.name = policy.name
         self.fallbacks = 0
+        self.forecast_seconds = forecast_seconds(self.policy)
 
     def decide(self, snapshot: SiteSnapshot) -> Allocation:
         allocation = self.policy.decide(snapshot)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
-from .prices import PriceError, PriceFeed, PriceQuote
+from .prices import PriceError, PriceFeed, PriceQuote, published_price
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ class CheckedFeed:
         self.limits = limits
         self.last_good: PriceQuote | None = None
         self.last_rejection: Rejection | None = None
+
+    def published_at(self, at: datetime) -> float | None:
+        """The inner feed's published price at ``at`` (a tariff's), if it publishes any."""
+        inner = published_price(self.inner)
+        return inner(at) if inner is not None else None
 
     async def latest(self) -> PriceQuote:
         quote = await self.inner.latest()  # a PriceError (no answer, garbage) goes up as it is

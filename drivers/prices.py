@@ -49,13 +49,9 @@ class PublishedPrice(Protocol):
 
 
 def published_price(feed: object) -> Callable[[datetime], float | None] | None:
-    """The feed's (or the feed it wraps') ``published_at``, or None where it publishes nothing."""
-    while feed is not None:
-        found = getattr(feed, "published_at", None)
-        if callable(found):
-            return found  # type: ignore[no-any-return]
-        feed = getattr(feed, "inner", None)
-    return None
+    """The feed's ``published_at``, or None where it publishes nothing."""
+    found = getattr(feed, "published_at", None)
+    return found if callable(found) else None
 
 
 def hashprice_usd_per_ph_day(difficulty: float, btc_usd: float, reward_btc_per_block: float) -> float:

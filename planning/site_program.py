@@ -142,9 +142,6 @@ class Solution:
     mip_gap: float | None
     optimal: bool
 
-    def value(self, cols: np.ndarray) -> np.ndarray:
-        return np.asarray(self.x[cols])
-
     def total(self, kind: str) -> float:
         core = self.built.lp.core.astype(bool)
         T = self.built.lp.T

@@ -150,6 +150,10 @@ class Carried:
     def name(self) -> str:
         return self.policy.name
 
+    @property
+    def forecast_seconds(self) -> float:
+        return forecast_seconds(self.policy)
+
     def decide(self, snapshot: SiteSnapshot) -> Allocation:
         allocation = self.policy.decide(snapshot, self.state)  # type: ignore[call-arg]
         self.state = allocation.state
@@ -166,16 +170,10 @@ def carried(policy: Policy) -> Policy:
 
 
 def forecast_seconds(policy: object) -> float:
-    """How far ahead the snapshot's forecast must reach for ``policy`` (0: it reads none), through
-    the wrappers around it (:class:`Carried`, a policy file's windows)."""
-    wanted = getattr(policy, "forecast_seconds", None)
-    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
-        return max(0.0, float(wanted))
-    for attr in ("policy", "base"):
-        inner = getattr(policy, attr, None)
-        if inner is not None and inner is not policy:
-            return forecast_seconds(inner)
-    return 0.0
+    """How far ahead the snapshot's forecast must reach for ``policy`` (0: it reads none). A
+    policy that plans says so by a ``forecast_seconds`` attribute; the wrappers pass theirs on."""
+    wanted = getattr(policy, "forecast_seconds", 0.0)
+    return max(0.0, float(wanted)) if isinstance(wanted, int | float) and not isinstance(wanted, bool) else 0.0
 
 
 def bare(policy: Policy) -> Policy:

@@ -26,7 +26,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from wattshift.model.fields import Name, Strict
 from wattshift.model.snapshot import SiteSnapshot
 
-from .base import Allocation, Policy, is_stateful
+from .base import Allocation, Policy, forecast_seconds, is_stateful
 
 
 class Window(Strict):
@@ -125,6 +125,8 @@ class WindowedPolicy:
             self._policy({**self.options, **w.options})
         self.name = self.base.name
         self.stateful = is_stateful(self.base)
+        # The longest look-ahead of the policies a window may switch to.
+        self.forecast_seconds = max(forecast_seconds(p) for p in self._built.values())
 
     def _policy(self, options: Mapping[str, Any]) -> Policy:
         key = json.dumps(options, sort_keys=True, default=str)

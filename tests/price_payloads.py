@@ -15,6 +15,17 @@ WORKED_BTC_USD = 91_000
 WORKED_REWARD_BTC = 3.145
 WORKED_HASHPRICE = 37.9
 
+# A site file's time-of-use tariff (prices block): peak on weekday afternoons, the week covered once.
+TARIFF = """
+power_usd_per_mwh:
+  source: time_of_use
+  timezone: America/Chicago
+  periods:
+    - {name: peak, days: mon-fri, start: "14:00", end: "19:00", usd_per_mwh: 95}
+    - {name: off-peak, days: mon-fri, start: "19:00", end: "14:00", usd_per_mwh: 32}
+    - {name: weekend, days: [sat, sun], start: "14:00", end: "14:00", usd_per_mwh: 28}
+"""
+
 
 def mempool_hashrate_3d(difficulty: float = WORKED_DIFFICULTY) -> dict[str, Any]:
     start = 1_763_000_000

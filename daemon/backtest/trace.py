@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -49,6 +49,11 @@ class Trace:
     @property
     def seconds(self) -> float:
         return sum(self.durations)
+
+    def first_days(self, days: float) -> Trace:
+        """The trace's first ``days`` (all of it when it is shorter)."""
+        n = int(days * 86_400 / self.step_seconds)
+        return replace(self, rows=self.rows[:n], durations=self.durations[:n])
 
 
 def load_trace(path: Path) -> Trace:

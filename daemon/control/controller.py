@@ -33,6 +33,7 @@ from wattshift.model.snapshot import GpuNodeState, Prices, SiteSnapshot
 from wattshift.policies.base import Allocation, Policy
 
 from .actuator import StepResult, execute
+from .deciding import decide
 from .gpu_fleet import UNKNOWN_CARD, GpuFleet, GpuNodeDriver, NodeReading
 from .memory import DeviceMemory, Switched, boot_allowance
 from .meter_checks import (
@@ -46,7 +47,6 @@ from .observe import (
     MinerSlot,
     attach_forecast,
     build_snapshot,
-    decide,
     gpu_node_state,
     miner_slots,
     miner_state,

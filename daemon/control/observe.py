@@ -6,7 +6,6 @@ ignored command leave the miner counted at the most it can draw (DESIGN.md invar
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -37,7 +36,7 @@ from wattshift.model.snapshot import (
     SiteSnapshot,
 )
 from wattshift.model.specs import DEFAULT_SWITCHING, MinerSwitching
-from wattshift.policies.base import Allocation, Policy, forecast_seconds
+from wattshift.policies.base import forecast_seconds
 
 from .gpu_fleet import NodeReading
 
@@ -134,18 +133,6 @@ def build_snapshot(
 
 
 FORECAST_STEP_SECONDS = 300.0  # the announced budget's resolution in a live forecast
-
-
-async def decide(policy: Policy, snapshot: SiteSnapshot) -> Allocation:
-    """``policy.decide(snapshot)``; a planning policy's (``forecast_seconds``) in a worker thread.
-
-    A plan is a solver run of up to the policy's time budget (seconds, where merit-order takes
-    milliseconds). HiGHS releases the GIL while it solves, so off the event loop the daemon keeps
-    taking commands, serving metrics and reading the broker meanwhile. The tick holds the
-    actuation lock while it decides, so no other decision (a fast shed) runs beside it."""
-    if forecast_seconds(policy) > 0:
-        return await asyncio.to_thread(policy.decide, snapshot)
-    return policy.decide(snapshot)
 
 
 def attach_forecast(

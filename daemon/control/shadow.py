@@ -27,7 +27,7 @@ from wattshift.model.snapshot import Load, Prices, SiteSnapshot
 from wattshift.policies.base import Allocation, Policy
 from wattshift.policies.ladders import revenue_usd_per_hour
 
-from .observe import decide
+from .deciding import decide
 from .recorder import NullRecorder
 from .sequencer import Plan
 

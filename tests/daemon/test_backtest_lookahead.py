@@ -18,7 +18,7 @@ from wattshift.daemon.backtest.replay import forecast_at, run_backtest
 from wattshift.daemon.backtest.site import load_backtest_site
 from wattshift.daemon.backtest.trace import load_trace
 from wattshift.model.snapshot import SiteSnapshot
-from wattshift.policies.base import Allocation, carried
+from wattshift.policies.base import Allocation, carried, forecast_seconds
 from wattshift.policies.catalog import make_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,7 @@ class _Counting:
         self.policy = carried(make_policy(name, {}))
         self.name = name
         self.fallbacks = 0
+        self.forecast_seconds = forecast_seconds(self.policy)
 
     def decide(self, snapshot: SiteSnapshot) -> Allocation:
         allocation = self.policy.decide(snapshot)

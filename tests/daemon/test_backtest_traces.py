@@ -12,7 +12,6 @@ no switching yet, while the site model does).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -41,10 +40,7 @@ DAYS_IN_TESTS = 7
 
 @cache
 def trace_and_optimum(name: str) -> tuple[Trace, Optimum]:
-    trace = load_trace(TRACE_DIR / name)
-    steps = int(DAYS_IN_TESTS * 86_400 / trace.step_seconds)
-    if len(trace.rows) > steps:
-        trace = replace(trace, rows=trace.rows[:steps], durations=trace.durations[:steps])
+    trace = load_trace(TRACE_DIR / name).first_days(DAYS_IN_TESTS)
     return trace, solve_optimum(site(), trace)
 
 

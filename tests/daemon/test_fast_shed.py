@@ -19,6 +19,7 @@ import pytest
 from wattshift.daemon.config.site import SiteConfig
 from wattshift.daemon.control.controller import Controller
 from wattshift.daemon.control.fast_shed import CommandsSince, lowering, next_budget_change
+from wattshift.daemon.control.recorder import NullRecorder
 from wattshift.daemon.control.sequencer import Action, Step
 from wattshift.drivers.base import DeviceError
 from wattshift.drivers.prices import FixedPrice
@@ -100,7 +101,7 @@ class GatedFleet:
         pass
 
 
-class Decisions:
+class Decisions(NullRecorder):
     """A recorder that keeps the decisions; ``hold`` (when set) keeps the next one waiting."""
 
     def __init__(self) -> None:
@@ -116,18 +117,6 @@ class Decisions:
             hold, self.hold = self.hold, None
             self.held.set()
             await hold.wait()
-
-    async def commands(self, steps: Any) -> None:
-        pass
-
-    async def results(self, results: Any) -> None:
-        pass
-
-    async def tick(self, report: Any) -> None:
-        pass
-
-    async def event(self, summary: str, data: Any) -> None:
-        pass
 
 
 class Clock:

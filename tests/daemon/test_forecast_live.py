@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from factories import miner, snapshot
+from price_payloads import TARIFF
 
 from wattshift.daemon.control.observe import attach_forecast
 from wattshift.model.budget import BudgetEvent, BudgetSchedule
@@ -69,15 +70,7 @@ def test_a_time_of_use_tariff_publishes_its_prices_into_the_forecast(tmp_path):
     from wattshift.daemon.runtime.feeds import make_price_feed
     from wattshift.drivers.prices import published_price
 
-    tariff = parse_model("""
-power_usd_per_mwh:
-  source: time_of_use
-  timezone: America/Chicago
-  periods:
-    - {name: peak, days: mon-fri, start: "14:00", end: "19:00", usd_per_mwh: 95}
-    - {name: off-peak, days: mon-fri, start: "19:00", end: "14:00", usd_per_mwh: 32}
-    - {name: weekend, days: [sat, sun], start: "14:00", end: "14:00", usd_per_mwh: 28}
-""", PricesConfig, file="site.yaml")
+    tariff = parse_model(TARIFF, PricesConfig, file="site.yaml")
     feed = make_price_feed(tariff.power_usd_per_mwh, "power", tmp_path, lambda: 0.0, {})  # behind the sanity rules
     price_at = published_price(feed)
     assert price_at is not None
@@ -99,7 +92,7 @@ async def test_a_planning_policy_decides_off_the_event_loop():
     import asyncio
     import threading
 
-    from wattshift.daemon.control.observe import decide
+    from wattshift.daemon.control.deciding import decide
     from wattshift.policies.base import Allocation
 
     site = snapshot([miner("a")], budget=10_000)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from httpstub import HttpStub, Reply
 from price_payloads import (
+    TARIFF,
     WORKED_HASHPRICE,
     luxor_hashprice,
     mempool_hashrate_3d,
@@ -31,15 +32,7 @@ from wattshift.drivers.price_checks import CheckedFeed
 from wattshift.drivers.prices import PriceError
 
 TRACES = Path(__file__).parents[2] / "simulators" / "traces"
-TARIFF = """
-power_usd_per_mwh:
-  source: time_of_use
-  timezone: America/Chicago
-  periods:
-    - {name: peak, days: mon-fri, start: "14:00", end: "19:00", usd_per_mwh: 95}
-    - {name: off-peak, days: mon-fri, start: "19:00", end: "14:00", usd_per_mwh: 32}
-    - {name: weekend, days: [sat, sun], start: "14:00", end: "14:00", usd_per_mwh: 28}
-"""
+
 
 
 def prices(text: str) -> PricesConfig:
